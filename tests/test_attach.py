@@ -1,0 +1,186 @@
+"""find_targets / attach / re-attach / detach on the real SmolLM2, and the errors."""
+
+import warnings
+
+import pytest
+import torch
+from peft import PeftModel
+
+import lorakit as lk
+from lorakit.attach import settings_of
+
+SMOL_TARGETS = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192),
+                "o_proj": (576, 576), "gate_proj": (576, 1536), "up_proj": (576, 1536),
+                "down_proj": (1536, 576)}
+
+
+def logits(model, probe):
+    with torch.no_grad():
+        return model(**probe).logits
+
+
+def lora_names(model):
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")})
+
+
+def test_find_targets_lists_smollm2_projections(smol):
+    model, _ = smol
+    table = lk.find_targets(model)
+    assert table.names == list(SMOL_TARGETS)
+    for row in table:
+        assert row.count == 30
+        assert row.shapes == (SMOL_TARGETS[row.suffix],)
+    assert table["down_proj"].weights == 30 * 1536 * 576
+    assert "q_proj" in repr(table) and "576→192" in repr(table)
+    with pytest.raises(KeyError, match="q_proj"):
+        table["nope"]
+
+
+def test_attach_freezes_base_and_counts(fresh, probe):
+    model, _ = fresh
+    before = logits(model, probe)
+    pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"])
+    assert isinstance(pm, PeftModel)
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert pm.get_nb_trainable_parameters() == (460_800, 134_975_808)
+    assert lora_names(pm) == ["q_proj", "v_proj"]
+    # B starts at zero, so the output is unchanged
+    assert torch.equal(logits(pm, probe), before)
+    s = settings_of(pm)
+    assert (s.r, s.alpha, s.targets) == (8, 16, ("q_proj", "v_proj"))
+
+
+def test_reattach_replaces_adapter_without_reloading(fresh, probe):
+    model, _ = fresh
+    base_weight = model.model.layers[0].self_attn.q_proj.weight
+    pm = lk.attach(model, r=8, targets=["q_proj", "v_proj"])
+    pm2 = lk.attach(pm, r=4, alpha=8, targets=["k_proj", "o_proj", "down_proj"])
+    assert lora_names(pm2) == ["down_proj", "k_proj", "o_proj"]
+    assert pm2.get_nb_trainable_parameters()[0] == lk.lora_param_count(
+        model, r=4, targets=["k_proj", "o_proj", "down_proj"])
+    # the very same base tensors: nothing was reloaded or copied
+    assert pm2.get_base_model().model.layers[0].self_attn.q_proj.weight is base_weight
+
+
+def test_reattach_refused_when_asked(fresh):
+    model, _ = fresh
+    pm = lk.attach(model, r=8)
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        lk.attach(pm, r=4, replace=False)
+    assert lora_names(pm) == ["q_proj", "v_proj"]
+
+
+def test_detach_is_bit_identical(fresh, probe):
+    model, _ = fresh
+    before = logits(model, probe)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    pm = lk.attach(model, r=16, alpha=32, targets=list(SMOL_TARGETS), variant="dora")
+    with torch.no_grad():  # a trained-looking adapter: B non-zero
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.01)
+    assert not torch.allclose(logits(pm, probe), before)
+    base = lk.detach(pm)
+    assert not isinstance(base, PeftModel) and lora_names(base) == []
+    assert torch.equal(logits(base, probe), before)
+    assert {n: p.requires_grad for n, p in base.named_parameters()} == flags
+
+
+def test_detach_after_pissa_restores_base(fresh, probe):
+    model, _ = fresh
+    before = logits(model, probe)
+    w0 = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    pm = lk.attach(model, r=4, targets=["q_proj"], init="pissa")
+    assert not torch.equal(pm.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+                           .weight, w0)  # PiSSA moved the principal part into the adapter
+    base = lk.detach(pm)
+    assert torch.equal(base.model.layers[0].self_attn.q_proj.weight, w0)
+    assert torch.equal(logits(base, probe), before)
+
+
+def test_seed_makes_init_reproducible(fresh):
+    model, _ = fresh
+    a1 = lk.attach(model, r=4, seed=7).base_model.model.model.layers[0].self_attn.q_proj \
+        .lora_A["default"].weight.detach().clone()
+    state = torch.random.get_rng_state()
+    a2 = lk.attach(model, r=4, seed=7).base_model.model.model.layers[0].self_attn.q_proj \
+        .lora_A["default"].weight
+    assert torch.equal(a1, a2)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+
+
+@pytest.mark.parametrize("variant", ["rslora", "dora"])
+def test_variants_reach_peft(fresh, variant):
+    model, _ = fresh
+    pm = lk.attach(model, r=16, alpha=16, variant=variant)
+    q = pm.base_model.model.model.layers[0].self_attn.q_proj
+    expected = 16 / 16 ** 0.5 if variant == "rslora" else 1.0
+    assert q.scaling["default"] == pytest.approx(expected)
+    assert bool(q.use_dora["default"]) == (variant == "dora")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(r=0), "r \\(rank\\) must be a positive integer"),
+    (dict(r=2.5), "r \\(rank\\) must be a positive integer"),
+    (dict(r=True), "r \\(rank\\) must be a positive integer"),
+    (dict(alpha=0), "alpha must be a number > 0"),
+    (dict(dropout=1.0), "dropout must be in \\[0, 1\\)"),
+    (dict(dropout=-0.1), "dropout must be in \\[0, 1\\)"),
+    (dict(targets=["query"]), "Linear modules are: q_proj, k_proj, v_proj, o_proj, gate_proj"),
+    (dict(targets=[]), "targets must be a non-empty list"),
+    (dict(targets=["input_layernorm"]), "type LlamaRMSNorm, not Linear"),
+    (dict(targets=["mlp"]), "type LlamaMLP, not Linear"),
+    (dict(variant="qlora"), "allowed: 'lora', 'rslora', 'dora'"),
+    (dict(init="zeros"), "allowed: 'default', 'gaussian', 'pissa', 'olora'"),
+])
+def test_bad_input_is_refused_before_any_change(fresh, kwargs, message):
+    model, _ = fresh
+    pm = lk.attach(model, r=8, targets=["q_proj", "v_proj"])
+    with pytest.raises(ValueError, match=message):
+        lk.attach(pm, **kwargs)
+    assert lora_names(pm) == ["q_proj", "v_proj"]  # the old adapter is still there
+    assert pm.get_nb_trainable_parameters()[0] == 460_800
+    with pytest.raises(ValueError, match=message):
+        lk.attach(lk.detach(pm), **kwargs)
+
+
+def test_partial_targets_warn_naming_missing(fresh):
+    model, _ = fresh
+    with pytest.warns(UserWarning, match=r"targets \['qproj'\] match no module"):
+        pm = lk.attach(model, targets=["q_proj", "qproj"])
+    assert lora_names(pm) == ["q_proj"]
+
+
+def test_rank_above_module_size_warns(fresh):
+    model, _ = fresh
+    with pytest.warns(UserWarning, match="exceeds min\\(d_in, d_out\\)"):
+        lk.attach(model, r=256, targets=["k_proj"])
+
+
+def test_lm_head_can_be_targeted_by_name(fresh):
+    model, _ = fresh
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = lk.attach(model, r=2, targets=["lm_head"])
+    assert pm.get_nb_trainable_parameters()[0] == 2 * (576 + 49152)
+
+
+def test_detach_refuses_plain_model(smol):
+    with pytest.raises(ValueError, match="has no LoRA adapter"):
+        lk.detach(smol[0])
+
+
+def test_rerunning_attach_on_the_base_variable_replaces(fresh, probe):
+    # PEFT wraps layers in place, so a notebook cell `pm = lk.attach(model, ...)` run twice
+    # passes a base model that already has an adapter: it must be replaced, not stacked.
+    model, _ = fresh
+    before = logits(model, probe)
+    lk.attach(model, r=8, targets=["q_proj", "v_proj"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # PEFT warns when it stacks adapters
+        pm = lk.attach(model, r=4, targets=["k_proj"])
+    assert lora_names(pm) == ["k_proj"]
+    assert pm.get_nb_trainable_parameters()[0] == 30 * 4 * (576 + 192)
+    base = lk.detach(model)
+    assert lora_names(base) == [] and torch.equal(logits(base, probe), before)
