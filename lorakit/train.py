@@ -1,0 +1,227 @@
+"""A short, readable LoRA training loop: AdamW, clipping, progress bar, callbacks, Ctrl-C safe.
+
+The loop is the textbook one (Karpathy's nanoGPT ``train.py`` in miniature): take a batch,
+compute the loss on the answer tokens, backpropagate into the adapter only, clip, step.
+LoRA+ (Hayou et al. 2024) is one option: B's learning rate is ``loraplus_ratio`` × A's.
+
+What it promises:
+- Deterministic on CPU for a given ``seed`` (data order, dropout), without touching the
+  global random state (``torch.random.fork_rng``).
+- Ctrl-C (KeyboardInterrupt, also when raised by a callback) ends the loop cleanly: the
+  ``TrainResult`` so far is returned with ``interrupted=True``, the recorder keeps its frames,
+  the adapter keeps its weights, and the model is left in eval mode, ready to use.
+- A NaN/inf loss or gradient stops training before the optimizer step, so the adapter keeps
+  its last finite weights, and raises ``NonFiniteLossError`` naming the step (the result so far
+  is attached as ``err.result``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE_INDEX, Task
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each optimizer step."""
+
+    step: int       # 1-based step just finished
+    steps: int      # total planned
+    loss: float
+    lr: float
+    model: object = field(repr=False)
+
+
+@dataclass
+class TrainResult:
+    """Per-step history of one ``train`` call."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)   # seconds per step
+    tokens: list[int] = field(default_factory=list)         # non-padding tokens per step
+    steps_planned: int = 0
+    interrupted: bool = False
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.losses)
+
+    @property
+    def elapsed(self) -> float:
+        return sum(self.step_times)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(self.tokens) / self.elapsed if self.elapsed else 0.0
+
+    def __str__(self) -> str:
+        last = f"{self.losses[-1]:.4f}" if self.losses else "n/a"
+        stop = " (interrupted)" if self.interrupted else ""
+        return (f"{self.steps_done}/{self.steps_planned} steps{stop}, final loss {last}, "
+                f"{self.elapsed:.1f} s, {self.tokens_per_s:,.0f} tokens/s")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/inf loss or gradient; ``.result`` holds the history so far."""
+
+    def __init__(self, message: str, result: TrainResult):
+        super().__init__(message)
+        self.result = result
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels != -100).
+
+    Equal to ``model(**batch).loss`` but the output layer runs only where a label is learned:
+    for a short answer after a long chat prompt this skips most of the (vocab × d) projection.
+    hidden: (batch, seq, d) -> h: (n_answer, d) -> logits: (n_answer, vocab).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    backbone = getattr(base, "base_model", None)
+    if head is None or backbone is None or backbone is base:
+        return model(**batch).loss
+    hidden = backbone(input_ids=batch["input_ids"],
+                      attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]                  # token t+1 is predicted at position t
+    learned = targets != IGNORE_INDEX                 # (batch, seq-1)
+    logits = head(hidden[:, :-1][learned])            # (n_answer, vocab)
+    return F.cross_entropy(logits.float(), targets[learned])
+
+
+def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float | None):
+    """A and the rest at ``lr``; with LoRA+, B at ``lr * loraplus_ratio``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not loraplus_ratio:
+        return [{"params": [p for _, p in named], "lr": lr, "weight_decay": weight_decay}]
+    b = [p for n, p in named if "lora_B" in n]
+    rest = [p for n, p in named if "lora_B" not in n]
+    return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
+            {"params": b, "lr": lr * loraplus_ratio, "weight_decay": weight_decay}]
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then linear decay to 10% at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return 1.0 - 0.9 * frac
+
+
+def _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm):
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0 (e.g. 2e-3), got {lr!r}")
+    if loraplus_ratio is not None and not loraplus_ratio > 0:
+        raise ValueError(f"loraplus_ratio must be > 0 (LoRA+ suggests 16), got {loraplus_ratio!r}")
+    if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
+        raise ValueError(f"warmup must be an integer ≥ 0, got {warmup!r}")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+
+
+def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size: int = 8, *,
+          recorder=None, callbacks: Sequence[Callable[[StepInfo], object]] = (),
+          loraplus_ratio: float | None = None, weight_decay: float = 0.0,
+          max_grad_norm: float | None = 1.0, warmup: int | None = None, seed: int = 0,
+          progress: bool = True) -> TrainResult:
+    """Train the model's trainable parameters (the LoRA adapter) on ``task``.
+
+    Args:
+        model: a PeftModel from ``lk.attach`` (any model with trainable parameters works).
+        tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
+        steps, lr, batch_size: optimizer steps, peak AdamW learning rate, examples per step.
+        recorder: an ``lk.Recorder``; gets ``on_step(0, None)`` before training,
+            ``on_step(step, loss)`` after each step and ``on_end(step, loss)`` at the end.
+            A recorder that already holds frames (a second ``train`` call to train longer)
+            continues its step count instead of starting again at 0.
+        callbacks: called with a ``StepInfo`` after each step; a truthy return stops training.
+        loraplus_ratio: LoRA+ — B's learning rate is this multiple of A's (paper: 16).
+        max_grad_norm: gradient clipping (None disables it). warmup: warm-up steps
+            (default: 10% of steps, at most 10). seed: data order and dropout.
+        progress: show a tqdm progress bar with the live loss.
+
+    Returns:
+        ``TrainResult`` (losses, lrs, step times, tokens/s); the model is left in eval mode.
+    """
+    _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: attach an adapter first, "
+                         "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
+                        f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    warmup = min(10, steps // 10) if warmup is None else warmup
+    device = params[0].device
+    groups = _param_groups(model, lr, weight_decay, loraplus_ratio)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    base_lrs = [g["lr"] for g in groups]
+    result = TrainResult(steps_planned=steps)
+    batches = task.batches(tok, batch_size, seed=seed)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=f"training {task.name}", disable=not progress, leave=True)
+    step, loss_value = 0, None
+    offset = (recorder.last_step or 0) if recorder is not None else 0
+    if recorder is not None and recorder.last_step is None:
+        recorder.on_step(0, None)
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for step in range(1, steps + 1):
+                t0 = time.perf_counter()
+                factor = _lr_factor(step - 1, steps, warmup)
+                for g, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    g["lr"] = base_lr * factor
+                batch = {k: v.to(device) for k, v in next(batches).items()}
+                loss = answer_loss(model, batch)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise _diverged(step, f"loss is {loss_value}", lr, result)
+                loss.backward()
+                if max_grad_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    if not torch.isfinite(norm):
+                        raise _diverged(step, "the gradient is not finite", lr, result)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.losses.append(loss_value)
+                result.lrs.append(lr * factor)
+                result.tokens.append(int(batch["attention_mask"].sum()))
+                result.step_times.append(time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if recorder is not None:
+                    recorder.on_step(offset + step, loss_value)
+                info = StepInfo(step, steps, loss_value, lr * factor, model)
+                if any([cb(info) for cb in callbacks]):
+                    break
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        bar.close()
+        if recorder is not None and result.steps_done:
+            recorder.on_end(offset + result.steps_done, result.losses[-1])
+    return result
+
+
+def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"training stopped at step {step}: {what}. The adapter keeps its weights from step "
+        f"{step - 1} (the last finite one). Try a lower learning rate than lr={lr:g}, or "
+        "gradient clipping (max_grad_norm=1.0).", result)
