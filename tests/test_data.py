@@ -1,0 +1,89 @@
+"""Built-in tasks: deterministic splits, prompt-masked labels, custom tasks and their errors."""
+
+import json
+
+import pytest
+
+import lorakit as lk
+from lorakit.data import IGNORE_INDEX, Example
+
+
+def test_names_and_unknown():
+    assert {"iso_dates", "json_person"} <= set(lk.tasks.names())
+    with pytest.raises(ValueError, match="unknown task 'dates'; built-in tasks: iso_dates"):
+        lk.tasks.get("dates")
+
+
+def test_iso_dates_split_is_fixed_and_disjoint():
+    a, b = lk.tasks.get("iso_dates"), lk.tasks.get("iso_dates")
+    assert a.train == b.train and a.test == b.test
+    assert len(a.train) == 400 and len(a.test) == 100
+    assert not {e.answer for e in a.train} & {e.answer for e in a.test}  # no date leaks
+    assert lk.tasks.get("iso_dates", seed=1).test != a.test
+    for e in a.train[:50]:
+        assert e.prompt.startswith("Convert to ISO date: ")
+        y, m, d = map(int, e.answer.split("-"))
+        assert 1950 <= y <= 2049 and 1 <= m <= 12 and 1 <= d <= 31
+
+
+def test_json_person_answers_are_valid_json():
+    t = lk.tasks.get("json_person")
+    for e in t.train[:30] + t.test[:30]:
+        obj = json.loads(e.answer)
+        assert set(obj) == {"name", "age", "city"} and obj["name"] in e.prompt
+        assert str(obj["age"]) in e.prompt and obj["city"] in e.prompt
+
+
+def test_labels_mask_the_prompt(smol):
+    _, tok = smol
+    task = lk.tasks.get("iso_dates")
+    batch = task.encode(tok, task.train[:3])
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert ids.shape == labels.shape == mask.shape
+    for i, ex in enumerate(task.train[:3]):
+        learned = labels[i][labels[i] != IGNORE_INDEX]
+        assert tok.decode(learned) == ex.answer + "<|im_end|>"
+        n_prompt = int((labels[i] == IGNORE_INDEX).logical_and(mask[i] == 1).sum())
+        prompt = tok.decode(ids[i, :n_prompt])
+        assert prompt == task.prompt_text(tok, ex.prompt)
+        assert (labels[i][mask[i] == 0] == IGNORE_INDEX).all()  # padding is never learned
+
+
+def test_batches_cycle_all_examples_deterministically(smol):
+    _, tok = smol
+    task = lk.tasks.from_pairs("t", [(f"q{i}", f"a{i}") for i in range(10)], test_fraction=0.2)
+    seen = [tok.decode(b["input_ids"][0]) for _, b in zip(range(8), task.batches(tok, 1, seed=3))]
+    again = [tok.decode(b["input_ids"][0]) for _, b in zip(range(8), task.batches(tok, 1, seed=3))]
+    assert seen == again and len(set(seen)) == 8  # one epoch covers every train example
+
+
+def test_from_pairs_split():
+    pairs = [(f"say {i}", str(i)) for i in range(20)]
+    task = lk.tasks.from_pairs("echo", pairs, test_fraction=0.25, seed=1)
+    assert len(task.test) == 5 and len(task.train) == 15
+    assert {e.prompt for e in task.train} | {e.prompt for e in task.test} == {p for p, _ in pairs}
+    assert isinstance(task.train[0], Example)
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([], "at least 2"),
+    ([("a", "b")], "at least 2"),
+    ([("a", "b"), ("c",)], "pair 1 must be \\(prompt, answer\\)"),
+    ([("a", "b"), ("c", "")], "pair 1 must be"),
+    ([("a", "b"), ("c", 3)], "pair 1 must be"),
+    (["ab", "cd"], "pair 0 must be"),
+])
+def test_from_pairs_rejects_malformed(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        lk.tasks.from_pairs("bad", pairs)
+
+
+def test_accuracy_scores_exact_match(smol):
+    model, tok = smol
+    task = lk.tasks.from_pairs("capitals", [("What is the capital of France? One word.",
+                                             "Paris"), ("x", "y")], test_fraction=0.5, seed=0)
+    acc = task.accuracy(model, tok, n=1)
+    assert acc.total == 1 and len(acc.rows) == 1
+    prompt, expected, reply = acc.rows[0]
+    assert acc.correct == int(reply.strip() == expected)
+    assert 0 <= acc.score <= 1 and str(acc).startswith(f"{acc.correct}/1")

@@ -1,0 +1,174 @@
+"""lk.train on the real SmolLM2: loss, determinism, LoRA+, Ctrl-C, NaN, errors, accuracy."""
+
+import pytest
+import torch
+
+import lorakit as lk
+import importlib
+from lorakit.train import NonFiniteLossError, answer_loss
+
+train_mod = importlib.import_module("lorakit.train")  # lk.train is the function
+
+
+@pytest.fixture
+def peft_pair(fresh):
+    model, tok = fresh
+    return lk.attach(model, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0), tok
+
+
+def lora_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+TASK = lk.tasks.get("iso_dates")
+
+
+def test_answer_loss_equals_transformers_loss(peft_pair):
+    pm, tok = peft_pair
+    with torch.no_grad():
+        for p in (p for n, p in pm.named_parameters() if "lora_B" in n):
+            p.normal_(std=0.02)  # non-zero B, so the adapter is in the computation
+        batch = TASK.encode(tok, TASK.train[:3])
+        assert answer_loss(pm, batch).item() == pytest.approx(pm(**batch).loss.item(), abs=1e-5)
+
+
+def test_training_lowers_loss_and_is_deterministic(fresh):
+    model, tok = fresh
+    runs = []
+    for _ in range(2):
+        pm = lk.attach(model, r=4, alpha=8, seed=0)
+        res = lk.train(pm, tok, TASK, steps=6, lr=3e-3, batch_size=4, progress=False)
+        runs.append((res.losses, lora_state(pm)))
+    (l1, s1), (l2, s2) = runs
+    assert l1 == l2 and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert l1[-1] < l1[0]
+    assert not pm.training  # left in eval mode
+
+
+def test_result_fields(peft_pair):
+    pm, tok = peft_pair
+    res = lk.train(pm, tok, TASK, steps=3, lr=1e-3, batch_size=2, warmup=0, progress=False)
+    assert res.steps_done == 3 and res.steps_planned == 3 and not res.interrupted
+    assert len(res.lrs) == len(res.step_times) == len(res.tokens) == 3
+    assert res.lrs[0] == pytest.approx(1e-3) and res.lrs[-1] < res.lrs[0]  # linear decay
+    assert res.tokens_per_s > 0 and all(t > 0 for t in res.tokens)
+    assert "3/3 steps" in str(res)
+
+
+def test_loraplus_gives_b_a_larger_lr(peft_pair, monkeypatch):
+    pm, tok = peft_pair
+    seen = {}
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        seen["groups"] = groups
+        return real(groups, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    lk.train(pm, tok, TASK, steps=1, lr=1e-4, batch_size=1, loraplus_ratio=16, progress=False)
+    rest, b = seen["groups"]
+    names = {id(p): n for n, p in pm.named_parameters()}
+    assert all("lora_B" in names[id(p)] for p in b["params"]) and b["lr"] == pytest.approx(16e-4)
+    assert all("lora_A" in names[id(p)] for p in rest["params"]) and rest["lr"] == 1e-4
+
+
+def test_keyboard_interrupt_keeps_progress(peft_pair):
+    pm, tok = peft_pair
+    rec = lk.Recorder(pm, every=1)
+    snapshot = {}
+
+    def stop_at_3(info):
+        if info.step == 3:
+            snapshot.update(lora_state(info.model))
+            raise KeyboardInterrupt
+
+    res = lk.train(pm, tok, TASK, steps=10, lr=2e-3, batch_size=2, recorder=rec,
+                   callbacks=[stop_at_3], progress=False)
+    assert res.interrupted and res.steps_done == 3 and len(res.losses) == 3
+    assert rec.recording.steps == [0, 1, 2, 3]
+    assert all(torch.equal(v, lora_state(pm)[k]) for k, v in snapshot.items())
+    assert not pm.training and all(p.grad is None for p in pm.parameters())
+    assert lk.generate(pm, tok, "Convert to ISO date: May 1, 2000", max_new_tokens=4)  # usable
+
+
+def test_callback_can_stop(peft_pair):
+    pm, tok = peft_pair
+    res = lk.train(pm, tok, TASK, steps=10, batch_size=1, callbacks=[lambda i: i.step >= 2],
+                   progress=False)
+    assert res.steps_done == 2 and not res.interrupted
+
+
+def test_nan_loss_stops_naming_step_and_keeps_finite_weights(peft_pair, monkeypatch):
+    pm, tok = peft_pair
+    calls = {"n": 0}
+    real = train_mod.answer_loss
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod, "answer_loss", poisoned)
+    after_2 = {}
+    rec = lk.Recorder(pm)
+    with pytest.raises(NonFiniteLossError, match="stopped at step 3: loss is nan") as err:
+        lk.train(pm, tok, TASK, steps=6, lr=2e-3, batch_size=1, recorder=rec, progress=False,
+                 callbacks=[lambda i: after_2.update(lora_state(i.model)) if i.step == 2 else None])
+    assert err.value.result.steps_done == 2
+    state = lora_state(pm)
+    assert all(torch.equal(after_2[k], state[k]) for k in state)
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert rec.recording.steps == [0, 1, 2]
+
+
+def test_continuing_training_continues_recording(peft_pair):
+    pm, tok = peft_pair
+    rec = lk.Recorder(pm, every=1)
+    lk.train(pm, tok, TASK, steps=2, batch_size=1, recorder=rec, progress=False)
+    lk.train(pm, tok, TASK, steps=2, batch_size=1, recorder=rec, progress=False)
+    assert rec.recording.steps == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "steps must be a positive integer"),
+    (dict(steps=2.5), "steps must be a positive integer"),
+    (dict(lr=0), "lr must be a finite number > 0"),
+    (dict(lr=float("inf")), "lr must be a finite number > 0"),
+    (dict(batch_size=0), "batch_size must be a positive integer"),
+    (dict(loraplus_ratio=-1), "loraplus_ratio must be > 0"),
+])
+def test_bad_arguments(peft_pair, kwargs, message):
+    pm, tok = peft_pair
+    before = lora_state(pm)
+    with pytest.raises(ValueError, match=message):
+        lk.train(pm, tok, TASK, progress=False, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in lora_state(pm).items())
+
+
+def test_no_trainable_parameters(fresh):
+    model, tok = fresh
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters: attach an adapter first"):
+        lk.train(model, tok, TASK, steps=1, progress=False)
+
+
+def test_task_type_checked(peft_pair):
+    pm, tok = peft_pair
+    with pytest.raises(TypeError, match="task must be a lorakit Task"):
+        lk.train(pm, tok, "iso_dates", steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_iso_dates_acceptance(fresh):
+    """Base ≤ 10%; LoRA r=8 on q,v for 60 steps, then ≥ 90% on 50 held-out items.
+
+    The wall time of those 60 steps (target ≤ 120 s on the 2-core CPU) is measured by
+    benchmarks/train_accuracy.py and written to RESULTS.md, not asserted here."""
+    model, tok = fresh
+    base = TASK.accuracy(model, tok, n=50)
+    assert base.total == 50 and base.score <= 0.10, base
+    pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
+    res = lk.train(pm, tok, TASK, steps=60, lr=2e-3, batch_size=8, progress=False)
+    assert res.steps_done == 60 and res.losses[-1] < 0.1 * res.losses[0]
+    after = TASK.accuracy(pm, tok, n=50)
+    assert after.score >= 0.90, after
