@@ -1,0 +1,70 @@
+"""QLoRA: the embedded SmolLM2 in 4-bit NF4 (bitsandbytes), trained with LoRA on the CPU.
+
+On CUDA the same path runs with bf16/fp16 compute (the `gpu` tests, skipped without CUDA).
+"""
+
+import pytest
+import torch
+
+import lorakit as lk
+
+TASK = lk.tasks.get("iso_dates")
+# Shared with benchmarks/train_accuracy.py (QLORA_TRAIN): 4-bit steps are slow on a CPU.
+QLORA_TRAIN = dict(steps=30, lr=3e-3, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def nf4():
+    return lk.load_model(quantize="nf4", progress=False)
+
+
+def test_counts_and_footprint(nf4, smol):
+    model, _ = nf4
+    counts = lk.count_params(model)
+    assert counts.total == 134_515_008  # the true count, not the packed uint8 storage
+    fp32 = smol[0].get_memory_footprint()
+    q4 = model.get_memory_footprint()
+    linear = sum(i.in_features * i.out_features for i in lk.linear_modules(model))
+    # the block Linears go from 4 bytes to ~0.52 bytes per weight; embeddings stay fp32
+    assert fp32 - q4 == pytest.approx(linear * (4 - 0.5), rel=0.05)
+
+
+def test_qlora_step_trains_only_the_adapter(nf4):
+    model, tok = nf4
+    pm = lk.attach(model, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+    try:
+        q = pm.base_model.model.model.layers[0].self_attn.q_proj
+        packed = q.base_layer.weight.detach().clone()
+        b0 = q.lora_B["default"].weight.detach().clone()
+        res = lk.train(pm, tok, TASK, steps=2, lr=2e-3, batch_size=2, progress=False)
+        assert all(torch.isfinite(torch.tensor(res.losses)))
+        assert torch.equal(q.base_layer.weight, packed)  # 4-bit base frozen, untouched
+        assert not torch.equal(q.lora_B["default"].weight, b0)  # the adapter learned
+        assert lk.count_params(pm).trainable == lk.lora_param_count(model, r=4)
+    finally:
+        lk.detach(pm)
+
+
+@pytest.mark.slow
+def test_qlora_iso_dates_acceptance(nf4):
+    model, tok = nf4
+    pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
+    try:
+        lk.train(pm, tok, TASK, progress=False, **QLORA_TRAIN)
+        acc = TASK.accuracy(pm, tok, n=50)
+        assert acc.total == 50 and acc.score >= 0.80, acc
+    finally:
+        lk.detach(pm)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantize", ["nf4", "fp4"])
+def test_qlora_on_cuda(quantize):
+    model, tok = lk.load_model(quantize=quantize, progress=False)
+    q = model.model.layers[0].self_attn.q_proj
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert q.weight.device.type == "cuda" and q.compute_dtype == expected
+    pm = lk.attach(model, r=8, alpha=16, seed=0)
+    res = lk.train(pm, tok, TASK, progress=False, **QLORA_TRAIN)
+    assert res.losses[-1] < 0.2 * res.losses[0]
+    assert TASK.accuracy(pm, tok, n=50).score >= 0.80
