@@ -24,6 +24,30 @@ from .train import NonFiniteLossError, TrainResult, train
 
 __version__ = "0.1.0"
 
+# View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
+# lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
+_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli"}
+_LAZY_NAMES = {
+    "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
+    "export_html": "export", "export_png": "export",
+    "merge": "serve", "unmerge": "serve", "save_adapter": "serve", "load_adapter": "serve",
+    "AdapterBank": "serve", "latency": "serve",
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _LAZY_MODULES | set(_LAZY_NAMES))
+
 __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
     "Recorder", "Recording", "Task", "TrainResult", "attach", "builtin_config", "count_params",

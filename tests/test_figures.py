@@ -1,0 +1,387 @@
+"""Tests for lorakit.figures on a REAL recording (SmolLM2, r=8 on q_proj/v_proj, 12 steps):
+frames == recorded steps, one symmetric colour range equal to max |value| over all frames,
+frame titles carrying step and loss, Play/Pause/slider controls, ΔW = 0 at step 0, the "all"
+layout, parameter/budget numbers equal to their sources, TensorBoard smoothing checked by hand,
+input validation, save -> load -> identical figure, and the JSON size of a 60-frame animation."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import lorakit as lk
+from lorakit import figures
+from lorakit.record import Recording
+
+STEPS = 12
+
+
+@contextmanager
+def one_thread():
+    """Train on one thread: on the shared 2-core test machine two threads per process were
+    3-10x slower (1.6 s vs 5-22 s per step), as every parallel region waits for a busy core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """One real run: (tok, counts, recording, result) after 12 recorded steps."""
+    model, tok = lk.load_model(progress=False)
+    pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
+    rec = lk.Recorder(pm, every=1)
+    with one_thread():
+        result = lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=STEPS, lr=2e-3,
+                          batch_size=4, recorder=rec, progress=False)
+    return SimpleNamespace(tok=tok, counts=lk.count_params(pm), recording=rec.recording,
+                           result=result)
+
+
+def tiny_peft(hidden: int = 64, vocab: int = 256, layers: int = 1):
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=vocab)
+    return lk.attach(LlamaForCausalLM(config), r=4, alpha=8, targets=["q_proj", "v_proj"],
+                     seed=0)
+
+
+TITLE = re.compile(r"step (\d+), loss (n/a|[-+.\deE]+)")
+
+
+def parse_title(text: str):
+    m = TITLE.search(text)
+    assert m, text
+    return int(m.group(1)), (None if m.group(2) == "n/a" else float(m.group(2)))
+
+
+def max_abs(t: torch.Tensor) -> float:
+    return float(t.float().abs().max())
+
+
+# --------------------------------------------------------------------------- matrix_evolution
+
+
+def test_frames_range_titles_and_zero_delta(run):
+    rec = run.recording
+    assert len(rec) == STEPS + 1 and rec.steps == list(range(STEPS + 1))
+    for name in rec.modules:
+        f = rec.frames(name)
+        fig = figures.matrix_evolution(rec, name)
+        assert len(fig.frames) == len(rec)
+        m = max_abs(f.delta)
+        assert m > 0
+        for i, frame in enumerate(fig.frames):
+            (h,) = frame.data
+            assert h.type == "heatmap"
+            assert h.zmin == -m and h.zmax == m and h.zmid == 0        # one symmetric range
+            np.testing.assert_array_equal(np.asarray(h.z), f.delta[i].float().numpy())
+            step, loss = parse_title(frame.layout.title.text)
+            assert step == rec.steps[i]
+            if rec.losses[i] is None:
+                assert loss is None
+            else:
+                assert loss == pytest.approx(rec.losses[i], rel=5e-3)
+            assert f.module_type in frame.layout.title.text
+        assert fig.data[0].zmin == -m and fig.data[0].zmax == m
+        assert fig.layout.title.text == fig.frames[0].layout.title.text
+        z0, z_last = np.asarray(fig.frames[0].data[0].z), np.asarray(fig.frames[-1].data[0].z)
+        assert z0.shape == (64, 64) and np.all(z0 == 0)                # B = 0 at step 0
+        assert np.any(z_last != 0)
+
+
+def test_play_pause_and_slider(run):
+    fig = figures.matrix_evolution(run.recording, "layers.0.q_proj")
+    names = [fr.name for fr in fig.frames]
+    assert names == [str(s) for s in run.recording.steps] and len(set(names)) == len(names)
+    (menu,) = fig.layout.updatemenus
+    play, pause = menu.buttons
+    assert (play.label, play.method) == ("Play", "animate")
+    assert play.args[0] is None and play.args[1]["fromcurrent"] is True
+    assert play.args[1]["frame"]["redraw"] is True and play.args[1]["frame"]["duration"] > 0
+    assert (pause.label, pause.method) == ("Pause", "animate")
+    assert list(pause.args[0]) == [None] and pause.args[1]["mode"] == "immediate"
+    (slider,) = fig.layout.sliders
+    assert len(slider.steps) == len(fig.frames)
+    for st, fr in zip(slider.steps, fig.frames, strict=True):
+        assert st.method == "animate" and list(st.args[0]) == [fr.name] and st.label == fr.name
+        assert st.args[1]["mode"] == "immediate"
+
+
+def test_which_all_and_single_factors(run):
+    rec = run.recording
+    f = rec.get("v_proj", 29)
+    fig = figures.matrix_evolution(rec, "v_proj", layer=29, which="all")
+    assert [t.type for t in fig.data] == ["heatmap"] * 3
+    keys = ("A", "B", "delta")
+    for frame in fig.frames:
+        assert [t.type for t in frame.data] == ["heatmap"] * 3 and list(frame.traces) == [0, 1, 2]
+        for t, key in zip(frame.data, keys, strict=True):
+            m = max_abs(getattr(f, key))
+            assert t.zmin == -m and t.zmax == m                        # per-matrix range
+    np.testing.assert_array_equal(np.asarray(fig.frames[0].data[2].z), 0)
+    assert np.asarray(fig.frames[-1].data[0].z).shape == (8, 64)       # A: (r, ≤D)
+    assert np.asarray(fig.frames[-1].data[1].z).shape == (64, 8)       # B: (≤D, r)
+    assert fig.layout.yaxis.autorange == "reversed"                    # row 0 at the top
+    shared = figures.matrix_evolution(rec, "v_proj", layer=29, which="all", shared_range=True)
+    m_all = max(max_abs(getattr(f, k)) for k in keys)
+    assert {(t.zmin, t.zmax) for fr in shared.frames for t in fr.data} == {(-m_all, m_all)}
+    for which, key in (("A", "A"), ("B", "B")):
+        fig = figures.matrix_evolution(rec, "layers.29.v_proj", which=which)
+        np.testing.assert_array_equal(np.asarray(fig.frames[5].data[0].z),
+                                      getattr(f, key)[5].float().numpy())
+
+
+def test_module_name_forms_and_errors(run):
+    rec = run.recording
+    want = figures.matrix_evolution(rec, "layers.0.q_proj").to_json()
+    assert figures.matrix_evolution(rec, "q_proj", layer=0).to_json() == want
+    assert figures.matrix_evolution(rec, "model.layers.0.self_attn.q_proj").to_json() == want
+    with pytest.raises(ValueError, match=r"layers\.0\.q_proj.*layers\.29\.v_proj"):
+        figures.matrix_evolution(rec, "k_proj", layer=0)
+    with pytest.raises(ValueError, match="layer="):
+        figures.matrix_evolution(rec, "q_proj")                        # two layers recorded
+    with pytest.raises(ValueError, match="layer 5"):
+        figures.matrix_evolution(rec, "q_proj", layer=5)
+    with pytest.raises(ValueError, match="'delta', 'all'"):
+        figures.matrix_evolution(rec, "layers.0.q_proj", which="dW")
+    with pytest.raises(ValueError, match="layers.0.q_proj"):
+        figures.spectrum_over_time(rec, "nope")
+
+
+def test_empty_and_all_zero_recordings():
+    pm = tiny_peft()
+    empty = lk.Recorder(pm).recording
+    for build in (lambda r: figures.matrix_evolution(r, "layers.0.q_proj"),
+                  figures.norms_over_time,
+                  lambda r: figures.spectrum_over_time(r, "layers.0.q_proj"),
+                  figures.loss_curve):
+        with pytest.raises(ValueError, match="nothing to show"):
+            build(empty)
+    rec = lk.Recorder(pm)
+    rec.on_step(0, None)                                               # one frame, ΔW = 0
+    fig = figures.matrix_evolution(rec.recording, "layers.0.q_proj")
+    h = fig.frames[0].data[0]
+    assert np.all(np.asarray(h.z) == 0) and 0 < h.zmax < 1e-6 and h.zmin == -h.zmax
+
+
+def test_saved_recording_rebuilds_identical_figures(run, tmp_path):
+    rec = run.recording
+    loaded = Recording.load(rec.save(tmp_path / "run.safetensors"))
+    for build in (lambda r: figures.matrix_evolution(r, "q_proj", layer=29, which="all"),
+                  figures.norms_over_time,
+                  lambda r: figures.spectrum_over_time(r, "layers.0.v_proj"),
+                  figures.loss_curve):
+        assert build(loaded).to_json() == build(rec).to_json()
+
+
+def test_json_size_of_60_frame_animation(run):
+    """60 recorded steps of a 64×64 q_proj (a tiny Llama, the real tokenizer and lk.train)."""
+    pm = tiny_peft(hidden=64, vocab=len(run.tok))
+    rec = lk.Recorder(pm, modules=["q_proj"], every=1)
+    with one_thread():
+        lk.train(pm, run.tok, lk.tasks.get("iso_dates"), steps=59, batch_size=1, lr=1e-2,
+                 recorder=rec, progress=False)
+    fig = figures.matrix_evolution(rec.recording, "q_proj", which="delta")
+    assert len(fig.frames) == 60 and np.asarray(fig.frames[-1].data[0].z).shape == (64, 64)
+    size = len(fig.to_json())
+    assert size < 2_000_000, size                                      # well under 5 MB
+
+
+# --------------------------------------------------------------------------- norms, spectra
+
+
+def test_norms_over_time(run):
+    rec = run.recording
+    fig = figures.norms_over_time(rec)
+    assert len(fig.data) == 3 * len(rec.modules)
+    for t in fig.data:
+        assert list(t.x) == rec.steps
+    by_name = {}
+    for t in fig.data:
+        by_name.setdefault(t.name, []).append(t)
+    for name, traces in by_name.items():
+        f = rec.frames(name)
+        for t, key in zip(traces, ("norm_A", "norm_B", "norm_delta"), strict=True):
+            np.testing.assert_allclose(t.y, getattr(f, key).numpy())
+        assert [t.showlegend for t in traces] == [True, False, False]
+        assert len({t.line.color for t in traces}) == 1
+        assert traces[2].y[0] == 0 and traces[2].y[-1] > 0               # ‖ΔW‖ grows from 0
+    only_q = figures.norms_over_time(rec, modules="q_proj")
+    assert {t.name for t in only_q.data} == {"layers.0.q_proj", "layers.29.q_proj"}
+    with pytest.raises(ValueError, match="k_proj"):
+        figures.norms_over_time(rec, modules=["k_proj"])
+
+
+def test_spectrum_over_time(run):
+    rec = run.recording
+    f = rec.get("q_proj", 0)
+    fig = figures.spectrum_over_time(rec, "q_proj", layer=0)
+    assert [t.name for t in fig.data] == [f"σ{i}" for i in range(1, 9)]
+    sv = np.array([t.y for t in fig.data]).T                            # (F, k)
+    np.testing.assert_array_equal(sv, f.sv.numpy())
+    assert np.all(sv[0] == 0) and np.all(np.diff(sv[-1]) <= 0) and sv[-1, 0] > 0
+    assert figures.spectrum_over_time(rec, "q_proj", layer=0, log=True).layout.yaxis.type == "log"
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def bar(fig, name):
+    (t,) = [t for t in fig.data if t.name == name]
+    return t
+
+
+@pytest.mark.parametrize("by", ["type", "layer"])
+def test_param_bars_totals(run, by):
+    c = run.counts
+    fig = figures.param_bars(c, by=by)
+    assert sum(bar(fig, "trainable").y) == c.trainable == 460_800
+    assert sum(bar(fig, "frozen").y) == c.frozen
+    assert f"trainable {c.trainable:,} of {c.total:,} = {c.trainable_pct:.3f}%" in \
+        fig.layout.title.text
+    assert fig.layout.barmode == "stack" and not fig.layout.annotations
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["linear", "log"]
+    assert [b.args[0]["yaxis.type"] for b in buttons] == ["linear", "log"]
+    if by == "type":
+        q = list(bar(fig, "trainable").x).index("q_proj")
+        assert bar(fig, "trainable").y[q] == c.by_type["q_proj"].trainable
+    else:
+        assert list(bar(fig, "frozen").x)[:2] == ["0", "1"] and fig.layout.xaxis.type == "category"
+    log = figures.param_bars(c, by=by, log=True)
+    assert log.layout.yaxis.type == "log" and log.layout.barmode == "group"
+
+
+def test_param_bars_without_lora():
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64,
+                                         vocab_size=64))
+    full = figures.param_bars(lk.count_params(model))                  # plain model: all train
+    assert "no LoRA" in full.layout.annotations[0].text
+    model.requires_grad_(False)
+    counts = lk.count_params(model)
+    fig = figures.param_bars(counts)
+    assert counts.trainable == 0 and sum(bar(fig, "frozen").y) == counts.total
+    assert "trainable 0" in fig.layout.annotations[0].text
+    assert "no trainable parameters" in fig.layout.title.text
+    sun = figures.param_sunburst(counts)
+    assert "trainable" not in sun.data[0].ids
+
+
+def test_param_sunburst(run):
+    c = run.counts
+    (s,) = figures.param_sunburst(c).data
+    value = dict(zip(s.ids, s.values, strict=True))
+    parent = dict(zip(s.ids, s.parents, strict=True))
+    assert value["all"] == c.total and value["frozen"] == c.frozen
+    assert value["trainable"] == c.trainable
+    assert value["trainable/q_proj"] == c.by_type["q_proj"].trainable and parent[
+        "trainable/q_proj"] == "trainable"
+    for part in ("frozen", "trainable"):
+        assert sum(v for i, v in value.items() if parent[i] == part) == value[part]
+
+
+def test_budget_bars_llama_2_7b():
+    b = lk.estimate("llama-2-7b", r=8, targets=["q_proj", "v_proj"])
+    fig = figures.budget_bars(b)
+    setups = ("full", "lora", "qlora")
+    for part in ("weights", "gradients", "optimizer", "master"):
+        t = bar(fig, part)
+        assert list(t.customdata) == [getattr(b, f"{s}_{part}") for s in setups]
+        assert list(t.y) == [getattr(b, f"{s}_{part}") / 1e9 for s in setups]
+    totals = np.sum([bar(fig, p).y for p in ("weights", "gradients", "optimizer", "master")], 0)
+    np.testing.assert_allclose(totals, [b.total_bytes(s) / 1e9 for s in setups])
+    assert totals[0] == pytest.approx(16 * b.total_params / 1e9)      # 16 B/param, full FT
+    assert fig.layout.barmode == "stack" and "llama-2-7b" in fig.layout.title.text
+    assert [a.text for a in fig.layout.annotations] == [f"{x:.1f} GB" for x in totals]
+
+
+# --------------------------------------------------------------------------- loss, sweeps
+
+
+def test_loss_curve_debiased_ema_by_hand():
+    fig = figures.loss_curve([1.0, 0.0, 0.5], smooth=0.5)
+    raw, smooth = fig.data
+    assert list(raw.x) == [1, 2, 3] and list(raw.y) == [1.0, 0.0, 0.5]
+    # EMA from 0: 0.5, 0.25, 0.375; debiased by 1 - 0.5^n: 0.5, 0.75, 0.875
+    np.testing.assert_allclose(smooth.y, [1.0, 1 / 3, 3 / 7])
+    assert list(figures.loss_curve([1.0, 0.0], smooth=0).data[1].y) == [1.0, 0.0]
+    skipped = figures.loss_curve([None, 2.0, 1.0])
+    assert list(skipped.data[0].x) == [2, 3]
+    for bad in (1, -0.1, 1.5):
+        with pytest.raises(ValueError, match="smooth"):
+            figures.loss_curve([1.0], smooth=bad)
+    with pytest.raises(ValueError, match="nothing to show"):
+        figures.loss_curve([])
+
+
+def test_loss_curve_sources_agree(run):
+    res, rec = run.result, run.recording
+    a, b = figures.loss_curve(res), figures.loss_curve(rec)
+    assert list(a.data[0].x) == list(range(1, STEPS + 1)) == list(b.data[0].x)
+    np.testing.assert_allclose(a.data[0].y, res.losses)
+    np.testing.assert_allclose(b.data[0].y, res.losses)
+    np.testing.assert_allclose(a.data[1].y, b.data[1].y)
+    assert f"step {STEPS}: {res.losses[-1]:.3g}" in a.layout.title.text
+
+
+SWEEP = [{"r": 16, "trainable": 921_600, "final_loss": 0.01, "accuracy": 0.98},
+         {"r": 4, "trainable": 230_400, "final_loss": 0.02, "accuracy": 0.96},
+         {"r": 8, "trainable": 460_800, "final_loss": 0.015, "accuracy": 0.97}]
+
+
+def test_rank_sweep():
+    fig = figures.rank_sweep(SWEEP)
+    loss_r, acc_r, loss_p, acc_p = fig.data
+    assert list(loss_r.x) == [4, 8, 16] and list(loss_r.y) == [0.02, 0.015, 0.01]
+    assert list(acc_p.x) == [230_400, 460_800, 921_600] and list(acc_p.y) == [0.96, 0.97, 0.98]
+    assert loss_p.xaxis == "x2" and fig.layout.xaxis.type == "log"
+    assert fig.layout.xaxis2.type == "log" and list(fig.layout.xaxis.tickvals) == [4, 8, 16]
+    assert acc_r.yaxis != loss_r.yaxis                                   # accuracy: right axis
+    only_loss = figures.rank_sweep([{k: v for k, v in r.items() if k != "accuracy"}
+                                    for r in SWEEP])
+    assert [t.name for t in only_loss.data] == ["final_loss", "final_loss"]
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([], "non-empty"),
+    ({"r": 4}, "non-empty"),
+    ([{"r": 4, "final_loss": 0.1}], "trainable"),
+    ([{"r": 4, "trainable": 10}], "final_loss.*accuracy"),
+    ([{"r": 0, "trainable": 10, "final_loss": 0.1}], "positive integer"),
+    ([{"r": True, "trainable": 10, "final_loss": 0.1}], "positive integer"),
+    ([{"r": 4, "trainable": 10, "accuracy": float("nan")}], "finite"),
+    ([(4, 10, 0.1)], "dict"),
+])
+def test_rank_sweep_validates(rows, match):
+    with pytest.raises(ValueError, match=match):
+        figures.rank_sweep(rows)
+
+
+# --------------------------------------------------------------------------- style
+
+
+def test_one_template_and_diverging_scale(run, capsys):
+    figs = [figures.param_bars(run.counts), figures.param_sunburst(run.counts),
+            figures.budget_bars(lk.estimate("smollm2-135m")),
+            figures.matrix_evolution(run.recording, "layers.0.q_proj"),
+            figures.norms_over_time(run.recording), figures.loss_curve(run.result),
+            figures.spectrum_over_time(run.recording, "layers.0.q_proj"),
+            figures.rank_sweep(SWEEP)]
+    for fig in figs:
+        assert list(fig.layout.template.layout.colorway) == list(figures.OKABE_ITO)
+        assert fig.layout.template.layout.plot_bgcolor == "white"       # plotly_white
+        assert fig.layout.title.text
+    scale = figs[3].data[0].colorscale
+    assert scale[0][1] == "rgb(5,48,97)" and scale[-1][1] == "rgb(103,0,31)"  # blue → red
+    assert capsys.readouterr() == ("", "")                             # builders never print
