@@ -1,0 +1,265 @@
+"""Tests for lorakit.cli (`lorakit tour`) and lorakit.report: a short real tour on the embedded
+SmolLM2 writes an HTML report with the accuracy numbers and escaped model/user text; the report
+writer escapes everything but trusted ``Html`` blocks; bad flags exit non-zero with argparse's
+message before any model is loaded; and (slow) the default tour reaches ≥ 90% accuracy."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit import cli
+from lorakit.cli import TourResult, TourSettings, main, run_tour
+from lorakit.report import Html, KeyValues, Report, Sparkline, Table, Text
+
+EVIL = '<script>alert("x")</script> & "quotes"'
+
+
+# --------------------------------------------------------------------------- report writer
+
+
+def test_report_escapes_every_text_field(tmp_path):
+    rep = Report(f"title {EVIL}", subtitle=f"sub {EVIL}", footer=f"foot {EVIL}")
+    rep.add(f"section {EVIL}",
+            KeyValues([(f"key {EVIL}", f"value {EVIL}")]),
+            Table([f"head {EVIL}", "n"], [[f"cell {EVIL}", 3]], caption=f"cap {EVIL}"),
+            Text(f"para {EVIL}\n\nsecond"), Text(f"pre {EVIL}", pre=True),
+            Sparkline([3.0, 2.0, 1.0], label=f"spark {EVIL}"))
+    html = rep.to_html()
+    assert "<script" not in html and "alert(\"x\")" not in html
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;"
+    for where in ("title", "sub", "foot", "section", "key", "value", "head", "cell", "cap",
+                  "para", "pre", "spark"):
+        assert f"{where} {escaped}" in html, where
+    assert "<p>second</p>" in html
+    path = rep.write(tmp_path / "r.html")
+    assert path == (tmp_path / "r.html").resolve() and path.read_text("utf-8") == html
+    assert not list(tmp_path.glob(".*.tmp"))         # the temporary file was renamed away
+
+
+def test_report_html_block_is_trusted_and_sections_can_grow():
+    rep = Report("r")
+    section = rep.add("figures", Html('<div id="fig">plot</div>'))
+    section.blocks.append(Table(["a"], [["<b>"]]))
+    html = rep.to_html()
+    assert '<div id="fig">plot</div>' in html        # a figure's markup goes in as it is
+    assert "<td>&lt;b&gt;</td>" in html
+    assert rep.section("figures") is section
+    with pytest.raises(KeyError, match="figures"):
+        rep.section("nope")
+
+
+def test_table_alignment_and_sparkline_edge_cases():
+    html = Table(["name", "n", "pct"], [["a", "1,024", "0.34%"], ["b", 7, "1%"]]).to_html()
+    assert '<th>name</th><th class="num">n</th><th class="num">pct</th>' in html
+    spark = Sparkline([None, 2.0, math.nan, 1.0, math.inf], x=[0, 1, 2, 3, 4])
+    assert spark.points() == [(1.0, 2.0), (3.0, 1.0)]
+    assert "<polyline" in spark.to_html() and "2 → 1" in spark.to_html()
+    assert "<polyline" in Sparkline([5.0, 5.0]).to_html()           # flat line, no 0/0
+    assert "<polyline" in Sparkline([5.0]).to_html()                # a single point
+    assert "no data" in Sparkline([], label="empty").to_html()
+    assert Sparkline([1.0, 0.0, -1.0], log=True).points() == [(0.0, 1.0)]
+    with pytest.raises(ValueError, match="x has 1"):
+        Sparkline([1.0, 2.0], x=[0]).points()
+
+
+# --------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tour", "--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
+    (["tour", "--rank", "-2"], "argument --rank/-r: must be a positive integer"),
+    (["tour", "--batch-size", "2.5"], "argument --batch-size: must be a positive integer"),
+    (["tour", "--eval-n", "zero"], "argument --eval-n: must be a positive integer"),
+    (["tour", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
+    (["tour", "--alpha", "0"], "argument --alpha: must be a finite number > 0"),
+    (["tour", "--targets", " , "], "argument --targets: must be comma-separated"),
+    (["tour", "--quantize", "nf3"], "argument --quantize: invalid choice: 'nf3'"),
+    (["tour", "--task", "poems"], "argument --task: invalid choice: 'poems'"),
+    (["tour", "--threads", "0"], "argument --threads: must be a positive integer"),
+    (["tour", "--out", "{tmp}/missing/r.html"], "does not exist"),
+    (["tour", "--out", "{tmp}"], "is a folder"),
+    (["tour", "--prompt", "  "], "prompts must be non-empty strings"),
+    (["tour", "--stepz", "3"], "unrecognized arguments: --stepz"),
+    (["nope"], "invalid choice: 'nope'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_bad_flags_exit_2_with_a_message(argv, message, tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("run_tour must not start on bad flags")
+
+    monkeypatch.setattr(cli, "run_tour", never)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: lorakit" in err and message in err
+
+
+def test_help_and_version_exit_0(capsys):
+    assert main(["--help"]) == 0
+    assert "tour" in capsys.readouterr().out
+    assert main(["tour", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--quantize", "--rank", "--alpha", "--targets", "--steps", "--lr",
+                 "--batch-size", "--eval-n", "--out", "--prompt", "--threads"):
+        assert flag in out
+    out = " ".join(out.split())    # argparse wraps lines at the terminal width
+    assert "(default: q_proj,v_proj)" in out and "(default: 60)" in out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("lorakit ")
+
+
+def test_flags_become_settings(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_run_tour(settings, log):
+        seen["settings"] = settings
+        log("a progress line")
+        raise KeyboardInterrupt   # also checks Ctrl-C outside training: exit 130
+
+    monkeypatch.setattr(cli, "run_tour", fake_run_tour)
+    out = tmp_path / "t.html"
+    code = main(["tour", "--steps", "5", "--rank", "4", "--alpha", "8", "--targets",
+                 "q_proj, k_proj,", "--lr", "1e-3", "--batch-size", "2", "--eval-n", "7",
+                 "--quantize", "nf4", "--seed", "3", "--threads", "1", "--out", str(out),
+                 "--prompt", "hi", "--prompt", "<b>"])
+    assert code == 130
+    assert seen["settings"] == TourSettings(
+        steps=5, rank=4, alpha=8.0, targets=("q_proj", "k_proj"), lr=1e-3, batch_size=2,
+        eval_n=7, quantize="nf4", seed=3, threads=1, out=str(out), prompts=("hi", "<b>"))
+    captured = capsys.readouterr()
+    assert "a progress line" in captured.out and "interrupted" in captured.err
+
+
+def test_settings_validate_before_any_work(tmp_path):
+    for bad in ({"steps": 0}, {"rank": 1.5}, {"lr": -1.0}, {"alpha": math.inf},
+                {"eval_n": True}, {"targets": ()}, {"targets": [" "]}, {"task": "nope"},
+                {"quantize": "nf3"}, {"threads": 0}, {"seed": "0"}, {"prompts": [""]},
+                {"out": str(tmp_path)}, {"out": str(tmp_path / "no" / "r.html")}):
+        with pytest.raises(ValueError):
+            run_tour(**bad)           # raises in TourSettings, before loading the model
+    assert TourSettings(targets="q_proj").targets == ("q_proj",)
+    assert TourSettings(targets=[" q_proj ", "v_proj"]).targets == ("q_proj", "v_proj")
+    with pytest.raises(TypeError, match="either"):
+        run_tour(TourSettings(), steps=3)
+
+
+def test_wrong_target_fails_right_after_loading(tmp_path):
+    lines = []
+    with pytest.raises(ValueError, match="Linear modules are: q_proj, k_proj, v_proj"):
+        run_tour(targets=("qv_proj",), out=str(tmp_path / "r.html"), log=lines.append)
+    assert lines == [] and not (tmp_path / "r.html").exists()     # no eval, no report
+
+
+def test_busy_machine_hint(monkeypatch):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (4.5, 4.0, 3.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--threads 1" in cli._busy_hint(TourSettings())
+    assert cli._busy_hint(TourSettings(threads=2)) is None      # the user chose already
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.3, 0.3, 0.3))
+    assert cli._busy_hint(TourSettings()) is None
+
+
+# --------------------------------------------------------------------------- a real tour
+
+
+@pytest.fixture(scope="module")
+def short_tour(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tour") / "tour.html"
+    lines: list[str] = []
+    # 1 thread: tiny matrices, and robust on a machine shared with other jobs.
+    result = run_tour(steps=3, eval_n=4, batch_size=4, out=str(out), prompts=(EVIL,),
+                      threads=1, log=lines.append)
+    return result, lines
+
+
+def test_short_tour_result(short_tour):
+    r, lines = short_tour
+    assert isinstance(r, TourResult)
+    assert r.trainable_params == 460_800                    # r=8 on q_proj, v_proj (30 layers)
+    assert r.total_params == r.trainable_params + r.frozen_params == 134_975_808
+    assert r.memory_bytes > r.base_memory_bytes > 100 * 2**20
+    assert r.adapter_bytes == 4 * r.trainable_params        # float32
+    assert r.eval_total == 4 and 0 <= r.correct_before <= 4 and 0 <= r.correct_after <= 4
+    assert r.steps_done == 3 and len(r.losses) == len(r.step_times) == 3
+    assert all(math.isfinite(v) for v in r.losses) and r.tokens_per_s > 0
+    assert r.recorded_steps == [0, 1, 2, 3]
+    assert [m.name for m in r.modules] == ["layers.0.q_proj", "layers.0.v_proj",
+                                          "layers.29.q_proj", "layers.29.v_proj"]
+    for m in r.modules:
+        assert m.norm_delta_first == 0.0 < m.norm_delta_last      # B starts at 0
+        assert len(m.norm_delta) == 4 and len(m.top_sv) == 8
+        assert m.top_sv == sorted(m.top_sv, reverse=True)
+    assert [g.expected is None for g in r.generations] == [False, False, False, True]
+    assert r.generations[3].prompt == EVIL
+    assert list(r.timings) == ["load model", "accuracy before", "generations before", "attach",
+                               "train", "accuracy after", "generations after", "report"]
+    assert r.wall_seconds >= sum(r.timings.values()) - 1e-6
+    assert lines[0].startswith("[1/7] loaded SmolLM2-135M-Instruct")
+    assert lines[-1] == f"[7/7] wrote {r.report}"
+    assert sum("step " in line and "loss" in line for line in lines) == 3
+
+
+def test_short_tour_report(short_tour):
+    r, _ = short_tour
+    html = Path(r.report).read_text("utf-8")
+    assert f"{r.correct_before}/{r.eval_total} → {r.correct_after}/{r.eval_total}" in html
+    assert "460,800" in html and "134,975,808" in html and "0.341%" in html
+    assert f"{r.loss_first:.4f} → {r.loss_last:.4f}" in html
+    for m in r.modules:
+        assert m.name in html
+    assert "<script" not in html                      # the prompt is shown, escaped
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    for g in r.generations:                            # model text, escaped
+        assert escape(g.before) in html and escape(g.after) in html
+    assert "Wall time per phase" in html and "whole tour" in html
+    assert html.count("<svg") == 1 + len(r.modules)    # loss + one ‖ΔW‖ line per module
+
+
+def test_cli_prints_the_summary_and_exits_0(short_tour, monkeypatch, capsys):
+    r, _ = short_tour
+    monkeypatch.setattr(cli, "run_tour", lambda settings, log: r)   # the tour above, via main
+    assert main(["tour", "--steps", "3", "--eval-n", "4", "--out", str(r.report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lorakit tour: task=iso_dates")
+    assert "wall time per phase: load model" in out
+    assert (f"accuracy {r.correct_before}/4 → {r.correct_after}/4; report: {r.report}"
+            in out)
+
+
+def test_recording_comes_back(short_tour):
+    r, _ = short_tour
+    assert r.recording is not None and r.recording.steps == r.recorded_steps
+    assert r.recording.modules == [m.name for m in r.modules]
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+def _lorakit_command() -> list[str]:
+    script = Path(sys.executable).with_name("lorakit")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lorakit.cli"]
+
+
+@pytest.mark.slow
+def test_default_tour_learns_iso_dates(tmp_path):
+    """The acceptance check: `lorakit tour` with default settings, as `make tour` runs it."""
+    out = tmp_path / "lorakit-tour.html"
+    proc = subprocess.run([*_lorakit_command(), "tour", "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(r"accuracy (\d+)/(\d+) → (\d+)/(\d+); report: (.+)", proc.stdout)
+    assert found, proc.stdout[-3000:]
+    after, total = int(found[3]), int(found[4])
+    assert total == 50 and after / total >= 0.9, proc.stdout[-3000:]
+    assert Path(found[5].strip()) == out.resolve() and out.is_file()
+    assert "wall time per phase" in proc.stdout
