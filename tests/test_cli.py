@@ -217,12 +217,15 @@ def test_short_tour_report(short_tour):
     assert f"{r.loss_first:.4f} → {r.loss_last:.4f}" in html
     for m in r.modules:
         assert m.name in html
-    assert "<script" not in html                      # the prompt is shown, escaped
+    assert 'alert("x")' not in html                   # the prompt is shown, escaped
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
     for g in r.generations:                            # model text, escaped
         assert escape(g.before) in html and escape(g.after) in html
     assert "Wall time per phase" in html and "whole tour" in html
     assert html.count("<svg") == 1 + len(r.modules)    # loss + one ‖ΔW‖ line per module
+    # the plotly figures: loss curve, A/B/ΔW animation, norms; plotly.js once, from the CDN
+    assert html.count('class="plotly-graph-div"') == 3
+    assert html.count("cdn.plot.ly") == 1 and "addFrames" in html  # the animation's frames
 
 
 def test_cli_prints_the_summary_and_exits_0(short_tour, monkeypatch, capsys):
