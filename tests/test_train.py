@@ -1,10 +1,11 @@
 """lk.train on the real SmolLM2: loss, determinism, LoRA+, Ctrl-C, NaN, errors, accuracy."""
 
+import importlib
+
 import pytest
 import torch
 
 import lorakit as lk
-import importlib
 from lorakit.train import NonFiniteLossError, answer_loss
 
 train_mod = importlib.import_module("lorakit.train")  # lk.train is the function
