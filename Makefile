@@ -47,6 +47,9 @@ tour: setup
 bench: setup
 	$(PY) benchmarks/slider_latency.py
 	$(PY) benchmarks/recorder_overhead.py
+	$(PY) benchmarks/panel_latency.py
+	$(PY) benchmarks/merge_latency.py
+	$(PY) benchmarks/train_accuracy.py
 
 lint: setup
 	$(VENV)/bin/ruff check lorakit tests benchmarks

@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
+    "set_display_mode": "widgets", "get_display_mode": "widgets",
     "export_html": "export", "export_png": "export",
     "merge": "serve", "unmerge": "serve", "save_adapter": "serve", "load_adapter": "serve",
     "AdapterBank": "serve", "latency": "serve",
