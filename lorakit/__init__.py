@@ -31,8 +31,9 @@ _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
     "export_html": "export", "export_png": "export",
-    "merge": "serve", "unmerge": "serve", "save_adapter": "serve", "load_adapter": "serve",
-    "AdapterBank": "serve", "latency": "serve",
+    "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
+    "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
+    "latency": "serve", "MergeCheck": "serve",
 }
 
 

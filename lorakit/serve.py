@@ -1,0 +1,730 @@
+"""Serving a LoRA adapter: merge/unmerge, save/load, hot-swap, mixed-adapter batches.
+
+Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
+
+- ``merge`` ~ ``PeftModel.merge_and_unload``: W ← W + ΔW with ΔW = (α/r)·B·A, then the LoRA
+  wrappers are removed. Unlike PEFT it first checks, on a probe batch, that the merged model
+  gives the unmerged model's logits (``MergeCheck``) and raises if not.
+- ``merge_in_place`` / ``unmerge`` ~ ``merge_adapter`` / ``unmerge_adapter``: keep the wrapper;
+  explicit, symmetric and guarded (PEFT only warns on a repeat; here a repeat raises).
+- ``save_adapter`` / ``load_adapter`` ~ ``save_pretrained`` / ``PeftModel.from_pretrained`` and
+  ``load_adapter``: the PEFT folder format (adapter_config.json + adapter_model.safetensors),
+  with the adapter's tensor shapes checked against the model *before* anything is loaded.
+- ``AdapterBank`` ~ ``load_adapter`` + ``set_adapter`` (hot-swap) and PEFT's mixed-adapter
+  batches, ``generate(..., adapter_names=[...])`` ("__base__" = no adapter for that row).
+- ``latency`` times greedy generation (merged vs base vs unmerged LoRA).
+
+Why merging is exact only up to rounding: the merged weight W + ΔW is stored in the weight
+dtype, so every element is rounded once. In float32 that moves SmolLM2's logits (|logit| ≈ 30)
+by ≈ 1e-4 whatever the adapter, so tolerances here are relative to the logit scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .attach import has_adapter, is_peft
+
+BASE = "__base__"                      # PEFT's name for "no adapter" in a mixed batch
+CONFIG_NAME = "adapter_config.json"    # = peft.utils.CONFIG_NAME
+WEIGHTS_NAME = "adapter_model.safetensors"  # = peft.utils.SAFETENSORS_WEIGHTS_NAME
+BIN_WEIGHTS_NAME = "adapter_model.bin"      # older PEFT (torch.save) format
+
+# Merge-check tolerance, relative to the largest |logit| of the unmerged model: rounding
+# W + ΔW to the weight dtype (float32 eps 1.2e-7, bfloat16 eps 7.8e-3) moves the logits by
+# ~3e-6 (fp32), ~3e-3 (fp16) and ~3e-2 (bf16) of their scale on SmolLM2.
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class MergeStateError(RuntimeError):
+    """Merging an already merged adapter, or unmerging one that is not merged."""
+
+
+class MergeCheckError(RuntimeError):
+    """The merged model's logits differ from the unmerged model's by more than the tolerance."""
+
+    def __init__(self, message: str, check: MergeCheck):
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass(frozen=True)
+class MergeCheck:
+    """Merged vs unmerged logits on a probe batch (``merge`` attaches it as ``.merge_check``)."""
+
+    max_abs_diff: float       # max |logits_merged - logits_unmerged| over the probe batch
+    atol: float               # the tolerance it was checked against
+    dtype: torch.dtype        # dtype of the merged weights
+    logit_scale: float        # max |logits_unmerged|: what atol is relative to by default
+    adapter_effect: float     # max |logits_unmerged - logits_base|: what the adapter changes
+    quantized: bool = False   # merged into a 4-/8-bit bitsandbytes base (re-quantized)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+    @property
+    def relative_to_effect(self) -> float:
+        """The merge error as a fraction of the adapter's own effect on the logits."""
+        return self.max_abs_diff / self.adapter_effect if self.adapter_effect else 0.0
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "EXCEEDED"
+        return (f"merged vs unmerged logits: max |diff| {self.max_abs_diff:.3g} ({verdict}, atol "
+                f"{self.atol:.3g}, {str(self.dtype).removeprefix('torch.')}"
+                f"{', re-quantized' if self.quantized else ''}); the adapter itself moves the "
+                f"logits by up to {self.adapter_effect:.3g}")
+
+
+# -- merge / unmerge -----------------------------------------------------------------------
+def _require_peft(model, what: str) -> None:
+    if not is_peft(model):
+        raise TypeError(f"{what} expects a PeftModel (from lk.attach or lk.load_adapter), got "
+                        f"{type(model).__name__}")
+
+
+def _lora_layers(peft_model) -> list[tuple[str, nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def is_merged(peft_model) -> bool:
+    """True when the adapter is merged into the base weights (``merge_in_place``)."""
+    return any(m.merged for _, m in _lora_layers(peft_model))
+
+
+def _quantized_layers(peft_model) -> list[str]:
+    """Names of LoRA layers whose base layer is a bitsandbytes 4-bit / 8-bit Linear."""
+    return [n for n, m in _lora_layers(peft_model)
+            if type(m.get_base_layer()).__name__ in ("Linear4bit", "Linear8bitLt")]
+
+
+def _unpack_cpu_4bit(model: nn.Module) -> None:
+    """Undo bitsandbytes' CPU repacking of 4-bit weights before PEFT dequantizes them.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.49+) repacks a Linear4bit weight into a CPU
+    layout on its first forward pass. PEFT's merge/unmerge dequantize ``weight.data`` as if it
+    were still in the standard layout and get garbage (logits off by ~40 on SmolLM2). The
+    inverse conversion is what bitsandbytes itself does before saving or moving to CUDA.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as inverse
+    except ImportError:  # older bitsandbytes: no CPU repacking, nothing to undo
+        return
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = inverse(weight.data, state)
+            if getattr(module, "quant_state", None) is not None:
+                module.quant_state = weight.quant_state
+
+
+def merge_in_place(peft_model, adapter: str | None = None) -> int:
+    """Merge the active adapter (or ``adapter``) into the base weights, keeping the wrapper.
+
+    ``unmerge`` undoes it. Raises ``MergeStateError`` if the model is already merged (PEFT's
+    ``merge_adapter`` would only warn). Returns how many layers were merged.
+    """
+    _require_peft(peft_model, "merge_in_place")
+    if is_merged(peft_model):
+        merged = sorted({a for _, m in _lora_layers(peft_model) for a in m.merged_adapters})
+        raise MergeStateError(
+            f"the adapter is already merged (adapter(s) {merged}); merging again would add ΔW "
+            "twice. Call lk.unmerge(peft_model) first.")
+    names = [adapter] if adapter is not None else list(peft_model.active_adapters)
+    for name in names:
+        if name not in peft_model.peft_config:
+            raise ValueError(f"unknown adapter {name!r}; this model has "
+                             f"{list(peft_model.peft_config)}")
+    quantized = _quantized_layers(peft_model)
+    if quantized:
+        _unpack_cpu_4bit(peft_model)
+    with warnings.catch_warnings():
+        if quantized:  # PEFT warns per layer; merge() reports the measured effect once
+            warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
+        peft_model.merge_adapter(adapter_names=names)
+    return sum(m.merged for _, m in _lora_layers(peft_model))
+
+
+def unmerge(peft_model) -> int:
+    """Subtract the merged adapter from the base weights again (the inverse of ``merge_in_place``).
+
+    Raises ``MergeStateError`` if nothing is merged. Returns how many layers were unmerged.
+    In float32 the base weights come back up to one rounding per element (W + ΔW − ΔW).
+    """
+    _require_peft(peft_model, "unmerge")
+    if not is_merged(peft_model):
+        raise MergeStateError("nothing to unmerge: the adapter is not merged into the base "
+                              "weights (lk.merge_in_place merges it)")
+    count = sum(m.merged for _, m in _lora_layers(peft_model))
+    quantized = _quantized_layers(peft_model)
+    if quantized:
+        _unpack_cpu_4bit(peft_model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
+        peft_model.unmerge_adapter()
+    return count
+
+
+def default_probe(model, batch: int = 2, seq: int = 16) -> torch.Tensor:
+    """A small fixed batch of token ids, ``(batch, seq)``, the same on every call."""
+    emb = model.get_input_embeddings()
+    vocab = emb.num_embeddings if emb is not None else 32_000
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (batch, seq), generator=g)
+
+
+def _model_inputs(model, probe) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    if probe is None:
+        probe = default_probe(model)
+    if isinstance(probe, torch.Tensor):
+        probe = {"input_ids": probe if probe.ndim == 2 else probe[None]}
+    if not isinstance(probe, Mapping) or "input_ids" not in probe:
+        raise TypeError("probe must be token ids (batch, seq) or a tokenizer output with "
+                        f"input_ids, got {type(probe).__name__}")
+    keep = ("input_ids", "attention_mask")
+    return {k: probe[k].to(device) for k in keep if k in probe}
+
+
+@torch.no_grad()
+def _logits(model, inputs) -> torch.Tensor:
+    return model(**inputs).logits.float()   # (batch, seq, vocab)
+
+
+def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | None = None):
+    """Merge the adapter into the base weights and return the plain merged model (checked).
+
+    Like PEFT's ``merge_and_unload``, after checking that the merged model's logits equal the
+    unmerged model's on ``probe`` (token ids ``(batch, seq)`` or a tokenizer output; default
+    ``default_probe``). The check is returned on the model as ``merged.merge_check``
+    (``MergeCheck``: max |diff|, tolerance, dtype, and how much the adapter itself changes the
+    logits, so a passing check is not vacuous).
+
+    Args:
+        peft_model: a PeftModel. It is consumed: use the returned model afterwards.
+        atol: absolute tolerance on the logits; default ``RTOL[dtype] × max |logit|``
+            (1e-5 of the logit scale in float32; larger for fp16 / bf16, see ``RTOL``).
+        adapter: which adapter to merge (default: the active one).
+
+    Raises ``MergeCheckError`` (with ``.check``) when the difference exceeds the tolerance; the
+    model is then unmerged again, as it was. A 4-bit / 8-bit bitsandbytes base cannot hold
+    W + ΔW exactly: PEFT dequantizes, adds ΔW and re-quantizes. That is not an error here;
+    the logit difference it causes is measured, reported in ``merge_check`` and warned about.
+    """
+    _require_peft(peft_model, "merge")
+    if is_merged(peft_model):
+        raise MergeStateError("the adapter is already merged in place (lk.merge_in_place); "
+                              "call lk.unmerge(peft_model) first, then lk.merge(peft_model)")
+    if adapter is not None:
+        if adapter not in peft_model.peft_config:
+            raise ValueError(f"unknown adapter {adapter!r}; this model has "
+                             f"{list(peft_model.peft_config)}")
+        peft_model.set_adapter(adapter, inference_mode=True)
+    was_training = peft_model.training
+    peft_model.eval()
+    inputs = _model_inputs(peft_model, probe)
+    quantized = bool(_quantized_layers(peft_model))
+    before = _logits(peft_model, inputs)
+    with peft_model.disable_adapter():
+        base = _logits(peft_model, inputs)
+    merge_in_place(peft_model)
+    after = _logits(peft_model, inputs)
+    dtype = _weight_dtype(peft_model)
+    scale = before.abs().max().item()
+    tol = atol if atol is not None else RTOL.get(dtype, 1e-2) * max(scale, 1.0)
+    check = MergeCheck(max_abs_diff=(after - before).abs().max().item(), atol=tol, dtype=dtype,
+                       logit_scale=scale, adapter_effect=(before - base).abs().max().item(),
+                       quantized=quantized)
+    if quantized:
+        warnings.warn(
+            f"merging into a quantized base re-quantizes W + ΔW: the merged model's logits "
+            f"differ from the unmerged model's by up to {check.max_abs_diff:.3g} (the adapter "
+            f"itself changes them by up to {check.adapter_effect:.3g}). Keep the adapter "
+            "unmerged, or merge into a full-precision copy of the base, to avoid this.",
+            stacklevel=2)
+    elif not check.ok:
+        unmerge(peft_model)
+        peft_model.train(was_training)
+        raise MergeCheckError(
+            f"merge check failed: {check}. The model was left unmerged. Pass atol=... to accept "
+            "a larger difference.", check)
+    merged = peft_model.unload()   # the weights already hold W + ΔW: just drop the wrappers
+    info = merged.__dict__.pop("_lorakit_state", None)
+    if info is not None:  # lk.attach froze the base: give back the flags it had before
+        for name, p in merged.named_parameters():
+            p.requires_grad_(info.get("requires_grad", {}).get(name, p.requires_grad))
+    merged.train(was_training)
+    merged.merge_check = check
+    return merged
+
+
+def _weight_dtype(peft_model) -> torch.dtype:
+    """The dtype the merged weights are held in (a quantized base: its compute dtype)."""
+    layers = _lora_layers(peft_model)
+    if not layers:
+        return next(peft_model.parameters()).dtype
+    base = layers[0][1].get_base_layer()
+    if base.weight.is_floating_point():
+        return base.weight.dtype
+    return getattr(base, "compute_dtype", None) or torch.float32
+
+
+# -- save / load ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SavedAdapter:
+    """What ``save_adapter`` wrote."""
+
+    path: Path
+    bytes: int                  # total size of the files on disk
+    files: tuple[str, ...]      # file names inside ``path``
+
+    @property
+    def megabytes(self) -> float:
+        return self.bytes / 1e6
+
+    def __str__(self) -> str:
+        return f"{self.path} ({', '.join(self.files)}; {self.megabytes:.2f} MB)"
+
+
+def save_adapter(peft_model, directory, adapter: str | None = None) -> SavedAdapter:
+    """Save one adapter in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+    ``PeftModel.from_pretrained(base, directory)`` and ``lk.load_adapter`` both load it. Only the
+    adapter's own tensors are written (A, B, and DoRA's magnitude vector), never the base.
+    Unlike ``save_pretrained`` a non-default adapter name does not add a sub-folder.
+    """
+    _require_peft(peft_model, "save_adapter")
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    name = adapter or peft_model.active_adapter
+    if name not in peft_model.peft_config:
+        raise ValueError(f"unknown adapter {name!r}; this model has {list(peft_model.peft_config)}")
+    path = Path(directory).expanduser()
+    if path.is_file():
+        raise ValueError(f"{path} is a file; save_adapter needs a folder path")
+    state = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    config = copy.deepcopy(peft_model.peft_config[name])
+    config.inference_mode = True
+    if config.base_model_name_or_path is None:
+        base = peft_model.get_base_model()
+        config.base_model_name_or_path = getattr(base, "name_or_path", None) or None
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
+    config.save_pretrained(str(path))
+    files = (CONFIG_NAME, WEIGHTS_NAME)
+    return SavedAdapter(path, sum((path / f).stat().st_size for f in files), files)
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in an adapter file, read without loading the data."""
+    weights = path / WEIGHTS_NAME
+    if weights.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as err:  # SafetensorError: truncated, corrupt header, not safetensors
+            raise ValueError(
+                f"{weights} is not a readable safetensors file ({err}). It is probably "
+                "truncated or corrupt (an interrupted copy or download): save or copy the "
+                "adapter again.") from err
+    legacy = path / BIN_WEIGHTS_NAME
+    if legacy.exists():
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{legacy} cannot be read ({err}); it is probably truncated or "
+                             "corrupt: save or copy the adapter again.") from err
+        return {k: tuple(v.shape) for k, v in state.items()}
+    raise FileNotFoundError(
+        f"no {WEIGHTS_NAME} in {path} (found: {sorted(p.name for p in path.iterdir())}); a PEFT "
+        f"adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+
+
+def _module_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(d_out, d_in) of a Linear-like module (also bitsandbytes' packed ones), or None."""
+    if hasattr(module, "get_base_layer"):
+        module = module.get_base_layer()
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.out_features), int(module.in_features)
+    if isinstance(module, nn.Embedding):  # lora_embedding_A: (r, num), B: (dim, r)
+        return module.embedding_dim, module.num_embeddings
+    return None
+
+
+def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
+    """Check an adapter folder against ``model`` before loading; return its tensor shapes.
+
+    Raises FileNotFoundError (no folder / no adapter_config.json / no weights), ValueError for
+    a corrupt weights file, for modules the model does not have (an adapter for another
+    architecture) and for shapes that do not match (naming the module and both shapes).
+    """
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no adapter folder at {path}")
+    if not (path / CONFIG_NAME).exists():
+        raise FileNotFoundError(
+            f"no {CONFIG_NAME} in {path} (found: {sorted(p.name for p in path.iterdir())}). A "
+            f"PEFT adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}; save one with "
+            "lk.save_adapter(peft_model, folder) or peft_model.save_pretrained(folder).")
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({err})") from err
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise ValueError(f"{path} holds a {config.get('peft_type')!r} adapter; lorakit loads "
+                         "LoRA adapters (peft_type 'LORA')")
+    shapes = _tensor_shapes(path)
+    lora = {k: s for k, s in shapes.items() if ".lora_" in k}
+    if not lora:
+        raise ValueError(f"{path} has no LoRA tensors (lora_A / lora_B); found {list(shapes)[:5]}")
+
+    base = model.get_base_model() if is_peft(model) else model
+    modules = dict(base.named_modules())
+    missing, mismatched = [], []
+    for key, shape in lora.items():
+        module_name, _, part = key.removeprefix("base_model.model.").partition(".lora_")
+        module = modules.get(module_name)
+        if module is None:
+            missing.append(module_name)
+            continue
+        dims = _module_dims(module)
+        if dims is None:
+            continue
+        d_out, d_in = dims
+        want = {"A.weight": (1, d_in, "d_in"), "B.weight": (0, d_out, "d_out"),
+                "embedding_A": (1, d_in, "num_embeddings"),
+                "embedding_B": (0, d_out, "embedding_dim"),
+                "magnitude_vector": (0, d_out, "d_out"),
+                "magnitude_vector.weight": (0, d_out, "d_out")}.get(part)
+        if want and (len(shape) <= want[0] or shape[want[0]] != want[1]):
+            mismatched.append((module_name, type(module).__name__, d_out, d_in, part, shape,
+                               want[2]))
+    if missing:
+        names = list(dict.fromkeys(missing))
+        from .attach import find_targets
+
+        raise ValueError(
+            f"this adapter does not fit the model: it has weights for {len(names)} module(s) the "
+            f"model does not have, e.g. {names[0]!r}. It was trained for another architecture "
+            f"(target_modules={config.get('target_modules')}, base model "
+            f"{config.get('base_model_name_or_path')!r}). This model's Linear modules: "
+            f"{find_targets(base).names}")
+    if mismatched:
+        name, kind, d_out, d_in, part, shape, dim = mismatched[0]
+        raise ValueError(
+            f"this adapter does not fit the model: module {name!r} is {kind} with weight shape "
+            f"(d_out, d_in) = ({d_out}, {d_in}) here, but the adapter's lora_{part} has shape "
+            f"{shape}, which needs a different {dim}. The adapter was trained on a model with "
+            f"other layer sizes ({len(mismatched)} tensor(s) do not fit; base model "
+            f"{config.get('base_model_name_or_path')!r}).")
+    return shapes
+
+
+def load_adapter(model, directory, name: str = "default", *, trainable: bool = False):
+    """Load a PEFT-format adapter folder onto ``model`` and return the PeftModel.
+
+    ``model`` is a plain transformers model (a PeftModel is created, like
+    ``PeftModel.from_pretrained``) or a PeftModel (the adapter is added under ``name``, like
+    ``PeftModel.load_adapter``; the active adapter does not change). Works for folders written
+    by ``lk.save_adapter`` and by PEFT's ``save_pretrained``. The folder is checked first
+    (``check_adapter_fits``), so a wrong adapter leaves the model untouched. ``trainable=False``
+    loads it frozen, for inference.
+    """
+    if not isinstance(name, str) or not name or name == BASE:
+        raise ValueError(f"adapter name must be a non-empty string other than {BASE!r}, "
+                         f"got {name!r}")
+    if not is_peft(model) and has_adapter(model):
+        raise ValueError("this model's layers already carry a LoRA adapter: pass the PeftModel "
+                         "(what lk.attach returned) to add another adapter to it")
+    if is_peft(model) and name in model.peft_config:
+        raise ValueError(f"the model already has an adapter named {name!r} (adapters: "
+                         f"{list(model.peft_config)}); choose another name")
+    check_adapter_fits(model, directory)
+    path = str(Path(directory).expanduser())
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        # PEFT compares base_model_name_or_path with the model's and warns on any difference
+        # (e.g. two cache folders of the same model); the shapes were checked above.
+        warnings.filterwarnings("ignore", message=".*base model.*")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT vs v5
+        if is_peft(model):
+            model.load_adapter(path, adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=trainable)
+
+
+# -- several adapters on one base ------------------------------------------------------------
+def _encode_chat(tok, prompts: Sequence[str], chat: bool, device) -> dict[str, torch.Tensor]:
+    from .models import chat_prompt
+
+    texts = [chat_prompt(tok, p) if chat else p for p in prompts]
+    side = tok.padding_side
+    tok.padding_side = "left"      # generation continues at the right end of every row
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@torch.no_grad()
+def _generate(model, tok, prompts: Sequence[str], max_new_tokens: int, chat: bool = True,
+              min_new_tokens: int | None = None, **kwargs) -> tuple[list[str], int]:
+    """Greedy replies (decoded) and the number of new tokens per row."""
+    enc = _encode_chat(tok, prompts, chat, next(model.parameters()).device)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                         do_sample=False, pad_token_id=tok.pad_token_id, **kwargs)
+    new = out[:, enc["input_ids"].shape[1]:]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)], new.shape[1]
+
+
+@dataclass(frozen=True)
+class MixedRow:
+    prompt: str
+    adapter: str
+    mixed: str       # reply from the one mixed batch
+    single: str      # reply with only this adapter active (same padded batch)
+
+    @property
+    def equal(self) -> bool:
+        return self.mixed == self.single
+
+
+@dataclass(frozen=True)
+class MixedComparison:
+    """``AdapterBank.compare``: mixed-batch replies vs single-adapter replies, row by row."""
+
+    rows: list[MixedRow] = field(default_factory=list)
+
+    @property
+    def all_equal(self) -> bool:
+        return all(r.equal for r in self.rows)
+
+    def __str__(self) -> str:
+        lines = [f"{'=' if r.equal else '≠'} [{r.adapter}] {r.prompt!r} -> {r.mixed!r}"
+                 + ("" if r.equal else f" (single: {r.single!r})") for r in self.rows]
+        return "\n".join(lines)
+
+
+class AdapterBank:
+    """Several named LoRA adapters on one base model: hot-swap, and mixed batches.
+
+    ``bank.add("dates", "runs/dates")`` loads a saved adapter (or pass ``LoraSettings`` /
+    ``LoraConfig`` for a fresh one); ``bank.use("dates")`` makes it the active adapter
+    (``set_adapter``: no weights are copied, so swapping is instant); ``bank.use("__base__")``
+    runs the base model. ``bank.generate(prompts, adapters=[...])`` runs ONE batch in which row i
+    uses ``adapters[i]`` (PEFT's ``adapter_names``), and ``bank.compare`` checks that each row
+    equals what that adapter alone produces.
+
+    The bank owns ``bank.model`` (a PeftModel, created by the first ``add``).
+    """
+
+    def __init__(self, base_model, tok=None):
+        if is_peft(base_model):
+            self.model = base_model
+            self._base = base_model.get_base_model()
+        elif has_adapter(base_model):
+            raise ValueError("this model's layers already carry an adapter: pass the PeftModel "
+                             "(what lk.attach returned) instead")
+        else:
+            self.model = None
+            self._base = base_model
+        self.tok = tok
+        self._active = self.model.active_adapter if self.model is not None else BASE
+
+    @property
+    def names(self) -> list[str]:
+        """The adapters in the bank (not counting ``"__base__"``)."""
+        return list(self.model.peft_config) if self.model is not None else []
+
+    @property
+    def active(self) -> str:
+        return self._active
+
+    def __repr__(self) -> str:
+        return f"AdapterBank(adapters={self.names}, active={self.active!r})"
+
+    def _check_name(self, name: str) -> None:
+        if name != BASE and name not in self.names:
+            raise ValueError(f"unknown adapter {name!r}; the bank has {self.names} (and "
+                             f"{BASE!r} for the base model without an adapter)")
+
+    def add(self, name: str, source, *, trainable: bool = False):
+        """Add adapter ``name`` from a saved folder, or fresh from ``LoraSettings``/``LoraConfig``.
+
+        The active adapter does not change (the first one added becomes active). Returns the
+        bank's PeftModel.
+        """
+        from peft import LoraConfig
+
+        from .settings import LoraSettings
+
+        if not isinstance(name, str) or not name or name == BASE:
+            raise ValueError(f"adapter name must be a non-empty string other than {BASE!r}, "
+                             f"got {name!r}")
+        if name in self.names:
+            raise ValueError(f"the bank already has an adapter named {name!r} ({self.names})")
+        if isinstance(source, (str, os.PathLike)):
+            self.model = load_adapter(self.model or self._base, source, name, trainable=trainable)
+        else:
+            if isinstance(source, LoraSettings):
+                config = source.to_peft_config()
+            elif isinstance(source, LoraConfig):
+                config = copy.deepcopy(source)
+            elif isinstance(source, Mapping):
+                config = LoraSettings(**source).to_peft_config()
+            else:
+                raise TypeError("source must be an adapter folder, LoraSettings, a dict of "
+                                f"LoraSettings fields or a peft LoraConfig, got "
+                                f"{type(source).__name__}")
+            config.inference_mode = not trainable
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                self._add_fresh(name, config)
+        if self._active == BASE and len(self.names) == 1:
+            self._active = name
+        self.model.eval()
+        return self.model
+
+    def _add_fresh(self, name: str, config) -> None:
+        from peft import get_peft_model
+
+        if self.model is None:
+            self.model = get_peft_model(self._base, config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, config)
+
+    def use(self, name: str) -> None:
+        """Hot-swap: make ``name`` the active adapter (``"__base__"``: no adapter)."""
+        self._check_name(name)
+        if self.model is None:
+            return
+        if name == BASE:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(name, inference_mode=True)
+        self._active = name
+
+    def _check_batch(self, prompts, adapters) -> tuple[list[str], list[str]]:
+        if self.tok is None:
+            raise ValueError("the bank has no tokenizer: AdapterBank(model, tok)")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        adapters = [adapters] * len(prompts) if isinstance(adapters, str) else list(adapters)
+        if len(adapters) != len(prompts):
+            raise ValueError(f"one adapter name per prompt: got {len(prompts)} prompts and "
+                             f"{len(adapters)} adapter names")
+        for a in adapters:
+            self._check_name(a)
+        if self.model is not None:
+            dora = [a for a in dict.fromkeys(adapters)
+                    if a != BASE and getattr(self.model.peft_config[a], "use_dora", False)]
+            if dora:
+                raise ValueError(
+                    f"adapter {dora[0]!r} is a DoRA adapter, and PEFT does not support DoRA in "
+                    "mixed-adapter batches (adapter_names=...). Generate for it separately: "
+                    f"bank.use({dora[0]!r}), then lk.generate(bank.model, tok, prompts).")
+            if is_merged(self.model):
+                raise MergeStateError("an adapter is merged into the base weights; mixed "
+                                      "batches need unmerged adapters: lk.unmerge(bank.model)")
+        return prompts, adapters
+
+    def generate(self, prompts, adapters, max_new_tokens: int = 32, chat: bool = True) -> list[str]:
+        """Greedy replies for one mixed batch: row i uses ``adapters[i]`` (``"__base__"``: none)."""
+        prompts, adapters = self._check_batch(prompts, adapters)
+        model = self.model if self.model is not None else self._base
+        if self.model is None:
+            return _generate(model, self.tok, prompts, max_new_tokens, chat)[0]
+        self.model.base_model.enable_adapter_layers()  # a disabled layer ignores adapter_names
+        try:
+            return _generate(model, self.tok, prompts, max_new_tokens, chat,
+                             adapter_names=adapters)[0]
+        finally:
+            if self._active == BASE:   # use("__base__") had disabled them: keep it so
+                self.model.base_model.disable_adapter_layers()
+
+    def compare(self, prompts, adapters, max_new_tokens: int = 32,
+                chat: bool = True) -> MixedComparison:
+        """Check the mixed batch against single-adapter generation, row by row (greedy).
+
+        The reference for row i is the same padded batch generated with only ``adapters[i]``
+        active (``use``), so a difference can only come from mixing adapters in one batch.
+        """
+        prompts, adapters = self._check_batch(prompts, adapters)
+        mixed = self.generate(prompts, adapters, max_new_tokens, chat)
+        single: dict[int, str] = {}
+        previous = self._active
+        try:
+            for name in dict.fromkeys(adapters):
+                self.use(name)
+                model = self.model if self.model is not None else self._base
+                replies = _generate(model, self.tok, prompts, max_new_tokens, chat)[0]
+                single.update({i: replies[i] for i, a in enumerate(adapters) if a == name})
+        finally:
+            self.use(previous)
+        return MixedComparison([MixedRow(p, a, m, single[i]) for i, (p, a, m)
+                                in enumerate(zip(prompts, adapters, mixed, strict=True))])
+
+
+# -- latency -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencyResult:
+    """Greedy generation time of one prompt: median over ``times``."""
+
+    seconds: float              # median wall time of one generate call
+    new_tokens: int             # tokens generated per call (forced: min = max)
+    times: tuple[float, ...]    # every timed call, seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.seconds * 1000:.1f} ms for {self.new_tokens} tokens "
+                f"({self.tokens_per_s:.1f} tokens/s, median of {len(self.times)})")
+
+
+def latency(model, tok, prompt: str, max_new_tokens: int = 16, repeat: int = 5,
+            warmup: int = 1, chat: bool = True) -> LatencyResult:
+    """Median wall time of greedy generation of exactly ``max_new_tokens`` tokens.
+
+    ``min_new_tokens = max_new_tokens`` so every model generates the same number of tokens,
+    whatever it replies. Compare models by alternating short calls (``repeat=1``) in one loop:
+    on a shared machine the load changes between minutes.
+    """
+    import statistics
+
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"repeat must be ≥ 1 and warmup ≥ 0, got {repeat}, {warmup}")
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(warmup):
+            _generate(model, tok, [prompt], max_new_tokens, chat, min_new_tokens=max_new_tokens)
+        times, n = [], max_new_tokens
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            _, n = _generate(model, tok, [prompt], max_new_tokens, chat,
+                             min_new_tokens=max_new_tokens)
+            times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    return LatencyResult(statistics.median(times), n, tuple(times))
