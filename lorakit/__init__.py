@@ -5,7 +5,7 @@ plotly or ipywidgets; figures and widgets load them when first used.
 """
 
 from . import data as tasks
-from .attach import attach, detach, find_targets
+from .attach import attach, attach_adalora, detach, find_targets
 from .data import Task
 from .models import generate, load_model
 from .params import (
@@ -20,7 +20,7 @@ from .params import (
 )
 from .record import Recorder, Recording
 from .settings import LoraSettings
-from .train import NonFiniteLossError, TrainResult, train
+from .train import NonFiniteLossError, TrainResult, compare_variants, train
 
 __version__ = "0.1.0"
 
@@ -52,7 +52,8 @@ def __dir__():
 
 __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
-    "Recorder", "Recording", "Task", "TrainResult", "attach", "builtin_config", "count_params",
+    "Recorder", "Recording", "Task", "TrainResult", "attach", "attach_adalora", "builtin_config",
+    "compare_variants", "count_params",
     "detach", "estimate", "find_targets", "generate", "linear_modules", "load_model",
     "lora_param_count", "tasks", "train",
 ]

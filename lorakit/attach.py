@@ -223,3 +223,44 @@ def detach(model) -> nn.Module:
     for name, p in base.named_parameters():
         p.requires_grad_(info.get("requires_grad", {}).get(name, True))
     return base
+
+
+def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
+                   *, total_step: int, init_r: int | None = None, tinit: int = 0,
+                   tfinal: int = 0, seed: int | None = None):
+    """Attach an AdaLoRA adapter (Zhang et al. 2023) through PEFT's ``AdaLoraConfig``.
+
+    AdaLoRA writes the update as P·Λ·Q (an SVD form) starting at rank ``init_r`` (default
+    1.5·r) and prunes singular values during training down to an average rank ``r``; the budget
+    schedule needs the number of training steps, ``total_step``. ``lk.train`` recognises the
+    adapter and calls PEFT's ``update_and_allocate`` after every optimizer step.
+    """
+    settings = LoraSettings(r=r, alpha=alpha, targets=targets)  # the same validation
+    if not isinstance(total_step, int) or total_step <= tinit + tfinal:
+        raise ValueError(f"AdaLoRA needs total_step > tinit + tfinal (the training steps), got "
+                         f"total_step={total_step!r}, tinit={tinit}, tfinal={tfinal}")
+    base = model.get_base_model() if is_peft(model) else model
+    check_targets(base, settings.targets)
+    if has_adapter(base):
+        base = detach(model)
+    from peft import AdaLoraConfig, get_peft_model
+
+    config = AdaLoraConfig(target_r=settings.r, init_r=init_r or max(settings.r + 1,
+                           round(1.5 * settings.r)), lora_alpha=settings.alpha,
+                           target_modules=list(settings.targets), total_step=total_step,
+                           tinit=tinit, tfinal=tfinal, task_type="CAUSAL_LM")
+    requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        if seed is not None:
+            torch.manual_seed(seed)
+        peft_model = get_peft_model(base, config)
+    base._lorakit_state = {"settings": None, "requires_grad": requires_grad,
+                           "saved_weights": {}}
+    return peft_model
+
+
+def is_adalora(model) -> bool:
+    """True for a PeftModel whose active adapter is AdaLoRA."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
+    return getattr(getattr(config, "peft_type", None), "value", None) == "ADALORA"

@@ -440,3 +440,73 @@ def _check_sweep(rows) -> list[dict]:
 __all__ = ["DIVERGING", "OKABE_ITO", "TEMPLATE", "WHICH", "budget_bars", "loss_curve",
            "matrix_evolution", "norms_over_time", "param_bars", "param_sunburst", "rank_sweep",
            "spectrum_over_time"]
+
+
+# -- what LoRA learned (lorakit.analysis) and variants ------------------------------------------
+def similarity_heatmap(grid, title: str = "subspace similarity φ(i, j)",
+                       labels: tuple[str, str] = ("i (first adapter)", "j (second adapter)"),
+                       baseline=None) -> go.Figure:
+    """φ(i, j) from ``analysis.similarity_grid`` (Hu et al. 2021, Fig. 3), values in [0, 1].
+
+    ``baseline``: a second grid (e.g. two random Gaussian A's) shown side by side for scale.
+    """
+    grids = [np.asarray(grid, dtype=float)] + ([np.asarray(baseline, float)]
+                                               if baseline is not None else [])
+    if any(g.ndim != 2 or not g.size for g in grids):
+        raise ValueError("similarity_heatmap needs a non-empty 2-D grid (analysis.similarity_grid)")
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(grids), horizontal_spacing=0.12,
+                        subplot_titles=["trained"] + (["random baseline"] if baseline is not None
+                                                      else []))
+    for k, g in enumerate(grids, start=1):
+        fig.add_trace(go.Heatmap(
+            z=g, x=np.arange(1, g.shape[1] + 1), y=np.arange(1, g.shape[0] + 1), zmin=0,
+            zmax=1, colorscale="Viridis", showscale=k == 1,
+            hovertemplate="i=%{y}, j=%{x}: φ=%{z:.3f}<extra></extra>"), row=1, col=k)
+        fig.update_xaxes(title_text=labels[1], row=1, col=k)
+        fig.update_yaxes(title_text=labels[0], autorange="reversed", row=1, col=k)
+    return _figure(title, fig)
+
+
+def spectra(named: dict, title: str = "singular values of ΔW", log: bool = True) -> go.Figure:
+    """One line of singular values σ_1 ≥ σ_2 ≥ … per entry of ``named`` (name → 1-D values)."""
+    if not named:
+        raise ValueError("spectra needs at least one name → singular values entry")
+    fig = _figure(title, xaxis_title="index i", yaxis_title="σ_i",
+                  updatemenus=[_scale_menu(log=log)], yaxis_type="log" if log else "linear")
+    for name, sv in named.items():
+        sv = np.asarray(sv.detach().cpu() if hasattr(sv, "detach") else sv, float).ravel()
+        fig.add_trace(go.Scatter(x=np.arange(1, sv.size + 1), y=sv, mode="lines+markers",
+                                 name=str(name)))
+    return fig
+
+
+def amplification_table(amps: dict) -> go.Figure:
+    """The LoRA paper's Table 7 for each ``name → analysis.Amplification``."""
+    if not amps:
+        raise ValueError("amplification_table needs at least one name → Amplification entry")
+    cols = ["", "r", "‖ΔW‖_F", "U, V from", "‖UᵀWVᵀ‖_F", "‖ΔW‖_F / ‖UᵀWVᵀ‖_F"]
+    cells = [[] for _ in cols]
+    for name, amp in amps.items():
+        for row in amp.rows():
+            values = [str(name), amp.r, f"{amp.delta_norm:.4g}", row["U, V from"],
+                      f"{row['‖UᵀWVᵀ‖_F']:.4g}", f"{row['‖ΔW‖_F / ‖UᵀWVᵀ‖_F']:.3g}"]
+            for c, v in zip(cells, values, strict=True):
+                c.append(v)
+    fig = go.Figure(go.Table(header=dict(values=cols, align="left"),
+                             cells=dict(values=cells, align="left")))
+    return _figure("amplification of W's directions by ΔW (Hu et al. 2021, Table 7)", fig)
+
+
+def variant_comparison(results) -> go.Figure:
+    """Loss curves of ``lk.compare_variants`` results, with final accuracy in the legend."""
+    if not results:
+        raise ValueError("variant_comparison needs the list returned by lk.compare_variants")
+    fig = _figure("LoRA variants on the same budget: training loss", xaxis_title="step",
+                  yaxis_title="loss", yaxis_type="log", updatemenus=[_scale_menu(log=True)])
+    for r in results:
+        fig.add_trace(go.Scatter(
+            x=np.arange(1, len(r.losses) + 1), y=r.losses, mode="lines",
+            name=f"{r.name} ({r.trainable:,} params, acc {r.accuracy:.0%})"))
+    return fig

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .attach import attach, attach_adalora, detach, is_adalora
 from .data import IGNORE_INDEX, Task
 
 
@@ -84,6 +85,8 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     for a short answer after a long chat prompt this skips most of the (vocab × d) projection.
     hidden: (batch, seq, d) -> h: (n_answer, d) -> logits: (n_answer, vocab).
     """
+    if is_adalora(model):  # AdaLoRA adds its orthogonality penalty inside PeftModel.forward
+        return model(**batch).loss
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     backbone = getattr(base, "base_model", None)
@@ -163,6 +166,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
         raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
                         f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
     warmup = min(10, steps // 10) if warmup is None else warmup
+    adalora = is_adalora(model)
     device = params[0].device
     groups = _param_groups(model, lr, weight_decay, loraplus_ratio)
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
@@ -197,6 +201,8 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                     if not torch.isfinite(norm):
                         raise _diverged(step, "the gradient is not finite", lr, result)
                 optimizer.step()
+                if adalora:  # prune singular values by their importance (needs the gradients)
+                    model.base_model.update_and_allocate(step)
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(loss_value)
                 result.lrs.append(lr * factor)
@@ -225,3 +231,58 @@ def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFinite
         f"training stopped at step {step}: {what}. The adapter keeps its weights from step "
         f"{step - 1} (the last finite one). Try a lower learning rate than lr={lr:g}, or "
         "gradient clipping (max_grad_norm=1.0).", result)
+
+
+# -- comparing variants on one budget -------------------------------------------------------
+VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa", "adalora")
+
+
+@dataclass
+class VariantResult:
+    """One variant trained by ``compare_variants``."""
+
+    name: str
+    trainable: int
+    losses: list[float] = field(repr=False)
+    accuracy: float
+    seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+
+def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_NAMES, *,
+                     r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
+                     steps: int = 30, lr: float = 2e-3, batch_size: int = 8, eval_n: int = 20,
+                     loraplus_ratio: float = 16, seed: int = 0,
+                     progress: bool = False) -> list[VariantResult]:
+    """Train each variant with the same rank, targets, steps, lr and data; score each.
+
+    lora / rslora (α/√r) / dora (magnitude + direction) / pissa (init from W's top singular
+    vectors) go through ``lk.attach``; loraplus is plain LoRA with B's learning rate
+    ``loraplus_ratio`` × lr; adalora starts at rank 1.5·r and prunes to r on average. Each run
+    starts from the same base and the base model is given back unchanged at the end.
+    """
+    unknown = [v for v in variants if v not in VARIANT_NAMES]
+    if unknown or not variants:
+        raise ValueError(f"unknown variants {unknown or list(variants)}; choose from "
+                         f"{', '.join(VARIANT_NAMES)}")
+    _check(steps, lr, batch_size, loraplus_ratio, None, 1.0)
+    results = []
+    for name in variants:
+        if name == "adalora":
+            pm = attach_adalora(model, r, alpha, targets, total_step=steps, seed=seed)
+        else:
+            pm = attach(model, r, alpha, targets, seed=seed,
+                        variant=name if name in ("rslora", "dora") else "lora",
+                        init="pissa" if name == "pissa" else "default")
+        model = pm
+        trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
+        res = train(pm, tok, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                    loraplus_ratio=loraplus_ratio if name == "loraplus" else None,
+                    progress=progress)
+        acc = task.accuracy(pm, tok, n=eval_n)
+        results.append(VariantResult(name, trainable, res.losses, acc.score, res.elapsed))
+    detach(model)
+    return results
