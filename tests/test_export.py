@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -32,15 +31,6 @@ MB = 1_000_000
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-@contextmanager
-def one_thread():
-    """Train on one thread: on the shared 2-core test machine two threads were 5-10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def tiny_peft(tok):
@@ -54,7 +44,7 @@ def tiny_peft(tok):
 
 
 @pytest.fixture(scope="module")
-def recording(smol):
+def recording(smol, one_thread):
     """61 frames (steps 0..60) of a real LoRA run on the tiny Llama."""
     _, tok = smol
     pm = tiny_peft(tok)
@@ -293,7 +283,7 @@ def test_lora_panel_page_embeds_its_last_state(smol, tmp_path, mode):
     assert Texts(page).found["title"] == ["lorakit LoRAPanel"]
 
 
-def test_train_panel_page_holds_its_loss_curve_and_animation(smol, tmp_path):
+def test_train_panel_page_holds_its_loss_curve_and_animation(smol, tmp_path, one_thread):
     widgets = pytest.importorskip("lorakit.widgets")
     _, tok = smol
     panel = widgets.TrainPanel(tiny_peft(tok), tok, "iso_dates", steps=4, batch_size=2,

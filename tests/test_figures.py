@@ -7,7 +7,6 @@ input validation, save -> load -> identical figure, and the JSON size of a 60-fr
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,20 +21,10 @@ from lorakit.record import Recording
 STEPS = 12
 
 
-@contextmanager
-def one_thread():
-    """Train on one thread: on the shared 2-core test machine two threads per process were
-    3-10x slower (1.6 s vs 5-22 s per step), as every parallel region waits for a busy core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
-def run():
+def run(one_thread):
     """One real run: (tok, counts, recording, result) after 12 recorded steps."""
     model, tok = lk.load_model(progress=False)
     pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
@@ -184,7 +173,7 @@ def test_saved_recording_rebuilds_identical_figures(run, tmp_path):
         assert build(loaded).to_json() == build(rec).to_json()
 
 
-def test_json_size_of_60_frame_animation(run):
+def test_json_size_of_60_frame_animation(run, one_thread):
     """60 recorded steps of a 64×64 q_proj (a tiny Llama, the real tokenizer and lk.train)."""
     pm = tiny_peft(hidden=64, vocab=len(run.tok))
     rec = lk.Recorder(pm, modules=["q_proj"], every=1)

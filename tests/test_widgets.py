@@ -57,12 +57,10 @@ def trainable_on_screen(panel) -> int:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _single_thread(one_thread):
     """Training and generation on a shared 2-core machine: one torch thread is ~10× faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with one_thread():
+        yield
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ makes no network request at all; the CDN version (≤ 5 MB) does need plotly's C
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -32,19 +31,10 @@ READY = """() => { const gd = document.getElementById('lorakit-figure-0');
             && gd._transitionData && gd._transitionData._frames.length > 0); }"""
 
 
-@contextmanager
-def one_thread():
-    """Train on one thread: on the shared 2-core test machine two threads were 5-10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
-def recording(smol):
+def recording(smol, one_thread):
     _, tok = smol
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
