@@ -113,6 +113,32 @@ def embedded_model_dir(progress: bool = True) -> Path:
     return target
 
 
+def restore_4bit_layout(model) -> int:
+    """Undo bitsandbytes' CPU repacking of 4-bit weights; return how many layers it touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.49+) repacks a ``Linear4bit`` weight into a CPU
+    inference layout on its first eval-mode forward (generation, accuracy) and never packs it
+    back. Training through the packed layout backpropagates through ``gemv_4bit``, which has no
+    autograd kernel: the gradients are silently wrong and QLoRA stops learning. PEFT's merge
+    also reads the packed data as standard NF4. ``lk.train`` and ``lk.merge`` call this first;
+    the inverse conversion is what bitsandbytes itself does before saving or moving to CUDA.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as inverse
+    except ImportError:  # no bitsandbytes, or an older one without CPU repacking
+        return 0
+    n = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = inverse(weight.data, state)
+            if getattr(module, "quant_state", None) is not None:
+                module.quant_state = weight.quant_state
+            n += 1
+    return n
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or os.sep + os.sep in name or name.count("/") > 1
 

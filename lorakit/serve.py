@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .attach import has_adapter, is_peft
+from .models import restore_4bit_layout
 
 BASE = "__base__"                      # PEFT's name for "no adapter" in a mixed batch
 CONFIG_NAME = "adapter_config.json"    # = peft.utils.CONFIG_NAME
@@ -110,27 +111,6 @@ def _quantized_layers(peft_model) -> list[str]:
             if type(m.get_base_layer()).__name__ in ("Linear4bit", "Linear8bitLt")]
 
 
-def _unpack_cpu_4bit(model: nn.Module) -> None:
-    """Undo bitsandbytes' CPU repacking of 4-bit weights before PEFT dequantizes them.
-
-    On CPUs with AVX512-BF16, bitsandbytes (0.49+) repacks a Linear4bit weight into a CPU
-    layout on its first forward pass. PEFT's merge/unmerge dequantize ``weight.data`` as if it
-    were still in the standard layout and get garbage (logits off by ~40 on SmolLM2). The
-    inverse conversion is what bitsandbytes itself does before saving or moving to CUDA.
-    """
-    try:
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as inverse
-    except ImportError:  # older bitsandbytes: no CPU repacking, nothing to undo
-        return
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        state = getattr(weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            weight.data, weight.quant_state = inverse(weight.data, state)
-            if getattr(module, "quant_state", None) is not None:
-                module.quant_state = weight.quant_state
-
-
 def merge_in_place(peft_model, adapter: str | None = None) -> int:
     """Merge the active adapter (or ``adapter``) into the base weights, keeping the wrapper.
 
@@ -150,7 +130,7 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
                              f"{list(peft_model.peft_config)}")
     quantized = _quantized_layers(peft_model)
     if quantized:
-        _unpack_cpu_4bit(peft_model)
+        restore_4bit_layout(peft_model)
     with warnings.catch_warnings():
         if quantized:  # PEFT warns per layer; merge() reports the measured effect once
             warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
@@ -171,7 +151,7 @@ def unmerge(peft_model) -> int:
     count = sum(m.merged for _, m in _lora_layers(peft_model))
     quantized = _quantized_layers(peft_model)
     if quantized:
-        _unpack_cpu_4bit(peft_model)
+        restore_4bit_layout(peft_model)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
         peft_model.unmerge_adapter()

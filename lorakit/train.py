@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .attach import attach, attach_adalora, detach, is_adalora
 from .data import IGNORE_INDEX, Task
+from .models import restore_4bit_layout
 
 
 @dataclass
@@ -181,6 +182,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     offset = (recorder.last_step or 0) if recorder is not None else 0
     if recorder is not None and recorder.last_step is None:
         recorder.on_step(0, None)
+    restore_4bit_layout(model)  # a 4-bit base packed for inference would get wrong gradients
     model.train()
     try:
         with torch.random.fork_rng(devices=[]):
