@@ -44,15 +44,10 @@ def tiny_peft(tok):
 
 
 @pytest.fixture(scope="module")
-def recording(smol, one_thread):
-    """61 frames (steps 0..60) of a real LoRA run on the tiny Llama."""
-    _, tok = smol
-    pm = tiny_peft(tok)
-    rec = lk.Recorder(pm, every=1)
-    with one_thread():
-        lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=STEPS, lr=2e-3, batch_size=4,
-                 recorder=rec, progress=False)
-    return rec.recording
+def recording(tiny_recording):
+    """61 frames (steps 0..60) of a real LoRA run on the tiny Llama (tests/conftest.py)."""
+    assert len(tiny_recording) == STEPS + 1
+    return tiny_recording
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
 from lorakit import figures
@@ -34,19 +32,8 @@ READY = """() => { const gd = document.getElementById('lorakit-figure-0');
 
 
 @pytest.fixture(scope="module")
-def recording(smol, one_thread):
-    _, tok = smol
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, vocab_size=len(tok),
-                         pad_token_id=tok.pad_token_id)
-    pm = lk.attach(LlamaForCausalLM(config), r=8, alpha=16, targets=["q_proj", "v_proj"],
-                   seed=0)
-    rec = lk.Recorder(pm, every=1)
-    with one_thread():
-        lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=STEPS, lr=2e-3, batch_size=4,
-                 recorder=rec, progress=False)
-    return rec.recording
+def recording(tiny_recording):
+    return tiny_recording  # 61 frames of a tiny Llama's real run (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
