@@ -244,8 +244,10 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
         return [go.Heatmap(z=data[k][i], zmin=-ranges[k], zmax=ranges[k], zmid=0) for k in keys]
 
     if which == "all":
+        # the spacing leaves room for each colour bar and its tick labels (e.g. "−0.0005")
+        # before the next panel's own tick labels
         fig = make_subplots(rows=1, cols=3, column_widths=[0.38, 0.14, 0.48],
-                            horizontal_spacing=0.08,
+                            horizontal_spacing=0.14,
                             subplot_titles=[f"A ({f.r}×{f.d_in})", f"B ({f.d_out}×{f.r})",
                                             f"ΔW = {f.scaling:g}·B·A ({f.d_out}×{f.d_in})"])
     else:
@@ -255,7 +257,8 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
         x_title, y_title = _axis_titles(f, k, data[k].shape[1:])
         domain = fig.layout[f"xaxis{col if col > 1 else ''}"].domain or (0, 1)
         trace.update(colorscale=DIVERGING, name=_MATRIX[k],
-                     colorbar=dict(len=0.8, thickness=10, x=domain[1] + 0.005, xanchor="left"),
+                     colorbar=dict(len=0.8, thickness=10, x=domain[1] + 0.005, xanchor="left",
+                                   nticks=5, tickfont=dict(size=10)),
                      hovertemplate=f"{_MATRIX[k]}[%{{y}}, %{{x}}] = %{{z:.3g}}<extra></extra>")
         fig.add_trace(trace, **pos)
         fig.update_xaxes(title_text=x_title, **pos)
