@@ -2,7 +2,8 @@
 
 The issue's targets: base held-out accuracy ≤ 10%; LoRA r=8 on q,v trained in ≤ 120 s of wall
 time on the 2-core CPU reaches ≥ 90% on ≥ 50 held-out items; QLoRA (nf4) reaches ≥ 80%.
-The same settings are asserted (without timing) by tests/test_train.py and tests/test_qlora.py.
+The same settings are asserted (without timing) by tests/test_cli.py (the default tour) and
+tests/test_qlora.py.
 
     python benchmarks/train_accuracy.py [--skip-qlora]
 """

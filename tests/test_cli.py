@@ -253,6 +253,13 @@ def _lorakit_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "lorakit.cli"]
 
 
+def test_tour_defaults_are_the_acceptance_settings():
+    """The default tour is the iso_dates acceptance run: r=8, α=16 on q,v; 60 steps of 8 at 2e-3."""
+    s = cli.TourSettings()
+    assert (s.task, s.rank, s.alpha, tuple(s.targets), s.steps, s.batch_size, s.lr, s.seed) == \
+        ("iso_dates", 8, 16.0, ("q_proj", "v_proj"), 60, 8, 2e-3, 0)
+
+
 @pytest.mark.slow
 def test_default_tour_learns_iso_dates(tmp_path):
     """The acceptance check: `lorakit tour` with default settings, as `make tour` runs it."""
@@ -262,7 +269,11 @@ def test_default_tour_learns_iso_dates(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = re.search(r"accuracy (\d+)/(\d+) → (\d+)/(\d+); report: (.+)", proc.stdout)
     assert found, proc.stdout[-3000:]
-    after, total = int(found[3]), int(found[4])
-    assert total == 50 and after / total >= 0.9, proc.stdout[-3000:]
+    base, base_total, after, total = (int(found[i]) for i in range(1, 5))
+    # The iso_dates acceptance: base ≤ 10% and, after r=8 q,v LoRA for 60 steps, ≥ 90% on 50
+    # held-out items (the tour runs exactly lk.train; the 60 steps' wall time is measured by
+    # benchmarks/train_accuracy.py, not asserted).
+    assert base_total == total == 50 and base / total <= 0.10, proc.stdout[-3000:]
+    assert after / total >= 0.9, proc.stdout[-3000:]
     assert Path(found[5].strip()) == out.resolve() and out.is_file()
     assert "wall time per phase" in proc.stdout

@@ -159,17 +159,6 @@ def test_task_type_checked(peft_pair):
         lk.train(pm, tok, "iso_dates", steps=1, progress=False)
 
 
-@pytest.mark.slow
-def test_iso_dates_acceptance(fresh):
-    """Base ≤ 10%; LoRA r=8 on q,v for 60 steps, then ≥ 90% on 50 held-out items.
-
-    The wall time of those 60 steps (target ≤ 120 s on the 2-core CPU) is measured by
-    benchmarks/train_accuracy.py and written to RESULTS.md, not asserted here."""
-    model, tok = fresh
-    base = TASK.accuracy(model, tok, n=50)
-    assert base.total == 50 and base.score <= 0.10, base
-    pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
-    res = lk.train(pm, tok, TASK, steps=60, lr=2e-3, batch_size=8, progress=False)
-    assert res.steps_done == 60 and res.losses[-1] < 0.1 * res.losses[0]
-    after = TASK.accuracy(pm, tok, n=50)
-    assert after.score >= 0.90, after
+# The iso_dates acceptance (base ≤ 10%; r=8 q,v, 60 steps → ≥ 90% on 50 held-out items) is
+# asserted once, through the product's main job: tests/test_cli.py::test_default_tour_learns_
+# iso_dates runs `lorakit tour`, whose defaults are exactly these settings (checked there).
