@@ -3,6 +3,8 @@
 #   make test   set up, then run every test (pytest + nbval notebooks; not the gpu-marked ones)
 #   make tour   set up, then the headless end-to-end tour (writes an HTML report)
 #   make bench  set up, then the benchmarks (results in benchmarks/RESULTS.md)
+#   make screenshots  set up, then the README's PNGs in docs/ from a real run
+#   make binder-check  Binder's steps in a scratch venv: requirements, postBuild, load_model
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +18,7 @@ LAB_ARGS ?=
 # JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it may.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup chromium lab test tour bench lint clean
+.PHONY: setup chromium lab test tour bench screenshots binder-check lint clean
 
 setup: $(STAMP)
 
@@ -53,8 +55,22 @@ bench: setup
 	$(PY) benchmarks/merge_latency.py
 	$(PY) benchmarks/train_accuracy.py
 
+screenshots: setup chromium
+	$(PY) docs/screenshots.py
+
+# What Binder (repo2docker) does, in a throw-away venv and model cache: install
+# binder/requirements.txt from the repository root, run binder/postBuild, then load the model.
+BINDER_TMP ?= /tmp/lorakit-binder-check
+binder-check:
+	rm -rf $(BINDER_TMP) && $(PYTHON) -m venv $(BINDER_TMP)/venv
+	$(BINDER_TMP)/venv/bin/pip install --quiet -r binder/requirements.txt
+	PATH=$(BINDER_TMP)/venv/bin:$$PATH LORAKIT_CACHE=$(BINDER_TMP)/cache bash binder/postBuild
+	LORAKIT_CACHE=$(BINDER_TMP)/cache $(BINDER_TMP)/venv/bin/python -c "import lorakit as lk; \
+		m, t = lk.load_model(); print('binder-check ok:', lk.count_params(m).total, 'parameters;', \
+		repr(lk.generate(m, t, 'What is the capital of France?', max_new_tokens=8)))"
+
 lint: setup
-	$(VENV)/bin/ruff check lorakit tests benchmarks
+	$(VENV)/bin/ruff check lorakit tests benchmarks docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache lorakit-tour.html
+	rm -rf $(VENV) .pytest_cache lorakit-tour.html notebooks/adapters
