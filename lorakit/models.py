@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -238,14 +239,18 @@ def chat_prompt(tok, user: str, system: str | None = None) -> str:
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
-             system: str | None = None, chat: bool = True) -> list[str]:
-    """Greedy replies for a batch of prompts (left-padded), decoded without special tokens."""
-    single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
+def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
+                   system: str | None = None, chat: bool = True,
+                   **generate_kwargs) -> tuple[list[str], int]:
+    """Greedy replies for a list of prompts and how many tokens were generated per row.
+
+    The prompts are wrapped in the chat template (unless ``chat=False``) and left-padded into
+    one batch. Extra keyword arguments go to ``model.generate``, e.g. ``min_new_tokens`` or
+    PEFT's ``adapter_names`` for a mixed-adapter batch.
+    """
     texts = [chat_prompt(tok, p, system) if chat else p for p in prompts]
     side = tok.padding_side
-    tok.padding_side = "left"
+    tok.padding_side = "left"      # generation continues at the right end of every row
     try:
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
@@ -253,7 +258,18 @@ def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tok.pad_token_id)
-    replies = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    replies = [r.strip() for r in replies]
+                         pad_token_id=tok.pad_token_id, **generate_kwargs)
+    new = out[:, enc["input_ids"].shape[1]:]
+    replies = [r.strip() for r in tok.batch_decode(new, skip_special_tokens=True)]
+    return replies, new.shape[1]
+
+
+def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
+             system: str | None = None, chat: bool = True, **generate_kwargs):
+    """Greedy replies for a prompt or a batch of prompts (left-padded), decoded without
+    special tokens: a string for a string, a list for a list. Extra keyword arguments go to
+    ``model.generate`` (see ``generate_batch``)."""
+    single = isinstance(prompts, str)
+    replies, _ = generate_batch(model, tok, [prompts] if single else list(prompts),
+                                max_new_tokens, system, chat, **generate_kwargs)
     return replies[0] if single else replies

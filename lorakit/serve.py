@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .attach import has_adapter, is_peft
-from .models import restore_4bit_layout
+from .models import generate_batch, restore_4bit_layout
 
 BASE = "__base__"                      # PEFT's name for "no adapter" in a mixed batch
 CONFIG_NAME = "adapter_config.json"    # = peft.utils.CONFIG_NAME
@@ -452,28 +452,11 @@ def load_adapter(model, directory, name: str = "default", *, trainable: bool = F
 
 
 # -- several adapters on one base ------------------------------------------------------------
-def _encode_chat(tok, prompts: Sequence[str], chat: bool, device) -> dict[str, torch.Tensor]:
-    from .models import chat_prompt
-
-    texts = [chat_prompt(tok, p) if chat else p for p in prompts]
-    side = tok.padding_side
-    tok.padding_side = "left"      # generation continues at the right end of every row
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = side
-    return {k: v.to(device) for k, v in enc.items()}
-
-
 @torch.no_grad()
 def _generate(model, tok, prompts: Sequence[str], max_new_tokens: int, chat: bool = True,
-              min_new_tokens: int | None = None, **kwargs) -> tuple[list[str], int]:
-    """Greedy replies (decoded) and the number of new tokens per row."""
-    enc = _encode_chat(tok, prompts, chat, next(model.parameters()).device)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
-    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)], new.shape[1]
+              **generate_kwargs) -> tuple[list[str], int]:
+    """Greedy replies (decoded) and the number of new tokens per row (``generate_batch``)."""
+    return generate_batch(model, tok, prompts, max_new_tokens, chat=chat, **generate_kwargs)
 
 
 @dataclass(frozen=True)
