@@ -440,9 +440,10 @@ def _check_sweep(rows) -> list[dict]:
     return list(rows)
 
 
-__all__ = ["DIVERGING", "OKABE_ITO", "TEMPLATE", "WHICH", "budget_bars", "loss_curve",
-           "matrix_evolution", "norms_over_time", "param_bars", "param_sunburst", "rank_sweep",
-           "spectrum_over_time"]
+__all__ = ["DIVERGING", "OKABE_ITO", "TEMPLATE", "WHICH", "amplification_table", "budget_bars",
+           "loss_curve", "matrix_evolution", "norms_over_time", "param_bars", "param_sunburst",
+           "rank_sweep", "similarity_heatmap", "spectra", "spectrum_over_time",
+           "variant_comparison"]
 
 
 # -- what LoRA learned (lorakit.analysis) and variants ------------------------------------------
