@@ -26,7 +26,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -452,13 +452,6 @@ def load_adapter(model, directory, name: str = "default", *, trainable: bool = F
 
 
 # -- several adapters on one base ------------------------------------------------------------
-@torch.no_grad()
-def _generate(model, tok, prompts: Sequence[str], max_new_tokens: int, chat: bool = True,
-              **generate_kwargs) -> tuple[list[str], int]:
-    """Greedy replies (decoded) and the number of new tokens per row (``generate_batch``)."""
-    return generate_batch(model, tok, prompts, max_new_tokens, chat=chat, **generate_kwargs)
-
-
 @dataclass(frozen=True)
 class MixedRow:
     prompt: str
@@ -615,10 +608,10 @@ class AdapterBank:
         prompts, adapters = self._check_batch(prompts, adapters)
         model = self.model if self.model is not None else self._base
         if self.model is None:
-            return _generate(model, self.tok, prompts, max_new_tokens, chat)[0]
+            return generate_batch(model, self.tok, prompts, max_new_tokens, chat=chat)[0]
         self.model.base_model.enable_adapter_layers()  # a disabled layer ignores adapter_names
         try:
-            return _generate(model, self.tok, prompts, max_new_tokens, chat,
+            return generate_batch(model, self.tok, prompts, max_new_tokens, chat=chat,
                              adapter_names=adapters)[0]
         finally:
             if self._active == BASE:   # use("__base__") had disabled them: keep it so
@@ -639,7 +632,7 @@ class AdapterBank:
             for name in dict.fromkeys(adapters):
                 self.use(name)
                 model = self.model if self.model is not None else self._base
-                replies = _generate(model, self.tok, prompts, max_new_tokens, chat)[0]
+                replies = generate_batch(model, self.tok, prompts, max_new_tokens, chat=chat)[0]
                 single.update({i: replies[i] for i, a in enumerate(adapters) if a == name})
         finally:
             self.use(previous)
@@ -681,11 +674,12 @@ def latency(model, tok, prompt: str, max_new_tokens: int = 16, repeat: int = 5,
     model.eval()
     try:
         for _ in range(warmup):
-            _generate(model, tok, [prompt], max_new_tokens, chat, min_new_tokens=max_new_tokens)
+            generate_batch(model, tok, [prompt], max_new_tokens, chat=chat,
+                           min_new_tokens=max_new_tokens)
         times, n = [], max_new_tokens
         for _ in range(repeat):
             t0 = time.perf_counter()
-            _, n = _generate(model, tok, [prompt], max_new_tokens, chat,
+            _, n = generate_batch(model, tok, [prompt], max_new_tokens, chat=chat,
                              min_new_tokens=max_new_tokens)
             times.append(time.perf_counter() - t0)
     finally:
