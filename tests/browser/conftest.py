@@ -11,6 +11,7 @@ a free loopback port with a random token and kills its process group afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -83,10 +84,11 @@ def browser(chromium):
             b.close()
 
 
-@pytest.fixture
-def offline_page(browser):
-    """A page in a fresh context; every http(s) request is aborted and recorded in .blocked."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
+@contextlib.contextmanager
+def _guarded_page(browser, viewport: dict, allowed: tuple[str, ...] = ()):
+    """A page in a fresh context; http(s) requests not starting with ``allowed`` are aborted
+    and their URLs recorded in ``page.blocked``."""
+    context = browser.new_context(viewport=viewport)
     page = context.new_page()
     page.set_default_timeout(30_000)
     blocked: list[str] = []
@@ -95,12 +97,20 @@ def offline_page(browser):
         blocked.append(route.request.url)
         route.abort()
 
-    page.route(lambda url: url.startswith(("http://", "https://")), abort)
+    page.route(lambda url: url.startswith(("http://", "https://"))
+               and not (allowed and url.startswith(allowed)), abort)
     page.blocked = blocked
     try:
         yield page
     finally:
         context.close()
+
+
+@pytest.fixture
+def offline_page(browser):
+    """A page in a fresh context; every http(s) request is aborted and recorded in .blocked."""
+    with _guarded_page(browser, {"width": 1200, "height": 900}) as page:
+        yield page
 
 
 # --------------------------------------------------------------------------- JupyterLab
@@ -214,19 +224,6 @@ def jupyter_lab(tmp_path_factory):
 @pytest.fixture
 def local_page(browser):
     """A page in a fresh context that may reach 127.0.0.1 only (other hosts are aborted)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1300})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    blocked: list[str] = []
-
-    def abort(route):
-        blocked.append(route.request.url)
-        route.abort()
-
-    page.route(lambda url: url.startswith(("http://", "https://"))
-               and not url.startswith(("http://127.0.0.1:", "http://localhost:")), abort)
-    page.blocked = blocked
-    try:
+    with _guarded_page(browser, {"width": 1400, "height": 1300},
+                       allowed=("http://127.0.0.1:", "http://localhost:")) as page:
         yield page
-    finally:
-        context.close()
