@@ -160,7 +160,8 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
     """
     settings = LoraSettings(r=r, alpha=alpha, targets=targets, dropout=dropout,
                             variant=variant, init=init)
-    base = model.get_base_model() if is_peft(model) else model
+    # Checked before PEFT is even imported: a refusal is immediate.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     check_targets(base, settings.targets)
     _check_rank_and_memory(base, settings, allow_large_r)
     if has_adapter(base) and not replace:

@@ -168,11 +168,14 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     """
     _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm)
     params = [p for p in model.parameters() if p.requires_grad]
-    if not params or not (full_finetune or has_adapter(model)):
-        raise ValueError("the model has no LoRA adapter: attach one first, e.g. "
-                         "model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])"
-                         + ("" if not params else "; to fine-tune all of the base model's "
-                            "weights instead, pass full_finetune=True"))
+    attach_hint = "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])"
+    if not params:
+        raise ValueError(f"the model has no trainable parameters: attach an adapter first, "
+                         f"{attach_hint}")
+    if not (full_finetune or has_adapter(model)):
+        raise ValueError(f"the model has no LoRA adapter: attach one first, {attach_hint}; to "
+                         "fine-tune all of the base model's weights instead, pass "
+                         "full_finetune=True")
     if not isinstance(task, Task):
         raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
                         f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
