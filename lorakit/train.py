@@ -211,10 +211,12 @@ def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
     restore_4bit_layout(model)  # a 4-bit base packed for inference would get wrong gradients
     good = [p.detach().clone() for p in params]  # the last good weights (an adapter is small)
 
-    def diverged(what: str) -> NonFiniteLossError:
+    def restore() -> None:
         with torch.no_grad():
-            for p, g in zip(params, good, strict=True):
-                p.copy_(g)
+            torch._foreach_copy_([p.data for p in params], good)
+
+    def diverged(what: str) -> NonFiniteLossError:
+        restore()
         return _diverged(step, what, lr, result)
 
     model.train()
@@ -242,10 +244,10 @@ def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
                 optimizer.step()
                 if not all(bool(torch.isfinite(p).all()) for p in params):
                     raise diverged("the updated weights are not finite")
-                with torch.no_grad():
-                    torch._foreach_copy_(good, [p.detach() for p in params])
                 if adalora:  # prune singular values by their importance (needs the gradients)
                     model.base_model.update_and_allocate(step)
+                with torch.no_grad():  # this step is good: keep its weights
+                    torch._foreach_copy_(good, [p.detach() for p in params])
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(loss_value)
                 result.lrs.append(lr * factor)
@@ -261,9 +263,7 @@ def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
     except KeyboardInterrupt:
         result.interrupted = True
     except Exception:
-        with torch.no_grad():  # a failure mid-step (e.g. out of memory): the last good weights
-            for p, g in zip(params, good, strict=True):
-                p.copy_(g)
+        restore()  # a failure mid-step (e.g. out of memory): back to the last good weights
         raise
     finally:
         optimizer.zero_grad(set_to_none=True)
