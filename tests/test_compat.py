@@ -11,10 +11,10 @@ import importlib.metadata
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
