@@ -8,6 +8,7 @@ is checked, not that pip works.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -163,3 +164,39 @@ def test_setup_cell_calls_setup_notebook_not_the_cdn_renderer(path):
     assert not any("notebook_connected" in c for c in code)
     setup = next(i for i, c in enumerate(code) if "lk.setup_notebook()" in c and i > 0)
     assert setup == min(i for i, c in enumerate(code) if i > 0 and "import lorakit" in c)
+
+
+CDN = re.compile(r"cdn\.plot\.ly|plotly-latest|require\.config\(\{paths: \{'plotly'")
+
+
+def cdn_only_outputs(path: Path) -> list[str]:
+    """Stored outputs that draw a figure only if plotly.js arrives from its CDN: HTML that
+    calls Plotly (or loads it from cdn.plot.ly) with neither plotly's JSON mimetype (drawn
+    offline by jupyterlab-plotly, and by VS Code) nor a PNG (GitHub, nbviewer) beside it."""
+    bad = []
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            html = "".join(data.get("text/html", ""))
+            if ("Plotly.newPlot" in html or CDN.search(html)) and not (
+                    "application/vnd.plotly.v1+json" in data or "image/png" in data):
+                bad.append(f"cell {i}: {html[:80]!r}")
+    return bad
+
+
+def test_cdn_only_detector_tells_the_renderers_apart(tmp_path):
+    fig = go.Figure(go.Bar(y=[1]))
+    connected = pio.renderers["notebook_connected"].to_mimebundle(fig.to_dict())
+    mime = pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
+    for bundle, bad in ((connected, True), (mime, False), ({**connected, "image/png": "x"}, False)):
+        nb = {"cells": [{"cell_type": "code", "outputs": [{"output_type": "display_data",
+                                                           "data": bundle}]}]}
+        path = tmp_path / "x.ipynb"
+        path.write_text(json.dumps(nb))
+        assert bool(cdn_only_outputs(path)) is bad, bundle.keys()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_stored_figure_depends_on_the_cdn_alone(path):
+    """Fails until the notebook is re-executed with lk.setup_notebook() in its setup cell."""
+    assert cdn_only_outputs(path) == [], f"{path.name}: re-execute it (see README, Notebooks)"
