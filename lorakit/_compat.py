@@ -57,6 +57,26 @@ def check_versions(found: dict[str, str | None] | None = None) -> None:
                               f"pip install -U '{name}>={need}' (then restart the kernel)")
 
 
+#: 4-/8-bit bitsandbytes weights on the CPU: transformers 4.46 stops with "'frozenset' object
+#: has no attribute 'discard'" against bitsandbytes ≥ 0.45's CPU backend; 4.56.2 is tested
+CPU_QUANTIZATION_TRANSFORMERS = "4.56.2"
+
+
+def cpu_quantization_supported() -> bool:
+    """Whether the installed transformers loads bitsandbytes-quantized models on the CPU."""
+    return transformers_version() >= _parse(CPU_QUANTIZATION_TRANSFORMERS)
+
+
+def check_cpu_quantization(quantize: str) -> None:
+    """ImportError naming found vs needed if ``quantize`` on the CPU needs a newer transformers."""
+    if not cpu_quantization_supported():
+        need = CPU_QUANTIZATION_TRANSFORMERS
+        raise ImportError(
+            f"quantize={quantize!r} on the CPU needs transformers>={need}, found transformers "
+            f"{installed('transformers')}. Upgrade it (pip install -U 'transformers>={need}') or "
+            "load on a CUDA GPU (device='cuda'), or without quantize.")
+
+
 def transformers_version() -> tuple[int, ...]:
     return _parse(installed("transformers") or "0")
 

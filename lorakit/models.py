@@ -320,6 +320,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
     if dtype is None:
         dtype = compute_dtype if torch.device(device).type == "cuda" else torch.float32
     qconfig = quantization_config(quantize, compute_dtype, double_quant) if quantize else None
+    if quantize and torch.device(device).type == "cpu":
+        _compat.check_cpu_quantization(quantize)
 
     if name_or_path is None:
         source = embedded_model_dir(progress=progress)

@@ -123,3 +123,11 @@ def test_gpu_check_without_cuda_fails_fast_and_clearly():
     assert results.read_text() == before
     make = subprocess.run(["make", "-n", "gpu-check"], capture_output=True, text=True, cwd=ROOT)
     assert "benchmarks/gpu_check.py" in make.stdout
+
+
+def test_cpu_quantization_on_an_old_transformers_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(_compat, "transformers_version", lambda: (4, 46, 3))
+    with pytest.raises(ImportError, match=r"quantize='nf4' on the CPU needs transformers>=4\.56\.2"):
+        lk.load_model(quantize="nf4", device="cpu", progress=False)
+    monkeypatch.setattr(_compat, "transformers_version", lambda: (4, 56, 2))
+    _compat.check_cpu_quantization("nf4")                                  # no error
