@@ -25,9 +25,9 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 NOTEBOOKS = ["02_attach_and_count.ipynb", "03_train_and_watch.ipynb"]
 
-# per figure output: how many drawn trace groups its SVG holds (-1: no SVG at all)
-DRAWN = """() => [...document.querySelectorAll(
-    ".jp-OutputArea-output[data-mime-type='application/vnd.plotly.v1+json']")].map(o => {
+# per output of plotly's mimetype (jupyterlab-plotly's renderer node): how many drawn trace
+# groups its SVG holds (-1: no SVG at all)
+DRAWN = """() => [...document.querySelectorAll(".jp-OutputArea-output.jp-RenderedPlotly")].map(o => {
         const svg = o.querySelector('svg.main-svg');
         return svg ? svg.querySelectorAll('.trace, .hm, .slice').length : -1; })"""
 # every plotly graph div on the page (mimetype, HTML, FigureWidget): drawn or an empty box
@@ -79,7 +79,7 @@ def test_every_figure_draws_offline_in_jupyterlab(jupyter_lab, local_page, name)
         assert all(n > 0 for n in drawn), drawn
         assert page.evaluate(EMPTY_BOXES) == 0
         assert not [u for u in page.blocked if "plot.ly" in u or "plotly" in u], page.blocked
-        first = page.locator(f".jp-OutputArea-output[data-mime-type='{PLOTLY_MIME}']").first
+        first = page.locator(".jp-OutputArea-output.jp-RenderedPlotly").first
         first.scroll_into_view_if_needed()
     finally:
         page.screenshot(path=str(shot), full_page=False)
