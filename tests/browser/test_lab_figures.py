@@ -27,12 +27,15 @@ NOTEBOOKS = ["02_attach_and_count.ipynb", "03_train_and_watch.ipynb"]
 
 # per output of plotly's mimetype (jupyterlab-plotly's renderer node): how many drawn trace
 # groups its SVG holds (-1: no SVG at all)
-DRAWN = """() => [...document.querySelectorAll(".jp-OutputArea-output.jp-RenderedPlotly")].map(o => {
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"         # the open notebook's tab, not another
+DRAWN = f"""() => [...document.querySelectorAll("{PANEL} .jp-OutputArea-output.jp-RenderedPlotly")]
+    .map(o => {{
         const svg = o.querySelector('svg.main-svg');
-        return svg ? svg.querySelectorAll('.trace, .hm, .slice').length : -1; })"""
+        return svg ? svg.querySelectorAll('.trace, .hm, .slice').length : -1; }})"""
 # every plotly graph div on the page (mimetype, HTML, FigureWidget): drawn or an empty box
-EMPTY_BOXES = """() => [...document.querySelectorAll('.jp-OutputArea .plotly-graph-div,
-    .jp-OutputArea .js-plotly-plot')].filter(d => !d.querySelector('svg.main-svg')).length"""
+EMPTY_BOXES = (f"() => [...document.querySelectorAll('{PANEL} .jp-OutputArea .plotly-graph-div, "
+               f"{PANEL} .jp-OutputArea .js-plotly-plot')]"
+               ".filter(d => !d.querySelector('svg.main-svg')).length")
 
 
 def stored_figures(path: Path) -> int:
@@ -46,16 +49,18 @@ def stored_figures(path: Path) -> int:
 
 
 def run_all(page, lab, name: str) -> None:
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}", timeout=60_000)
+    # a workspace of its own (reset): only this notebook open, whatever ran before
+    page.goto(f"{lab.url}/lab/workspaces/figures-{name[:2]}/tree/{name}?reset&token={lab.token}",
+              timeout=60_000)
     page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=60_000)
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=30_000)
+    page.locator(f"{PANEL} .jp-Notebook .jp-Cell").first.wait_for(timeout=30_000)
     page.locator("li.lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
     # done: every code cell has an execution count, none is queued or running ([*])
     page.wait_for_function(
-        """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+        f"""() => {{ const p = [...document.querySelectorAll('{PANEL} .jp-CodeCell .jp-InputPrompt')]
                      .map(e => e.textContent.trim());
-                   return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }""",
+                   return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }}""",
         timeout=600_000, polling=1000)
 
 
@@ -70,7 +75,7 @@ def test_every_figure_draws_offline_in_jupyterlab(jupyter_lab, local_page, name)
     shot = ARTIFACTS / f"lab_figures_{name[:2]}.png"
     try:
         run_all(page, jupyter_lab, name)
-        errors = page.locator(".jp-OutputArea-output[data-mime-type="
+        errors = page.locator(f"{PANEL} .jp-OutputArea-output[data-mime-type="
                               "'application/vnd.jupyter.error']")
         assert errors.count() == 0, errors.first.inner_text()[:2000]
         page.wait_for_function(f"() => ({DRAWN})().every(n => n > 0)", timeout=30_000)
@@ -79,7 +84,7 @@ def test_every_figure_draws_offline_in_jupyterlab(jupyter_lab, local_page, name)
         assert all(n > 0 for n in drawn), drawn
         assert page.evaluate(EMPTY_BOXES) == 0
         assert not [u for u in page.blocked if "plot.ly" in u or "plotly" in u], page.blocked
-        first = page.locator(".jp-OutputArea-output.jp-RenderedPlotly").first
+        first = page.locator(f"{PANEL} .jp-OutputArea-output.jp-RenderedPlotly").first
         first.scroll_into_view_if_needed()
     finally:
         page.screenshot(path=str(shot), full_page=False)
