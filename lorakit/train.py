@@ -213,7 +213,8 @@ def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
 
     def restore() -> None:
         with torch.no_grad():
-            torch._foreach_copy_([p.data for p in params], good)
+            for p, g in zip(params, good, strict=True):
+                p.copy_(g)
 
     def diverged(what: str) -> NonFiniteLossError:
         restore()
@@ -237,8 +238,8 @@ def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
                 if max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 else:
-                    norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in params if p.grad is not None])
+                    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+                    norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
                 if not torch.isfinite(norm):
                     raise diverged("the gradient is not finite")
                 optimizer.step()
@@ -247,7 +248,8 @@ def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
                 if adalora:  # prune singular values by their importance (needs the gradients)
                     model.base_model.update_and_allocate(step)
                 with torch.no_grad():  # this step is good: keep its weights
-                    torch._foreach_copy_(good, [p.detach() for p in params])
+                    for g, p in zip(good, params, strict=True):
+                        g.copy_(p)
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(loss_value)
                 result.lrs.append(lr * factor)
