@@ -139,7 +139,7 @@ def has_adapter(model: nn.Module) -> bool:
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
            dropout: float = 0.0, variant: str = "lora", init: str = "default", *,
-           replace: bool = True, seed: int | None = None):
+           replace: bool = True, seed: int | None = None, allow_large_r: bool = False):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
 
     Args:
@@ -150,43 +150,80 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
         replace: when ``model`` already has an adapter, True removes it first (the base model
             is reused, not reloaded); False raises instead.
         seed: makes A's random init reproducible without touching the global RNG.
+        allow_large_r: permit r > min(d_in, d_out) of a targeted module (refused by default:
+            the update cannot have that rank there, and the memory is wasted).
 
     Everything is validated before the model is changed: a bad value leaves it as it was.
+    The adapter's memory is estimated first and refused if it cannot fit; and any failure
+    while attaching (a memory error included) rolls the model back to exactly its old state,
+    with its old adapter if it had one.
     """
     settings = LoraSettings(r=r, alpha=alpha, targets=targets, dropout=dropout,
                             variant=variant, init=init)
-    base = model.get_base_model() if is_peft(model) else model
+    # Checked before PEFT is even imported: a refusal is immediate.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     check_targets(base, settings.targets)
-    too_big = [f"{i.name} ({i.in_features}→{i.out_features})" for i in linear_modules(base)
-               if any(matches_target(i.name, t) for t in settings.targets)
-               and settings.r > min(i.in_features, i.out_features)]
-    if too_big:
-        warnings.warn(f"r={settings.r} exceeds min(d_in, d_out) of {len(too_big)} module(s), "
-                      f"e.g. {too_big[0]}: the update cannot have that rank there.", stacklevel=2)
-    if has_adapter(base):
-        if not replace:
-            raise ValueError("this model already has a LoRA adapter; pass replace=True to "
-                             "swap it for the new settings, or lk.detach(model) first")
-        base = detach(model)
-
+    _check_rank_and_memory(base, settings, allow_large_r)
+    if has_adapter(base) and not replace:
+        raise ValueError("this model already has a LoRA adapter; pass replace=True to "
+                         "swap it for the new settings, or lk.detach(model) first")
     from peft import get_peft_model
 
-    requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-    saved = {}
-    if settings.init in ("pissa", "olora"):  # these rewrite the base weights: keep the originals
-        saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
-                 for i in linear_modules(base)
-                 if any(matches_target(i.name, t) for t in settings.targets)}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # PEFT calls a transformers property deprecated in v5; not the learner's concern.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        if seed is not None:
-            torch.manual_seed(seed)
-        peft_model = get_peft_model(base, settings.to_peft_config())
-    # Kept on the base model, which both the PeftModel and the user's variable reach.
-    base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,
-                           "saved_weights": saved}
+    from .guards import Transaction
+
+    targeted = [base.get_submodule(i.name).weight for i in linear_modules(base)
+                if any(matches_target(i.name, t) for t in settings.targets)]
+    old = getattr(base, "_lorakit_state", {}).get("saved_weights", {})
+    rewritten = [base.get_submodule(n).weight for n in old]
+    rewritten += targeted if settings.init in ("pissa", "olora") else []
+    with Transaction(model, weights=rewritten):  # all or nothing, the old adapter included
+        if has_adapter(base):
+            base = detach(model)
+        requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+        saved = {}
+        if settings.init in ("pissa", "olora"):  # these rewrite the base weights: keep originals
+            saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
+                     for i in linear_modules(base)
+                     if any(matches_target(i.name, t) for t in settings.targets)}
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # PEFT calls a transformers property deprecated in v5; not the learner's concern.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            if seed is not None:
+                torch.manual_seed(seed)
+            peft_model = get_peft_model(base, settings.to_peft_config())
+        # Kept on the base model, which both the PeftModel and the user's variable reach.
+        base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,
+                               "saved_weights": saved}
     return peft_model
+
+
+def _check_rank_and_memory(base: nn.Module, settings: LoraSettings, allow_large_r: bool) -> None:
+    """Refuse r > min(d_in, d_out) (unless allowed) and an adapter that cannot fit in memory,
+    both before anything is allocated; the messages give the adapter's size."""
+    from .guards import check_memory, format_bytes
+
+    hits = [i for i in linear_modules(base, include_output=True)
+            if any(matches_target(i.name, t) for t in settings.targets)]
+    weight = next(base.parameters(), None)
+    dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+    size = torch.finfo(dtype).bits // 8
+    # A (r, d_in) + B (d_out, r); DoRA adds a magnitude vector; PEFT's init needs a temporary.
+    need = sum(settings.r * (i.in_features + i.out_features) + i.out_features for i in hits)
+    need = need * size * 2
+    too_big = [f"{i.name} ({i.in_features}→{i.out_features})" for i in hits
+               if settings.r > min(i.in_features, i.out_features)]
+    if too_big and not allow_large_r:
+        low = min(min(i.in_features, i.out_features) for i in hits)
+        raise ValueError(
+            f"r={settings.r} exceeds min(d_in, d_out) of {len(too_big)} targeted module(s), "
+            f"e.g. {too_big[0]}: the update cannot have that rank there, and the adapter would "
+            f"need about {format_bytes(need)} of memory. Use r ≤ {low} (or pass "
+            "allow_large_r=True to attach it anyway). The model is unchanged.")
+    if too_big:
+        warnings.warn(f"r={settings.r} exceeds min(d_in, d_out) of {len(too_big)} module(s), "
+                      f"e.g. {too_big[0]}: the update cannot have that rank there.", stacklevel=3)
+    device = weight.device if weight is not None else None
+    check_memory(need, f"a LoRA adapter with r={settings.r} on {len(hits)} module(s)", device)
 
 
 def settings_of(model) -> LoraSettings | None:
@@ -250,7 +287,9 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
                            target_modules=list(settings.targets), total_step=total_step,
                            tinit=tinit, tfinal=tfinal, task_type="CAUSAL_LM")
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    from .guards import Transaction
+
+    with Transaction(base), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         if seed is not None:
             torch.manual_seed(seed)

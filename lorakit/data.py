@@ -78,10 +78,13 @@ class Task:
         Prompt and answer are tokenized separately and concatenated, so the answer's tokens are
         exactly those greedy generation must produce after the prompt.
         """
+        from .guards import literal_ids
+        from .models import chat_prompt_ids
+
         rows = []
-        for ex in examples:
-            p = tok(self.prompt_text(tok, ex.prompt), add_special_tokens=False)["input_ids"]
-            a = tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        for ex in examples:  # user text is literal: "<|im_end|>" in it is text, not a token
+            p = chat_prompt_ids(tok, ex.prompt, self.system)
+            a = literal_ids(tok, ex.answer) + [tok.eos_token_id]
             rows.append((p, a))
         seq = max(len(p) + len(a) for p, a in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -114,10 +117,22 @@ class Task:
 
     def accuracy(self, model, tok, n: int | None = 50, batch_size: int = 25,
                  split: str = "test") -> Accuracy:
-        """Greedy-generate replies for the first ``n`` examples of ``split`` and score them."""
-        from .models import generate
+        """Greedy-generate replies for the first ``n`` examples of ``split`` and score them.
 
-        examples = getattr(self, split)[: n or None]
+        ``n=None`` scores the whole split; ``n`` must otherwise be a positive integer.
+        """
+        from .models import generate
+        from .settings import check_choice
+
+        check_choice("split", split, ("train", "test"))
+        for name, value in (("n", n), ("batch_size", batch_size)):
+            if value is None and name == "n":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer"
+                                 f"{' or None (the whole split)' if name == 'n' else ''}, "
+                                 f"got {value!r}")
+        examples = getattr(self, split)[:n]
         was_training = model.training
         model.eval()
         rows = []
@@ -210,8 +225,24 @@ def names() -> list[str]:
     return list(_BUILTIN)
 
 
+# How many distinct examples each generator can make (dates 1950-2049; name × age × city).
+MAX_EXAMPLES = {"iso_dates": sum(366 if calendar.isleap(y) else 365 for y in range(1950, 2050)),
+                "json_person": len(_FIRST) * len(_LAST) * (90 - 18 + 1) * len(_CITIES)}
+
+
 def get(name: str, *, seed: int = 0, n_train: int = 400, n_test: int = 100) -> Task:
-    """A built-in task by name, generated with a fixed seed (same split every time)."""
+    """A built-in task by name, generated with a fixed seed (same split every time).
+
+    ``n_train`` and ``n_test`` are positive; together at most ``MAX_EXAMPLES[name]`` (the
+    distinct examples the generator can make).
+    """
     if name not in _BUILTIN:
         raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(names())}")
+    for key, value in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if n_train + n_test > MAX_EXAMPLES[name]:
+        raise ValueError(
+            f"task {name!r} has at most {MAX_EXAMPLES[name]:,} distinct examples; "
+            f"n_train + n_test = {n_train + n_test:,} is more. Ask for fewer.")
     return _BUILTIN[name](seed, n_train, n_test)

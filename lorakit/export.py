@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -75,24 +74,16 @@ def _writable(path) -> Path:
                                 f"not exist (create it first, e.g. os.makedirs)")
     if not parent.is_dir():
         raise NotADirectoryError(f"cannot write {str(p)!r}: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise PermissionError(f"cannot write {str(p)!r}: no permission to write there")
-    return p
+    from .guards import check_writable  # creates a probe file: os.access says yes to root
+
+    return check_writable(p)
 
 
 def _write_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from .guards import write_atomic
+
+    return write_atomic(path, data)
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:

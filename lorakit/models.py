@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -335,6 +336,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
                     "for the embedded SmolLM2 (lk.load_model()).")
             source = os.fspath(name_or_path)  # a hub id: transformers resolves it
 
+    if isinstance(source, Path) and name_or_path is not None:
+        _check_model_folder(source)
+    else:
+        _check_hub_name(source)
     kwargs = _compat.dtype_kwargs(dtype)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
@@ -343,7 +348,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
     except _load_errors() as err:
         if name_or_path is None:  # the cache passed its stamp check yet does not load
             model, tok = _rebuild_and_load(err, kwargs, progress)
-        elif isinstance(source, Path) or not isinstance(err, OSError):
+        elif isinstance(source, Path):
+            raise OSError(
+                f"could not load the model folder {str(source)!r} "
+                f"(found: {sorted(p.name for p in source.iterdir())}): "
+                f"{type(err).__name__}: {err}. Check that it holds a complete model saved with "
+                "model.save_pretrained(folder) and tok.save_pretrained(folder).") from err
+        elif not isinstance(err, OSError):
             raise
         else:
             raise OSError(
@@ -356,6 +367,108 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
         tok.pad_token = tok.eos_token
     model.eval()
     return model, tok
+
+
+_HUB_HINT = ("Without network access use lk.load_model() for the embedded SmolLM2, or a local "
+             "folder (model.save_pretrained(folder) on a machine that has the model).")
+
+
+def _check_model_folder(path: Path) -> None:
+    """Name what a model folder lacks before transformers gives a misleading error."""
+    if not path.is_dir():
+        raise NotADirectoryError(f"{str(path)!r} is a file; load_model needs a model folder "
+                                 "(config.json, weights, tokenizer files)")
+    found = sorted(p.name for p in path.iterdir())
+    if not found:
+        raise FileNotFoundError(
+            f"the model folder {str(path)!r} is empty. A model folder holds config.json, the "
+            "weights (*.safetensors) and the tokenizer files: save one with "
+            "model.save_pretrained(folder) and tok.save_pretrained(folder).")
+    if "config.json" not in found:
+        raise FileNotFoundError(
+            f"no config.json in the model folder {str(path)!r} (found: {found[:8]}). "
+            "transformers needs it to know the architecture: copy it from where the weights "
+            "came from, or save the model again with model.save_pretrained(folder).")
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # SafetensorError: truncated, corrupt header
+            raise ValueError(
+                f"the weights file {str(weights)!r} cannot be read ({err}): it is probably "
+                "truncated or corrupt (an interrupted copy or download). Copy or save the "
+                "model again.") from err
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers within ``timeout`` seconds (DNS included)."""
+    import socket
+    import threading
+
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+def _check_hub_name(name: str) -> None:
+    """A hub id that is not in the local cache, while offline: fail now, not after retries."""
+    if not isinstance(name, str):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: transformers loads it without the network
+    except Exception:  # not a valid repo id: transformers says why
+        return
+    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline or not _hub_reachable():
+        why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+        raise OSError(f"cannot load {name!r}: it is not a local folder, it is not in the local "
+                      f"hub cache, and {why}. {_HUB_HINT}")
+
+
+def chat_prompt_ids(tok, user: str, system: str | None = None) -> list[int]:
+    """Token ids of ``chat_prompt(tok, user, system)`` with the user's text taken literally.
+
+    The template's own markers stay special tokens; a ``<|im_start|>`` typed inside ``user``
+    or ``system`` is tokenized as plain text, so it cannot open a fake turn.
+    """
+    from .guards import has_special_text, literal_ids
+
+    texts = [t for t in (user, system) if t]
+    if not any(has_special_text(tok, t) for t in texts):
+        return tok(chat_prompt(tok, user, system), add_special_tokens=False)["input_ids"]
+    marks = ["\u241fLORAKIT-USER\u241f", "\u241fLORAKIT-SYSTEM\u241f"]
+    rendered = chat_prompt(tok, marks[0], marks[1] if system else None)
+    ids: list[int] = []
+    for i, piece in enumerate(re.split(f"({re.escape(marks[0])}|{re.escape(marks[1])})",
+                                       rendered)):
+        if i % 2:  # a placeholder: the user's own text, literally
+            ids += literal_ids(tok, user if piece == marks[0] else system)
+        elif piece:
+            ids += tok(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def context_length(model) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings``), if it has one."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def chat_prompt(tok, user: str, system: str | None = None) -> str:
@@ -375,15 +488,27 @@ def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
     one batch. Extra keyword arguments go to ``model.generate``, e.g. ``min_new_tokens`` or
     PEFT's ``adapter_names`` for a mixed-adapter batch.
     """
-    texts = [chat_prompt(tok, p, system) if chat else p for p in prompts]
-    side = tok.padding_side
-    tok.padding_side = "left"      # generation continues at the right end of every row
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = side
+    from .guards import literal_ids
+
+    # User text is literal: a "<|im_start|>" typed in a prompt is text, not a special token.
+    rows = [chat_prompt_ids(tok, p, system) if chat else literal_ids(tok, p) for p in prompts]
+    longest = max((len(r) for r in rows), default=0)
+    context = context_length(model)
+    if context is not None and longest + max_new_tokens > context:
+        raise ValueError(
+            f"the prompt is {longest:,} tokens; with max_new_tokens={max_new_tokens} that "
+            f"exceeds the model's context length of {context:,} tokens, and the reply would be "
+            f"garbage or empty. Shorten the prompt to at most {context - max_new_tokens:,} "
+            "tokens.")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding: generation continues at the right end
+        if r:
+            ids[i, longest - len(r):] = torch.tensor(r)
+            mask[i, longest - len(r):] = 1
     device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+    enc = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tok.pad_token_id, **generate_kwargs)
     new = out[:, enc["input_ids"].shape[1]:]

@@ -207,9 +207,10 @@ class Recording:
     # ----------------------------------------------------------------- save / load
 
     def save(self, path) -> Path:
-        """Write ONE safetensors file: tensors + JSON metadata in the header. Returns the path."""
-        from safetensors.torch import save_file
+        """Write ONE safetensors file: tensors + JSON metadata in the header. Returns the path.
 
+        Written atomically (a temporary file, then a rename): a failed save keeps the old file.
+        """
         path = Path(path)
         tensors = {}
         for i, m in enumerate(self.data.values()):
@@ -224,7 +225,12 @@ class Recording:
             "model_name": self.model_name, "extra": self.extra,
             "modules": [m.meta() for m in self.data.values()],
         }
-        save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta)})
+        from .guards import check_writable, write_atomic
+
+        check_writable(path)  # before the work, naming the user's path
+        from safetensors.torch import save
+
+        write_atomic(path, save(tensors, metadata={_META_KEY: json.dumps(meta)}))
         return path
 
     @classmethod
@@ -429,10 +435,36 @@ class Recorder:
         if name and Path(name).is_dir():  # a local folder: keep its name, not the user's path
             name = Path(name).name
         self.model_name = name or None
+        import weakref
+
+        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+        self._model = weakref.ref(base)
         self._steps: list[int] = []
         self._losses: list[float | None] = []
         self._stride = self.settings.every
         self._last_seen: tuple[int, float | None] | None = None  # (step, loss)
+
+    def check_model(self, model=None) -> None:
+        """Raise ValueError unless the recorded layers are still ``model``'s adapter layers.
+
+        A re-attach (``lk.attach`` again, ``lk.detach``) replaces the LoRA layers; a Recorder
+        made before it would go on recording the old, detached ones. ``model`` defaults to the
+        model the Recorder was made for.
+        """
+        base = self._model() if model is None else (
+            model.get_base_model() if hasattr(model, "get_base_model") else model)
+        if base is None:  # the model is gone: nothing to compare with
+            return
+        for t in self._targets:
+            try:
+                current = base.get_submodule(t.full_name)
+            except AttributeError:
+                current = None
+            if current is not t.layer:
+                raise ValueError(
+                    f"this Recorder records {t.name!r}, which is no longer the model's adapter "
+                    "layer (the model was re-attached or detached since the Recorder was made, "
+                    "or it belongs to another model). Make a new one: rec = lk.Recorder(pm).")
 
     # ----------------------------------------------------------------- hooks
 
@@ -472,8 +504,10 @@ class Recorder:
             raise ValueError(
                 f"step {step} comes after step {self._steps[-1]}, already recorded: steps must "
                 f"increase. Use a new lk.Recorder for a new training run.")
+        self.check_model()
         with torch.no_grad(), _one_thread():
             snaps = [self._snapshot(t) for t in self._targets]
+
         # An off-grid latest frame (from on_end or thinning) is superseded by the new one.
         if len(self._steps) > 1 and self._steps[-1] % self._stride != 0:
             self._keep(list(range(len(self._steps) - 1)))
@@ -504,13 +538,18 @@ class Recorder:
         s = float(t.layer.scaling[adapter])
         A = t.layer.lora_A[adapter].weight.detach().float()     # (r, d_in)
         B = t.layer.lora_B[adapter].weight.detach().float()     # (d_out, r)
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):  # else: an SVD error
+            raise ValueError(f"the adapter weights of {t.name!r} are not finite (NaN or inf); "
+                             "nothing was recorded for this step. Lower the learning rate.")
         nA, nB, nD, sv = low_rank_stats(A, B, s, self.settings.top_k)
         A_small = block_average(A, cols=D)                      # (r, ≤D)
         B_small = block_average(B, rows=D)                      # (≤D, r)
         delta_small = s * (B_small @ A_small)                   # (≤D, ≤D): block mean of ΔW
         stats = torch.cat([torch.stack([nA, nB, nD]), sv])      # (3 + k,)
-        half = dict(device="cpu", dtype=torch.float16, copy=True)
-        return (A_small.to(**half), B_small.to(**half), delta_small.to(**half),
+        def half(x):  # float16, saturated at its largest finite value rather than inf
+            big = torch.finfo(torch.float16).max
+            return x.clamp(-big, big).to(device="cpu", dtype=torch.float16, copy=True)
+        return (half(A_small), half(B_small), half(delta_small),
                 stats.to(device="cpu", dtype=torch.float32, copy=True))
 
     # ----------------------------------------------------------------- results

@@ -243,11 +243,10 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the HTML (UTF-8) to ``path``, replacing it atomically; return the absolute path."""
-        path = Path(path).expanduser().resolve()
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_html(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        from .guards import check_writable, write_atomic
+
+        path = check_writable(Path(path).expanduser().resolve())
+        return write_atomic(path, self.to_html().encode("utf-8"))
 
 
 __all__ = ["Block", "Html", "KeyValues", "Report", "Section", "Sparkline", "Table", "Text"]

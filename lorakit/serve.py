@@ -279,12 +279,17 @@ class SavedAdapter:
         return f"{self.path} ({', '.join(self.files)}; {self.megabytes:.2f} MB)"
 
 
-def save_adapter(peft_model, directory, adapter: str | None = None) -> SavedAdapter:
+def save_adapter(peft_model, directory, adapter: str | None = None, *,
+                 overwrite: bool = False) -> SavedAdapter:
     """Save one adapter in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
     ``PeftModel.from_pretrained(base, directory)`` and ``lk.load_adapter`` both load it. Only the
     adapter's own tensors are written (A, B, and DoRA's magnitude vector), never the base.
     Unlike ``save_pretrained`` a non-default adapter name does not add a sub-folder.
+
+    An existing non-empty folder is refused unless ``overwrite=True``. The files are written to
+    a temporary folder next to it which is then renamed into place, so an interrupted or failed
+    save never leaves a half-written adapter (nor destroys the one that was there).
     """
     _require_peft(peft_model, "save_adapter")
     from peft import get_peft_model_state_dict
@@ -296,6 +301,13 @@ def save_adapter(peft_model, directory, adapter: str | None = None) -> SavedAdap
     path = Path(directory).expanduser()
     if path.is_file():
         raise ValueError(f"{path} is a file; save_adapter needs a folder path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists and holds {sorted(p.name for p in path.iterdir())[:5]}; "
+            "save_adapter does not replace it: pass overwrite=True, or choose a new folder")
+    from .guards import check_writable
+
+    check_writable(path, "adapter folder")
     state = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     config = copy.deepcopy(peft_model.peft_config[name])
@@ -303,11 +315,39 @@ def save_adapter(peft_model, directory, adapter: str | None = None) -> SavedAdap
     if config.base_model_name_or_path is None:
         base = peft_model.get_base_model()
         config.base_model_name_or_path = getattr(base, "name_or_path", None) or None
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
-    config.save_pretrained(str(path))
     files = (CONFIG_NAME, WEIGHTS_NAME)
+    try:
+        _write_folder_atomically(path, lambda tmp: (
+            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"}),
+            config.save_pretrained(str(tmp))))
+    except OSError as err:
+        raise OSError(f"could not save the adapter to {path}: {err.strerror or err}") from err
     return SavedAdapter(path, sum((path / f).stat().st_size for f in files), files)
+
+
+def _write_folder_atomically(path: Path, write) -> None:
+    """``write(tmp)`` into a fresh folder beside ``path``, then swap it in by renames."""
+    import shutil
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f"{tmp.name}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)  # put the previous adapter back
+            old = None
+        raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -367,6 +407,9 @@ def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
         config = json.loads((path / CONFIG_NAME).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / CONFIG_NAME} holds a {type(config).__name__}, not the "
+                         "JSON object of a PEFT adapter config")
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise ValueError(f"{path} holds a {config.get('peft_type')!r} adapter; lorakit loads "
                          "LoRA adapters (peft_type 'LORA')")
@@ -374,6 +417,9 @@ def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
     lora = {k: s for k, s in shapes.items() if ".lora_" in k}
     if not lora:
         raise ValueError(f"{path} has no LoRA tensors (lora_A / lora_B); found {list(shapes)[:5]}")
+    from .guards import check_adapter_config
+
+    check_adapter_config(config, path, lora)
 
     base = model.get_base_model() if is_peft(model) else model
     modules = dict(base.named_modules())
@@ -440,7 +486,9 @@ def load_adapter(model, directory, name: str = "default", *, trainable: bool = F
     path = str(Path(directory).expanduser())
     from peft import PeftModel
 
-    with warnings.catch_warnings():
+    from .guards import Transaction
+
+    with Transaction(model), warnings.catch_warnings():  # a failure leaves the model as it was
         # PEFT compares base_model_name_or_path with the model's and warns on any difference
         # (e.g. two cache folders of the same model); the shapes were checked above.
         warnings.filterwarnings("ignore", message=".*base model.*")
@@ -541,9 +589,12 @@ class AdapterBank:
         if isinstance(source, (str, os.PathLike)):
             self.model = load_adapter(self.model or self._base, source, name, trainable=trainable)
         else:
+            from .guards import Transaction
+
             if isinstance(source, LoraSettings):
                 config = source.to_peft_config()
             elif isinstance(source, LoraConfig):
+                LoraSettings(r=source.r, alpha=source.lora_alpha)  # the same checks
                 config = copy.deepcopy(source)
             elif isinstance(source, Mapping):
                 config = LoraSettings(**source).to_peft_config()
@@ -552,9 +603,21 @@ class AdapterBank:
                                 f"LoraSettings fields or a peft LoraConfig, got "
                                 f"{type(source).__name__}")
             config.inference_mode = not trainable
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-                self._add_fresh(name, config)
+            from .attach import _check_rank_and_memory
+
+            targets = config.target_modules
+            _check_rank_and_memory(self._base, LoraSettings(
+                r=config.r, alpha=config.lora_alpha,
+                targets=[targets] if isinstance(targets, str) else sorted(targets or ["q_proj"])),
+                allow_large_r=False)
+            model = self.model
+            try:
+                with Transaction(self.model or self._base), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                    self._add_fresh(name, config)
+            except BaseException:
+                self.model = model  # the bank (and its base) as before the call
+                raise
         if self._active == BASE and len(self.names) == 1:
             self._active = name
         self.model.eval()

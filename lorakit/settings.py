@@ -11,6 +11,7 @@ Validation happens in ``__post_init__`` so a bad value is refused before anythin
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
@@ -32,9 +33,16 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer (1, 2, 4, 8, ...), got {value!r}")
 
 
-def _positive_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+MAX_ALPHA = 1e6  # beyond this α/r·B·A overflows float16/float32 activations within steps
+
+
+def _positive_number(name: str, value, limit: float = float("inf")) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number > 0 and finite, got {value!r}")
+    if value > limit:
+        raise ValueError(f"{name}={value!r} is too large: at most {limit:g} (larger values "
+                         f"overflow the activations and every logit becomes NaN)")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -74,7 +82,7 @@ class LoraSettings:
 
     def __post_init__(self):
         _positive_int("r (rank)", self.r)
-        _positive_number("alpha", self.alpha)
+        _positive_number("alpha", self.alpha, MAX_ALPHA)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .attach import attach, attach_adalora, detach, is_adalora
+from .attach import attach, attach_adalora, detach, has_adapter, is_adalora
 from .data import IGNORE_INDEX, Task
+from .guards import exclusive
 from .models import restore_4bit_layout
 
 
@@ -138,7 +140,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
           recorder=None, callbacks: Sequence[Callable[[StepInfo], object]] = (),
           loraplus_ratio: float | None = None, weight_decay: float = 0.0,
           max_grad_norm: float | None = 1.0, warmup: int | None = None, seed: int = 0,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, full_finetune: bool = False) -> TrainResult:
     """Train the model's trainable parameters (the LoRA adapter) on ``task``.
 
     Args:
@@ -154,18 +156,42 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
         max_grad_norm: gradient clipping (None disables it). warmup: warm-up steps
             (default: 10% of steps, at most 10). seed: data order and dropout.
         progress: show a tqdm progress bar with the live loss.
+        full_finetune: train a model without a LoRA adapter (all its trainable parameters);
+            refused by default, since that is usually a forgotten ``lk.attach``.
+
+    Every step checks the loss, the gradients and the updated weights for NaN/inf (with or
+    without clipping) and keeps a copy of the last good weights: on divergence they are put
+    back and ``NonFiniteLossError`` is raised. One training per model at a time.
 
     Returns:
         ``TrainResult`` (losses, lrs, step times, tokens/s); the model is left in eval mode.
     """
     _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm)
     params = [p for p in model.parameters() if p.requires_grad]
+    attach_hint = "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])"
     if not params:
-        raise ValueError("the model has no trainable parameters: attach an adapter first, "
-                         "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])")
+        raise ValueError(f"the model has no trainable parameters: attach an adapter first, "
+                         f"{attach_hint}")
+    if not (full_finetune or has_adapter(model)):
+        raise ValueError(f"the model has no LoRA adapter: attach one first, {attach_hint}; to "
+                         "fine-tune all of the base model's weights instead, pass "
+                         "full_finetune=True")
     if not isinstance(task, Task):
         raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
                         f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    if recorder is not None:
+        recorder.check_model(model)
+    if batch_size > len(task.train):
+        warnings.warn(f"batch_size={batch_size} is larger than the task's {len(task.train)} "
+                      f"training examples; using batch_size={len(task.train)}", stacklevel=2)
+        batch_size = len(task.train)
+    with exclusive(model):
+        return _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
+                      loraplus_ratio, weight_decay, max_grad_norm, warmup, seed, progress)
+
+
+def _train(model, tok, task, steps, lr, batch_size, params, recorder, callbacks,
+           loraplus_ratio, weight_decay, max_grad_norm, warmup, seed, progress) -> TrainResult:
     warmup = min(10, steps // 10) if warmup is None else warmup
     adalora = is_adalora(model)
     device = params[0].device
@@ -183,6 +209,17 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     if recorder is not None and recorder.last_step is None:
         recorder.on_step(0, None)
     restore_4bit_layout(model)  # a 4-bit base packed for inference would get wrong gradients
+    good = [p.detach().clone() for p in params]  # the last good weights (an adapter is small)
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, g in zip(params, good, strict=True):
+                p.copy_(g)
+
+    def diverged(what: str) -> NonFiniteLossError:
+        restore()
+        return _diverged(step, what, lr, result)
+
     model.train()
     try:
         with torch.random.fork_rng(devices=[]):
@@ -196,15 +233,23 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                 loss = answer_loss(model, batch)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    raise _diverged(step, f"loss is {loss_value}", lr, result)
+                    raise diverged(f"loss is {loss_value}")
                 loss.backward()
                 if max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                    if not torch.isfinite(norm):
-                        raise _diverged(step, "the gradient is not finite", lr, result)
+                else:
+                    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+                    norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
+                if not torch.isfinite(norm):
+                    raise diverged("the gradient is not finite")
                 optimizer.step()
+                if not all(bool(torch.isfinite(p).all()) for p in params):
+                    raise diverged("the updated weights are not finite")
                 if adalora:  # prune singular values by their importance (needs the gradients)
                     model.base_model.update_and_allocate(step)
+                with torch.no_grad():  # this step is good: keep its weights
+                    for g, p in zip(good, params, strict=True):
+                        g.copy_(p)
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(loss_value)
                 result.lrs.append(lr * factor)
@@ -219,6 +264,9 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                     break
     except KeyboardInterrupt:
         result.interrupted = True
+    except Exception:
+        restore()  # a failure mid-step (e.g. out of memory): back to the last good weights
+        raise
     finally:
         optimizer.zero_grad(set_to_none=True)
         model.eval()

@@ -152,10 +152,13 @@ def test_partial_targets_warn_naming_missing(fresh):
     assert lora_names(pm) == ["q_proj"]
 
 
-def test_rank_above_module_size_warns(fresh):
+def test_rank_above_module_size_is_refused_unless_allowed(fresh):
     model, _ = fresh
-    with pytest.warns(UserWarning, match="exceeds min\\(d_in, d_out\\)"):
+    with pytest.raises(ValueError, match="exceeds min\\(d_in, d_out\\).*r ≤ 192"):
         lk.attach(model, r=256, targets=["k_proj"])
+    assert not any("lora" in n for n, _ in model.named_modules())
+    with pytest.warns(UserWarning, match="exceeds min\\(d_in, d_out\\)"):
+        lk.attach(model, r=256, targets=["k_proj"], allow_large_r=True)
 
 
 def test_lm_head_can_be_targeted_by_name(fresh):
