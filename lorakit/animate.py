@@ -336,9 +336,18 @@ def export_gif(fig, path, fps: float = 8, width: int | None = None, height: int 
     w, h = _check_size(width, height)
     Image = _need_pillow()
     _need_kaleido()
+    return _write_bytes(p, gif_bytes(fig, fps, w, h, progress=progress, _image=Image))
+
+
+def gif_bytes(fig, fps: float = 8, width: int | None = None, height: int | None = None, *,
+              progress: bool = True, _image=None) -> bytes:
+    """The GIF ``export_gif`` would write, as bytes (e.g. for a ``data:`` URI in a report)."""
+    _check_number("fps", fps, 1e-3, GIF_MAX_FPS)
+    w, h = _check_size(width, height)
+    Image = _image or _need_pillow()
     specs = frame_figures(fig)
     pngs = render_frames(specs, w, h, progress)
-    return _write_bytes(p, _gif_bytes(pngs, _colorscales(specs), fps, Image))
+    return _gif_bytes(pngs, _colorscales(specs), fps, Image)
 
 
 def gif_from_pngs(pngs: Sequence[bytes], specs: list[dict], fps: float = 8) -> bytes:
@@ -473,4 +482,4 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 
 __all__ = ["PRESETS", "Preset", "apply_preset", "export_gif", "export_mp4", "export_pdf",
-           "export_svg", "frame_figures", "gif_palette", "render", "render_frames"]
+           "export_svg", "frame_figures", "gif_bytes", "gif_palette", "render", "render_frames"]

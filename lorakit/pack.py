@@ -103,7 +103,7 @@ def _sources(run_or_recording, recording) -> tuple[TrainResult | None, Recording
     return result, rec
 
 
-def _check_folder(folder, overwrite: bool) -> Path:
+def check_folder(folder, overwrite: bool) -> Path:
     """The pack folder (absolute); refused before any work if it cannot be used."""
     p = Path(folder).expanduser().absolute()
     if p.exists() and not p.is_dir():
@@ -183,6 +183,14 @@ def _figures(result, rec) -> list[tuple[PackFigure, object]]:
 # --------------------------------------------------------------------------- writing
 
 
+def _thin(items: list, most: int | None) -> list:
+    """At most ``most`` items, evenly spaced, the first and the last kept."""
+    n = len(items)
+    if most is None or n <= most:
+        return items
+    return [items[round(i * (n - 1) / (most - 1))] for i in range(most)]
+
+
 def _html_page(fig, mode: str) -> str:
     include = {"shared": "directory", "inline": True, "cdn": "cdn"}[mode]
     return fig.to_html(full_html=True, include_plotlyjs=include, auto_play=False,
@@ -197,7 +205,7 @@ def _write(folder: Path, name: str, data: bytes | str) -> Path:
 def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=None,
                 title: str | None = None, settings=None, fps: float = 8,
                 size: tuple[int, int] = animate.DEFAULT_SIZE, html: str = "shared",
-                progress: bool = True) -> Pack:
+                max_frames: int | None = None, progress: bool = True) -> Pack:
     """Write every figure of one training run into ``folder``; return a ``Pack`` (``.index``
     is the path of ``index.md``, ``.index_html`` that of ``index.html``).
 
@@ -215,6 +223,8 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
         fps, size: the animations' frames per second and (width, height) in pixels.
         html: "shared" (default: one plotly.min.js in the folder, pages work offline),
             "inline" (each page self-contained, ~4.8 MB each) or "cdn" (needs a network).
+        max_frames: at most this many frames in each GIF/MP4 (evenly spaced, first and last
+            step kept); None: every recorded step. The HTML pages keep every step.
         progress: a progress bar while images render.
 
     Static figures: PNG (1280 × 720), SVG ("slide" preset), HTML. Animations: GIF and MP4
@@ -231,8 +241,11 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
         raise ValueError(f"size must be (width, height) in pixels, got {size!r}")
     width, height = animate._check_size(*size)
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                   or max_frames < 2):
+        raise ValueError(f"max_frames must be None or a whole number ≥ 2, got {max_frames!r}")
     extra = list(settings.items()) if isinstance(settings, dict) else list(settings or [])
-    p = _check_folder(folder, overwrite)
+    p = check_folder(folder, overwrite)
     animate._need_pillow()
     animate._need_kaleido()
     skipped = []
@@ -254,7 +267,7 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
                                     scale=1)))
             slots.append((fig_info.key, fmt))
         if fig_info.animated:
-            for k, fr in enumerate(animate.frame_figures(fig)):
+            for k, fr in enumerate(_thin(animate.frame_figures(fig), max_frames)):
                 jobs.append((fr, dict(format="png", width=width, height=height, scale=1)))
                 slots.append((fig_info.key, k))
     bar = animate._tqdm(len(jobs), "figure pack") if progress else None
@@ -349,4 +362,4 @@ def index_html(title: str, pack: Pack) -> str:
     return export._page(title, body, heading=True)
 
 
-__all__ = ["Pack", "PackFigure", "PackFile", "export_pack", "run_settings"]
+__all__ = ["Pack", "PackFigure", "PackFile", "check_folder", "export_pack", "run_settings"]
