@@ -8,7 +8,6 @@ checked to raise before anything is written. Frames are few and small to keep ka
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import re
 import sys
@@ -18,21 +17,11 @@ import pytest
 
 import lorakit as lk
 from lorakit import animate, export, figures, pack
-from lorakit.record import Recording
 
 needs_browser = pytest.mark.skipif(export.find_browser() is None,
                                    reason="needs Chrome/Chromium for kaleido")
 EVIL = '<script>alert("x")</script>'
 W, H = 320, 240
-
-
-def thin(recording: Recording, keep: list[int]) -> Recording:
-    """The recording at frames ``keep`` only (real values, fewer frames)."""
-    data = {k: dataclasses.replace(m, **{t: getattr(m, t)[keep] for t in (
-        "A", "B", "delta", "norm_A", "norm_B", "norm_delta", "sv")})
-        for k, m in recording.data.items()}
-    return dataclasses.replace(recording, steps=[recording.steps[i] for i in keep],
-                               losses=[recording.losses[i] for i in keep], data=data)
 
 
 def z_of(z) -> np.ndarray:
@@ -44,9 +33,9 @@ def z_of(z) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def small(tiny_recording):
+def small(tiny_recording, recording_subset):
     """5 frames of the real run: steps 0, 15, 30, 45, 60."""
-    return thin(tiny_recording, [0, 15, 30, 45, 60])
+    return recording_subset(tiny_recording, [0, 15, 30, 45, 60])
 
 
 @pytest.fixture(scope="module")
