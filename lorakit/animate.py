@@ -248,6 +248,55 @@ def render_frames(fig, width: int, height: int, progress: bool = True) -> list[b
             bar.close()
 
 
+def grow(fig, every: int = 1, title: str = "step") -> go.Figure:
+    """An animation of a line chart over steps (``norms_over_time``, ``spectrum_over_time``,
+    ``loss_curve``): frame k draws every line up to its k-th x value, so the lines grow.
+
+    The x values of the first line-with-x are the steps (``every``: keep every n-th, the last
+    always kept); each frame's title is the figure's title followed by "— step X". Axis ranges
+    are fixed to the full data, so the picture does not rescale while it grows. The result
+    works with ``export_gif``/``export_mp4`` like ``matrix_evolution``.
+    """
+    fig = _as_figure(fig)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a whole number ≥ 1, got {every!r}")
+    lines = [i for i, t in enumerate(fig.data) if t.type == "scatter" and t.x is not None]
+    if not lines:
+        raise ValueError("grow needs a line chart over steps (scatter traces with x values), "
+                         "e.g. lk.figures.norms_over_time(recording)")
+    steps = sorted({float(x) for i in lines for x in fig.data[i].x})
+    keep = steps[::every] + ([steps[-1]] if (len(steps) - 1) % every else [])
+    base_title = fig.layout.title.text or ""
+    out = go.Figure(fig)
+    # fixed ranges from the full data, so nothing rescales as the lines grow
+    spans: dict[str, list[float]] = {}
+    for i in lines:
+        t = fig.data[i]
+        for axis, values in ((f"xaxis{(t.xaxis or 'x')[1:]}", t.x),
+                             (f"yaxis{(t.yaxis or 'y')[1:]}", t.y)):
+            v = [float(a) for a in values if a is not None and math.isfinite(float(a))]
+            if v:
+                lo, hi = spans.get(axis, [min(v), max(v)])
+                spans[axis] = [min(lo, *v), max(hi, *v)]
+    for axis, (lo, hi) in spans.items():
+        if out.layout[axis].type == "log":
+            continue
+        pad = 0.04 * (hi - lo or abs(hi) or 1) if axis.startswith("y") else 0
+        out.layout[axis].range = [lo - pad, hi + pad]
+    frames = []
+    for s in keep:
+        data = []
+        for i in lines:
+            t = fig.data[i]
+            n = sum(1 for x in t.x if float(x) <= s)
+            data.append(go.Scatter(x=list(t.x)[:n], y=list(t.y)[:n]))
+        label = f"{s:g}"
+        frames.append(go.Frame(name=label, data=data, traces=lines,
+                               layout=go.Layout(title_text=f"{base_title} — {title} {label}")))
+    out.frames = frames
+    return out
+
+
 # --------------------------------------------------------------------------- GIF
 
 
@@ -482,4 +531,4 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 
 __all__ = ["PRESETS", "Preset", "apply_preset", "export_gif", "export_mp4", "export_pdf",
-           "export_svg", "frame_figures", "gif_bytes", "gif_palette", "render", "render_frames"]
+           "export_svg", "frame_figures", "gif_bytes", "grow", "gif_palette", "render", "render_frames"]

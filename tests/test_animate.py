@@ -255,3 +255,19 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (W, H), (200, 30, 30)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_grow_turns_a_line_chart_over_steps_into_an_animation(small, anim):
+    fig = figures.norms_over_time(small)
+    g = animate.grow(fig, every=2)
+    assert [f.name for f in g.frames] == ["0", "30", "60"]           # every 2nd, last kept
+    specs = animate.frame_figures(g)
+    assert "— step 30" in specs[1]["layout"]["title"]["text"]
+    assert [len(t["x"]) for t in specs[1]["data"]] == [3] * len(fig.data)   # steps 0, 15, 30
+    for t, full in zip(specs[-1]["data"], fig.data, strict=True):
+        assert list(t["x"]) == list(full.x) and np.allclose(z_of(t["y"]), full.y)
+    assert list(g.layout.xaxis.range) == [0, 60]                    # no rescaling while growing
+    with pytest.raises(ValueError, match="line chart over steps"):
+        animate.grow(anim)
+    with pytest.raises(ValueError, match="every must be"):
+        animate.grow(fig, every=0)
