@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from html import escape
 from pathlib import Path
 
 from .record import Recording
@@ -546,29 +545,9 @@ def _figures(tour: TourResult) -> list:
     first = "cdn" if tour.settings.cdn else True        # plotly.js once, with the first figure
     blocks = [Html(f.to_html(full_html=False, include_plotlyjs=first if i == 0 else False,
                              auto_play=False)) for i, f in enumerate(figs)]
-    return blocks + _delta_gif(tour)
+    from .pack import delta_gif_blocks
 
-
-def _delta_gif(tour: TourResult) -> list:
-    """The first module's ΔW animation as a GIF ``<img>`` (shows in mail clients and learning
-    platforms, no JavaScript); a note instead when kaleido, a browser or Pillow is missing."""
-    import base64
-
-    from . import figures
-    from .animate import gif_bytes
-    from .report import Html, Text
-
-    module = tour.recording.modules[0]
-    fig = figures.matrix_evolution(tour.recording, module, which="delta")
-    try:
-        data = gif_bytes(fig, fps=8, width=480, height=360, progress=False)
-    except (ImportError, RuntimeError) as err:
-        return [Text(f"(No GIF of the ΔW animation: {err})")]
-    alt = f"ΔW of {module} at each recorded step (animated GIF)"
-    return [Html(f'<figure class="lk-gif"><img src="data:image/gif;base64,'
-                 f'{base64.b64encode(data).decode("ascii")}" width="480" height="360" '
-                 f'alt="{escape(alt, quote=True)}"><figcaption>{escape(alt)}</figcaption>'
-                 f"</figure>")]
+    return blocks + delta_gif_blocks(tour.recording)
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -321,6 +321,27 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
     return pack
 
 
+def delta_gif_blocks(recording: Recording, width: int = 480, height: int = 360) -> list:
+    """The first module's ΔW animation as a GIF ``<img>`` block for a ``report.Report`` (it
+    shows in mail clients and learning platforms: no JavaScript); a note instead when kaleido,
+    a browser or Pillow is missing."""
+    import base64
+
+    from . import figures
+    from .report import Html, Text
+
+    module = recording.modules[0]
+    fig = figures.matrix_evolution(recording, module, which="delta")
+    try:
+        data = animate.gif_bytes(fig, fps=8, width=width, height=height, progress=False)
+    except (ImportError, RuntimeError) as err:
+        return [Text(f"(No GIF of the ΔW animation: {err})")]
+    alt = html.escape(f"ΔW of {module} at each recorded step (animated GIF)", quote=True)
+    return [Html(f'<figure class="lk-gif"><img src="data:image/gif;base64,'
+                 f'{base64.b64encode(data).decode("ascii")}" width="{width}" height="{height}" '
+                 f'alt="{alt}"><figcaption>{alt}</figcaption></figure>')]
+
+
 def _md(text: str) -> str:
     """Text for Markdown: HTML-escaped (Markdown passes raw HTML through), pipes escaped."""
     return html.escape(str(text), quote=True).replace("|", "\\|")
@@ -362,4 +383,5 @@ def index_html(title: str, pack: Pack) -> str:
     return export._page(title, body, heading=True)
 
 
-__all__ = ["Pack", "PackFigure", "PackFile", "check_folder", "export_pack", "run_settings"]
+__all__ = ["Pack", "PackFigure", "PackFile", "check_folder", "delta_gif_blocks", "export_pack",
+           "run_settings"]
