@@ -484,7 +484,9 @@ def apply_preset(fig, preset: str = "slide", frame: int | str | None = None) -> 
     out = still(_as_figure(fig), frame)
     out.layout.updatemenus = []                           # buttons do nothing on paper
     out.update_layout(width=ps.width, height=ps.height, font_size=ps.font,
-                      title_font_size=ps.title, legend_font_size=ps.font)
+                      title_font_size=ps.title, legend_font_size=ps.font,
+                      # room for the title above subplot titles at this font size
+                      margin_t=max(70, round(2.2 * ps.title + 1.4 * ps.font)))
     out.update_annotations(font_size=ps.font + 2)          # subplot titles
     out.update_xaxes(title_font_size=ps.font, tickfont_size=ps.font - 2)
     out.update_yaxes(title_font_size=ps.font, tickfont_size=ps.font - 2)
