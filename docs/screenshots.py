@@ -34,6 +34,7 @@ def main() -> int:
     print(f"{path.name}: {path.stat().st_size:,} bytes, {len(evolution.frames)} frames")
     shots = {
         "param_bars.png": lk.figures.param_bars(lk.count_params(pm)),
+        "delta_evolution.png": (evolution, -1),
         "loss_curve.png": lk.figures.loss_curve(result),
         "norms.png": lk.figures.norms_over_time(recording),
     }

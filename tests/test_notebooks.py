@@ -76,14 +76,3 @@ def test_readme_screenshots_are_real_pngs():
         assert data[:8] == b"\x89PNG\r\n\x1a\n", image
         assert len(data) <= 300_000, f"{image}: {len(data):,} bytes"
 
-
-def test_readme_animation_is_a_small_looping_gif():
-    from PIL import Image
-
-    gifs = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.gif)\)", README)
-    assert gifs == ["docs/delta_evolution.gif"], gifs      # the animation, not a still
-    path = ROOT / gifs[0]
-    assert path.read_bytes()[:6] == b"GIF89a"
-    assert path.stat().st_size <= 1_500_000, f"{path.stat().st_size:,} bytes"
-    im = Image.open(path)
-    assert im.n_frames == 31 and im.info.get("loop") == 0      # steps 0, 2, ..., 60
