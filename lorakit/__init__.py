@@ -4,6 +4,8 @@
 plotly or ipywidgets; figures and widgets load them when first used.
 """
 
+# first: raises ImportError (found vs needed) if transformers/PEFT are below lorakit's floors
+from . import _compat  # noqa: F401, I001
 from . import data as tasks
 from .attach import attach, attach_adalora, detach, find_targets
 from .data import Task
@@ -28,7 +30,7 @@ __version__ = "0.1.0"
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
 # Slides and handouts: lk.export_gif / export_mp4 / export_svg / export_pdf / export_pack.
 _LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli",
-                 "animate", "pack"}
+                 "notebook", "animate", "pack"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
@@ -38,6 +40,7 @@ _LAZY_NAMES = {
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
     "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
+    "setup_notebook": "notebook", "show": "notebook",
 }
 
 
