@@ -3,7 +3,7 @@
 #   make test   set up, then run every test (pytest + nbval notebooks; not the gpu-marked ones)
 #   make tour   set up, then the headless end-to-end tour (writes an HTML report)
 #   make bench  set up, then the benchmarks (results in benchmarks/RESULTS.md)
-#   make screenshots  set up, then the README's PNGs in docs/ from a real run
+#   make screenshots  set up, then the README's PNGs and GIF in docs/ from a real run
 #   make binder-check  Binder's steps in a scratch venv: requirements, postBuild, load_model
 #   make test-lowest   a second venv with the declared floors (pyproject), then their tests
 #   make gpu-check     on a CUDA machine: gpu tests, notebook 04 on the GPU, LoRA vs QLoRA bench
@@ -88,6 +88,7 @@ bench: setup
 	$(PY) benchmarks/panel_latency.py
 	$(PY) benchmarks/merge_latency.py
 	$(PY) benchmarks/train_accuracy.py
+	$(PY) benchmarks/export_speed.py
 
 screenshots: setup chromium
 	$(PY) docs/screenshots.py

@@ -2,8 +2,9 @@
 
 Loads the embedded SmolLM2-135M-Instruct, attaches LoRA (r=8, α=16 on q_proj and v_proj,
 seed 0), trains it on ``iso_dates`` for 60 steps with a Recorder, then writes each figure with
-``lk.export_png`` (kaleido + Chromium) into this folder. Every number in the pictures comes
-from that run.
+``lk.export_png`` (kaleido + Chromium) into this folder, and the A/B/ΔW animation of layer 0's
+q_proj with ``lk.export_gif`` (``delta_evolution.gif``: 31 recorded steps, small enough for the
+README). Every number in the pictures comes from that run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lorakit as lk
 
 HERE = Path(__file__).resolve().parent
 SIZE = dict(width=900, height=420, scale=1)   # small files; sharp enough for a README
+GIF_SIZE = dict(width=720, height=330)         # one palette, 31 frames: about 1 MB
 
 
 def main() -> int:
@@ -27,10 +29,12 @@ def main() -> int:
                       progress=False)
     after = task.accuracy(pm, tok, n=50)
     recording = rec.recording
+    evolution = lk.figures.matrix_evolution(recording, "q_proj", layer=0, which="all")
+    path = lk.export_gif(evolution, HERE / "delta_evolution.gif", fps=6, **GIF_SIZE)
+    print(f"{path.name}: {path.stat().st_size:,} bytes, {len(evolution.frames)} frames")
     shots = {
         "param_bars.png": lk.figures.param_bars(lk.count_params(pm)),
-        "delta_evolution.png": (lk.figures.matrix_evolution(recording, "q_proj", layer=0,
-                                                            which="all"), -1),
+        "delta_evolution.png": (evolution, -1),
         "loss_curve.png": lk.figures.loss_curve(result),
         "norms.png": lk.figures.norms_over_time(recording),
     }

@@ -78,6 +78,12 @@ class TourSettings:
     prompts: tuple[str, ...] = field(default=(), metadata={"help": (
         "A prompt of your own whose replies before/after training the report shows, next to "
         "the first three held-out prompts of the task (repeatable).")})
+    cdn: bool = field(default=False, metadata={"help": (
+        "Load plotly.js from its CDN in the report (a small file for the web that needs a "
+        "network). Default: plotly.js inlined once, so the report works offline.")})
+    pack: str | None = field(default=None, metadata={"help": (
+        "Also write the figure pack (lk.export_pack: every figure as PNG, SVG and HTML, the "
+        "animations as GIF and MP4, index.md/index.html) into this new or empty folder.")})
 
     def __post_init__(self):
         if self.task not in _tasks():
@@ -111,6 +117,10 @@ class TourSettings:
             raise ValueError(f"prompts must be non-empty strings, got {self.prompts!r}")
         object.__setattr__(self, "prompts", prompts)
         check_out(self.out)
+        if self.pack is not None:
+            from .pack import check_folder
+
+            check_folder(self.pack, overwrite=False)
 
 
 def check_out(out) -> Path:
@@ -184,6 +194,7 @@ class TourResult:
     timings: dict[str, float]          # phase -> seconds, in order
     wall_seconds: float                # the whole tour, report included
     recording: Recording | None = field(default=None, repr=False)  # the Recorder's frames
+    pack: Path | None = None           # index.md of the figure pack (``--pack``), if written
 
     @property
     def trainable_pct(self) -> float:
@@ -367,8 +378,15 @@ def run_tour(settings: TourSettings | None = None, *, log: Callable[[str], objec
     with _timed(times, "report"):
         tour.wall_seconds = time.perf_counter() - t_start
         tour.report = tour_report(tour, versions=_versions(torch, used_threads)).write(out)
+    if s.pack is not None:
+        from .pack import export_pack
+
+        with _timed(times, "figure pack"):
+            tour.pack = export_pack(result, s.pack, recording=recording, progress=False,
+                                    title="lorakit tour: figure pack",
+                                    settings=_settings_rows(tour)).index
     tour.wall_seconds = time.perf_counter() - t_start
-    say(f"[7/7] wrote {tour.report}")
+    say(f"[7/7] wrote {tour.report}" + (f" and the figure pack {tour.pack}" if tour.pack else ""))
     return tour
 
 
@@ -398,8 +416,11 @@ def _versions(torch, threads: int) -> dict[str, str]:
 # --------------------------------------------------------------------------- the report
 
 
-_WEIGHTS = {None: "full precision", "nf4": "4-bit NF4 (QLoRA)", "fp4": "4-bit FP4",
-            "int8": "8-bit LLM.int8()"}
+# the embedded model is a Q4_1 GGUF dequantized to float32 (lorakit.models)
+_GGUF = "dequantized from a Q4_1 GGUF: Linear weights hold 4-bit values, embeddings Q8_0"
+_WEIGHTS = {None: f"float32, {_GGUF}", "nf4": f"4-bit NF4 (QLoRA), from float32 {_GGUF}",
+            "fp4": f"4-bit FP4, from float32 {_GGUF}",
+            "int8": f"8-bit LLM.int8(), from float32 {_GGUF}"}
 
 
 def _mib(n: int) -> str:
@@ -412,6 +433,15 @@ def _loss_rows(tour: TourResult) -> list[list[str]]:
     every = 1 if n < 20 else 10 * math.ceil(n / 200)
     keep = sorted({1, n, *range(every, n + 1, every)} - {0}) if n else []
     return [[str(i), f"{tour.losses[i - 1]:.4f}", f"{tour.step_times[i - 1]:.2f}"] for i in keep]
+
+
+def _settings_rows(tour: TourResult) -> list[tuple[str, object]]:
+    s = tour.settings
+    return [("model", tour.model_name), ("base weights", _WEIGHTS.get(s.quantize, s.quantize)),
+            ("task", s.task), ("LoRA rank r", s.rank), ("alpha", f"{s.alpha:g}"),
+            ("scaling alpha/r", f"{s.alpha / s.rank:g}"), ("targets", ", ".join(s.targets)),
+            ("steps", s.steps), ("learning rate", f"{s.lr:g}"), ("batch size", s.batch_size),
+            ("held-out examples scored", s.eval_n), ("seed", s.seed)]
 
 
 def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
@@ -427,12 +457,7 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
         footer=(f"Written by `lorakit tour` on {datetime.now().isoformat(timespec='seconds')}"
                 + (" · " + ", ".join(f"{k} {v}" for k, v in versions.items())
                    if versions else "")))
-    rep.add("Settings", KeyValues([
-        ("model", tour.model_name), ("base weights", _WEIGHTS.get(s.quantize, s.quantize)),
-        ("task", s.task), ("LoRA rank r", s.rank), ("alpha", f"{s.alpha:g}"),
-        ("scaling alpha/r", f"{s.alpha / s.rank:g}"), ("targets", ", ".join(s.targets)),
-        ("steps", s.steps), ("learning rate", f"{s.lr:g}"), ("batch size", s.batch_size),
-        ("held-out examples scored", s.eval_n), ("seed", s.seed)]))
+    rep.add("Settings", KeyValues(_settings_rows(tour)))
 
     def pct(n):
         return f"{100 * n / tour.total_params:.3f}%" if tour.total_params else "n/a"
@@ -483,7 +508,8 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
 
     figures = _figures(tour)
     if figures:
-        rep.add("Figures (plotly; interactive, plotly.js from its CDN)", *figures)
+        rep.add("Figures (plotly; interactive, plotly.js from its CDN: needs a network)"
+                if s.cdn else "Figures (plotly; interactive, works offline)", *figures)
 
     if tour.generations:
         rows = [[g.prompt, "" if g.expected is None else g.expected, g.before, g.after]
@@ -516,8 +542,12 @@ def _figures(tour: TourResult) -> list:
     figs = [figures.loss_curve(tour.losses)] if tour.losses else []
     figs += [figures.matrix_evolution(tour.recording, tour.recording.modules[0], which="all"),
              figures.norms_over_time(tour.recording)]
-    return [Html(f.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False,
-                           auto_play=False)) for i, f in enumerate(figs)]
+    first = "cdn" if tour.settings.cdn else True        # plotly.js once, with the first figure
+    blocks = [Html(f.to_html(full_html=False, include_plotlyjs=first if i == 0 else False,
+                             auto_play=False)) for i, f in enumerate(figs)]
+    from .pack import delta_gif_blocks
+
+    return blocks + delta_gif_blocks(tour.recording)
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -555,6 +585,16 @@ def _out_file(text: str) -> str:
     try:
         check_out(text)
     except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _pack_folder(text: str) -> str:
+    from .pack import check_folder
+
+    try:
+        check_folder(text, overwrite=False)
+    except (OSError, ValueError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
@@ -597,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=helps["out"])
     tour.add_argument("--prompt", dest="prompts", action="append", default=argparse.SUPPRESS,
                       metavar="TEXT", help=helps["prompts"])
+    tour.add_argument("--cdn", action="store_true", help=helps["cdn"])
+    tour.add_argument("--pack", type=_pack_folder, default=None, metavar="DIR",
+                      help=helps["pack"])
     return parser
 
 

@@ -77,3 +77,19 @@ def tiny_recording(smol, one_thread):
         lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=60, lr=2e-3, batch_size=4,
                  recorder=rec, progress=False)
     return rec.recording
+
+
+@pytest.fixture(scope="session")
+def recording_subset():
+    """``recording_subset(recording, keep)``: the recording at frame indices ``keep`` only
+    (real recorded values, fewer frames: cheaper to render as GIF/MP4)."""
+    import dataclasses
+
+    def subset(recording, keep):
+        data = {k: dataclasses.replace(m, **{t: getattr(m, t)[keep] for t in (
+            "A", "B", "delta", "norm_A", "norm_B", "norm_delta", "sv")})
+            for k, m in recording.data.items()}
+        return dataclasses.replace(recording, steps=[recording.steps[i] for i in keep],
+                                   losses=[recording.losses[i] for i in keep], data=data)
+
+    return subset

@@ -5,6 +5,9 @@ message before any model is loaded; and (slow) the default tour reaches ≥ 90% 
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import math
 import re
 import subprocess
@@ -87,6 +90,7 @@ def test_table_alignment_and_sparkline_edge_cases():
     (["tour", "--out", "{tmp}/missing/r.html"], "does not exist"),
     (["tour", "--out", "{tmp}"], "is a folder"),
     (["tour", "--prompt", "  "], "prompts must be non-empty strings"),
+    (["tour", "--pack", "{tmp}/.."], "exists and is not empty"),
     (["tour", "--stepz", "3"], "unrecognized arguments: --stepz"),
     (["nope"], "invalid choice: 'nope'"),
     ([], "the following arguments are required: COMMAND"),
@@ -178,7 +182,7 @@ def short_tour(tmp_path_factory):
     lines: list[str] = []
     # 1 thread: tiny matrices, and robust on a machine shared with other jobs.
     result = run_tour(steps=3, eval_n=4, batch_size=4, out=str(out), prompts=(EVIL,),
-                      threads=1, log=lines.append)
+                      threads=1, pack=str(out.parent / "pack"), log=lines.append)
     return result, lines
 
 
@@ -202,10 +206,11 @@ def test_short_tour_result(short_tour):
     assert [g.expected is None for g in r.generations] == [False, False, False, True]
     assert r.generations[3].prompt == EVIL
     assert list(r.timings) == ["load model", "accuracy before", "generations before", "attach",
-                               "train", "accuracy after", "generations after", "report"]
+                               "train", "accuracy after", "generations after", "report",
+                               "figure pack"]
     assert r.wall_seconds >= sum(r.timings.values()) - 1e-6
     assert lines[0].startswith("[1/7] loaded SmolLM2-135M-Instruct")
-    assert lines[-1] == f"[7/7] wrote {r.report}"
+    assert lines[-1] == f"[7/7] wrote {r.report} and the figure pack {r.pack}"
     assert sum("step " in line and "loss" in line for line in lines) == 3
 
 
@@ -222,10 +227,39 @@ def test_short_tour_report(short_tour):
     for g in r.generations:                            # model text, escaped
         assert escape(g.before) in html and escape(g.after) in html
     assert "Wall time per phase" in html and "whole tour" in html
-    assert html.count("<svg") == 1 + len(r.modules)    # loss + one ‖ΔW‖ line per module
-    # the plotly figures: loss curve, A/B/ΔW animation, norms; plotly.js once, from the CDN
-    assert html.count('class="plotly-graph-div"') == 3
-    assert html.count("cdn.plot.ly") == 1 and "addFrames" in html  # the animation's frames
+    # loss + one ‖ΔW‖ line per module (counted by their own attributes: plotly.js is inlined)
+    assert html.count('viewBox="0 0 240 48" role="img"') == 1 + len(r.modules)
+    # the plotly figures: loss curve, A/B/ΔW animation, norms; plotly.js inlined once (offline)
+    assert html.count('class="plotly-graph-div"') == 3 and "addFrames" in html
+    assert html.count("* plotly.js v") == 1 and 'src="https://cdn.plot.ly' not in html
+    assert "Q4_1 GGUF" in html and "full precision" not in html    # what the weights are
+    gif = re.search(r'<img src="data:image/gif;base64,([A-Za-z0-9+/=]+)"', html)
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(base64.b64decode(gif.group(1))))
+    assert im.n_frames == len(r.recorded_steps) == 4 and im.size == (480, 360)
+
+
+def test_short_tour_report_with_cdn_is_small(short_tour, tmp_path):
+    r, _ = short_tour
+    tour = dataclasses.replace(r, settings=dataclasses.replace(r.settings, cdn=True, pack=None))
+    html = cli.tour_report(tour).to_html()
+    assert html.count('src="https://cdn.plot.ly') == 1 and "* plotly.js v" not in html
+    assert len(html) < 1_000_000 and "data:image/gif;base64," in html
+
+
+def test_short_tour_pack_holds_every_figure_in_every_format(short_tour):
+    r, _ = short_tour
+    folder = Path(r.pack).parent
+    md, page = Path(r.pack).read_text(), (folder / "index.html").read_text()
+    figs = {"loss", "norms", "spectrum_layers_0_q_proj", "delta_layers_0_q_proj",
+            "abdelta_layers_0_q_proj"}
+    want = {f"{k}.{ext}" for k in figs for ext in ("png", "svg", "html")}
+    want |= {f"{k}.{ext}" for k in figs if "delta" in k for ext in ("gif", "mp4")}
+    assert want <= {p.name for p in folder.iterdir()}
+    assert set(re.findall(r"\]\(([^)]+)\)", md)) == want            # index.md links each
+    assert set(re.findall(r'href="([^"]+)"', page)) == want
+    assert "Q4_1 GGUF" in md and "| learning rate | 0.002 |" in md   # the run's settings
 
 
 def test_cli_prints_the_summary_and_exits_0(short_tour, monkeypatch, capsys):

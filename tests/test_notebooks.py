@@ -75,3 +75,4 @@ def test_readme_screenshots_are_real_pngs():
         data = (ROOT / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", image
         assert len(data) <= 300_000, f"{image}: {len(data):,} bytes"
+
