@@ -291,3 +291,23 @@ class NF4Explorer(_Explorer):
                 f"level use {min(use):.1%} … {max(use):.1%} (equal would be {1 / len(use):.2%})")
         labels = [f"{v:+.3f}" for v in q.levels]
         return text, f"<b>{html.escape(text)}</b>" + _bars(labels, use)
+
+
+# -- exercises: "predict, then run" ---------------------------------------------------------
+def check_guess(guess, answer, *, rel: float = 0.1, unit: str = "") -> str:
+    """The verdict a hidden solution cell prints for a learner's guess (never raises).
+
+    ``guess`` None (the default in the exercise cell) → the answer is shown; a number → within
+    ``rel`` (relative) of ``answer`` or not; anything else is compared with ``==``.
+    """
+    shown = f"{answer:,}" if isinstance(answer, int) and not isinstance(answer, bool) else (
+        f"{answer:.4g}" if isinstance(answer, float) else repr(answer))
+    if guess is None:
+        return f"no guess yet: the answer is {shown}{unit}"
+    if isinstance(answer, int | float) and not isinstance(answer, bool) \
+            and isinstance(guess, int | float) and not isinstance(guess, bool):
+        ok = abs(guess - answer) <= rel * abs(answer) if answer else guess == 0
+        return (f"{'✓ close' if ok else '✗ not quite'}: you said {guess:,}{unit}, the answer is "
+                f"{shown}{unit}" + ("" if ok else f" (within {rel:.0%} counts)"))
+    ok = guess == answer and isinstance(guess, bool) == isinstance(answer, bool)
+    return f"{'✓ right' if ok else '✗ not quite'}: you said {guess!r}, the answer is {shown}{unit}"

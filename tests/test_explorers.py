@@ -69,3 +69,12 @@ def test_quantize_4bit_matches_bitsandbytes_and_the_explorer_follows_its_control
     assert "= 0.000" in ex.text and "100.0%" in ex.text
     with pytest.raises(ValueError, match="divide"):
         lk.explorers.quantize_4bit(w, blocksize=100)
+
+
+def test_check_guess_reports_without_raising():
+    check = lk.explorers.check_guess
+    assert check(None, 384) == "no guess yet: the answer is 384"
+    assert check(400, 384).startswith("✓ close") and check(500, 384).startswith("✗ not quite")
+    assert check(0.3, 0.296, unit="%").startswith("✓") and "within 10%" in check(1.0, 0.296)
+    assert check("k_proj", "k_proj").startswith("✓ right") and check(True, 1).startswith("✗")
+    assert check(0, 0).startswith("✓")
