@@ -4,6 +4,8 @@
 plotly or ipywidgets; figures and widgets load them when first used.
 """
 
+# first: raises ImportError (found vs needed) if transformers/PEFT are below lorakit's floors
+from . import _compat  # noqa: F401, I001
 from . import data as tasks
 from .attach import attach, attach_adalora, detach, find_targets
 from .data import Task
