@@ -18,8 +18,9 @@ What it does to each notebook, in order:
    head and tail with a marker in between; a notebook over 1.5 MB is reported (exit status 1).
 4. Sets the kernelspec to ``python3`` (what Colab, Binder, VS Code and ``make lab`` all have).
 
-On a cell error the notebook is *not* written and the script exits with status 1, printing the
-cell and the traceback. Wall time per notebook is printed.
+On a cell error (or a dead kernel) the notebook is *not* written: the script prints the cell and
+the traceback, writes what ran to ``/tmp/<name>.partial.ipynb`` and exits with status 1. Wall
+time per notebook is printed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 MAX_BYTES = 1_500_000
@@ -75,7 +76,13 @@ def execute(path: Path, timeout: int = 600, max_stream_lines: int = 60) -> float
                             resources={"metadata": {"path": str(path.parent)}},
                             skip_cells_with_tag="skip-execution", record_timing=False)
     start = time.perf_counter()
-    client.execute()
+    try:
+        client.execute()
+    except (CellExecutionError, DeadKernelError):
+        partial = Path("/tmp") / f"{path.stem}.partial.ipynb"
+        nbformat.write(clean(nb, max_stream_lines), partial)   # what ran, for the post-mortem
+        print(f"(the cells that ran, with their outputs: {partial})", file=sys.stderr)
+        raise
     seconds = time.perf_counter() - start
     nbformat.write(clean(nb, max_stream_lines), path)
     return seconds
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.notebooks:
         try:
             seconds = execute(path, args.timeout, args.max_stream_lines)
-        except CellExecutionError as err:
+        except (CellExecutionError, DeadKernelError) as err:
             print(f"FAILED {path} (not written):\n{err}", file=sys.stderr)
             status = 1
             continue
