@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
 # Slides and handouts: lk.export_gif / export_mp4 / export_svg / export_pdf / export_pack.
 _LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli",
-                 "notebook", "animate", "pack"}
+                 "animate", "pack", "notebook", "explorers"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",

@@ -121,11 +121,15 @@ def _where(f) -> str:
 # --------------------------------------------------------------------------- parameters
 
 
-def param_bars(counts, by: str = "type", log: bool = False) -> go.Figure:
+def param_bars(counts, by: str = "type", log: bool = False, *,
+               empty_note: str = "no LoRA adapter to train — attach one with "
+                                 "lk.attach(model, r=8)") -> go.Figure:
     """Frozen vs trainable parameters per module type (``by="type"``) or layer (``"layer"``).
 
     Linear scale: stacked bars (the height is the total); log scale (button or ``log=True``):
     grouped bars, so the small trainable counts stay visible next to the frozen ones.
+    ``empty_note``: what the figure says when nothing trains (a panel says why in its terms).
+    Notes go in a second title line, above the plot, never over the bars.
     """
     rows = counts.rows(by=by)
     x = [("outside blocks" if r[by] is None else str(r[by])) for r in rows]
@@ -140,40 +144,64 @@ def param_bars(counts, by: str = "type", log: bool = False) -> go.Figure:
     note = None
     if counts.trainable == 0:
         title = f"Parameters per {what}: no trainable parameters ({counts.total:,} frozen)"
-        note = "trainable 0: no LoRA adapter to train — attach one with lk.attach(model, r=8)"
+        note = f"trainable 0: {empty_note}"
     elif counts.trainable == counts.total:
         note = "every parameter is trainable: no LoRA adapter (this is full fine-tuning)"
     modes = {"linear": {"barmode": "stack"}, "log": {"barmode": "group"}}
+    if note:
+        title += f"<br><sup>{note}</sup>"
     _figure(title, fig, barmode="group" if log else "stack",
             xaxis=dict(title=what, type="category"),
             yaxis=dict(title="parameters", type="log" if log else "linear"),
             legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
             updatemenus=[_scale_menu(log=log, extra=modes)])
     if note:
-        fig.add_annotation(text=note, xref="paper", yref="paper", x=0.5, y=0.95,
-                           showarrow=False, bgcolor="#fff3cd")
+        fig.update_layout(margin=dict(t=95), legend=dict(y=1.0))
     return fig
 
 
+SUNBURST_MIN_SHARE = 0.05   # the trainable slice is drawn at least this wide (and says so)
+
+
 def param_sunburst(counts) -> go.Figure:
-    """All parameters → frozen / trainable → module types (zero-sized parts left out)."""
-    ids, labels, parents, values = ["all"], ["all parameters"], [""], [counts.total]
-    for part in ("frozen", "trainable"):
+    """All parameters → frozen / trainable → module types (zero-sized parts left out).
+
+    A LoRA adapter is well under 1% of a model: drawn to scale, its slice is a hairline. So
+    the trainable part is drawn at ``SUNBURST_MIN_SHARE`` of the circle when it is smaller
+    (its label says "drawn enlarged"), in a contrasting colour; hover texts and labels keep
+    the real counts and shares.
+    """
+    scale = {"frozen": 1.0, "trainable": 1.0}
+    share = counts.trainable / counts.total if counts.total else 0.0
+    if 0 < share < SUNBURST_MIN_SHARE:
+        scale["trainable"] = SUNBURST_MIN_SHARE * counts.total / counts.trainable
+        scale["frozen"] = (1 - SUNBURST_MIN_SHARE) * counts.total / counts.frozen
+    ids, labels, parents, values, real = ["all"], ["all parameters"], [""], [counts.total], \
+        [counts.total]
+    colors = [""]
+    for part, color in (("frozen", "#BBBBBB"), ("trainable", OKABE_ITO[3])):
         if getattr(counts, part):
             ids.append(part)
-            labels.append(part)
+            pct = f"{100 * getattr(counts, part) / counts.total:.3g}%"
+            labels.append(f"{part} {pct}" + (" (drawn enlarged)" if part == "trainable"
+                                             and scale[part] > 1 else ""))
             parents.append("all")
-            values.append(getattr(counts, part))
+            values.append(getattr(counts, part) * scale[part])
+            real.append(getattr(counts, part))
+            colors.append(color)
         for kind, c in counts.by_type.items():
             if getattr(c, part):
                 ids.append(f"{part}/{kind}")
                 labels.append(kind)
                 parents.append(part)
-                values.append(getattr(c, part))
+                values.append(getattr(c, part) * scale[part])
+                real.append(getattr(c, part))
+                colors.append(color)
     fig = go.Figure(go.Sunburst(ids=ids, labels=labels, parents=parents, values=values,
-                                branchvalues="total", maxdepth=3,
-                                hovertemplate="%{label}: %{value:,} parameters "
-                                              "(%{percentRoot:.3%} of all)<extra></extra>"))
+                                branchvalues="total", maxdepth=3, customdata=real,
+                                marker=dict(colors=colors),
+                                hovertemplate="%{label}: %{customdata:,} parameters"
+                                              "<extra></extra>"))
     return _figure(f"Parameters: trainable {counts.trainable:,} of {counts.total:,} = "
                    f"{counts.trainable_pct:.3f}%", fig)
 
@@ -191,11 +219,13 @@ def budget_bars(budget) -> go.Figure:
     for r in rows:
         fig.add_annotation(x=r["setup"], y=r["total"] / GB, text=f"{r['total'] / GB:.1f} GB",
                            showarrow=False, yanchor="bottom")
+    # Two short lines, and room above the legend: one long line ran under the mode bar.
     title = (f"Training memory for {budget.name}: LoRA r={budget.r} on "
-             f"{', '.join(budget.targets)} ({budget.lora_params:,} trainable, "
-             f"{budget.trainable_pct:.3f}%) — activations not included")
+             f"{', '.join(budget.targets)}<br><sup>{budget.lora_params:,} trainable "
+             f"({budget.trainable_pct:.3f}%) — activations not included</sup>")
     return _figure(title, fig, barmode="stack", yaxis_title="GB (10⁹ bytes)",
-                   legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+                   margin=dict(t=110), legend=dict(orientation="h", y=1.02, yanchor="bottom",
+                                                   x=0))
 
 
 # --------------------------------------------------------------------------- recordings
@@ -353,12 +383,14 @@ def _debiased_ema(values: Sequence[float], smooth: float) -> list[float]:
     return out
 
 
-def loss_curve(source, smooth: float = 0.9) -> go.Figure:
+def loss_curve(source, smooth: float = 0.9, *, steps=None) -> go.Figure:
     """Raw and smoothed training loss per step.
 
     ``source``: a ``TrainResult`` (steps 1..n), a ``Recording`` (its steps; frames without a
     loss, like step 0, are skipped) or a plain list of losses (steps 1..n; None skipped).
     ``smooth`` in [0, 1): TensorBoard's debiased EMA weight (0 = no smoothing).
+    ``steps``: with a plain list, the step of each loss (default 1..n), e.g. steps that
+    continue an earlier run.
     """
     if not (isinstance(smooth, (int, float)) and 0 <= smooth < 1):
         raise ValueError(f"smooth must be in [0, 1) (e.g. 0.9), got {smooth!r}")
@@ -366,7 +398,10 @@ def loss_curve(source, smooth: float = 0.9) -> go.Figure:
         pairs = list(zip(source.steps, source.losses, strict=True))
     else:
         losses = getattr(source, "losses", source)                     # TrainResult or list
-        pairs = list(enumerate(losses, start=1))
+        if steps is not None and len(steps) != len(losses):
+            raise ValueError(f"steps has {len(steps)} entries for {len(losses)} losses")
+        pairs = list(zip(steps, losses, strict=True)) if steps is not None \
+            else list(enumerate(losses, start=1))
     pairs = [(s, float(v)) for s, v in pairs if v is not None]
     if not pairs:
         raise ValueError("nothing to show: no losses (train first, e.g. lk.train(...))")

@@ -202,8 +202,18 @@ def _display_data(fig: go.Figure) -> dict:
 
 
 def _placeholder(title: str) -> go.Figure:
-    """An empty figure in lorakit's style, shown until there is data."""
-    return go.Figure(layout=dict(template=figures.TEMPLATE, title_text=title, height=320))
+    """An empty figure in lorakit's style, shown until there is data: no axes (they would
+    show a meaningless −1…6 range), one line saying what will appear."""
+    fig = go.Figure(layout=dict(template=figures.TEMPLATE, title_text=title, height=320,
+                                xaxis=dict(visible=False), yaxis=dict(visible=False)))
+    fig.add_annotation(text="nothing yet: the loss appears here step by step", showarrow=False,
+                       xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#777"))
+    return fig
+
+
+def _trained_before(model) -> bool:
+    """True when some LoRA B of ``model`` is non-zero (a fresh adapter has B = 0)."""
+    return any(p.detach().any() for n, p in model.named_parameters() if "lora_B" in n)
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -389,6 +399,7 @@ class LoRAPanel(_Panel):
             "Attach LoRA with these settings through PEFT (lk.attach); replaces an earlier "
             "adapter on this model.")
         self.peft_label = W.Label()
+        self._applied: LoraSettings | None = None       # the settings of the last Apply
 
         self.rank_slider.observe(self._on_rank, "value")
         self.rank_text.observe(self._on_rank, "value")
@@ -511,7 +522,25 @@ class LoRAPanel(_Panel):
         self.problems = problems
         self.message.value = _colored("<br>".join(map(html.escape, problems)), _WARN_COLOR)
         self.apply_button.disabled = bool(problems)
-        self.bar_view.show(figures.param_bars(self.counts))
+        self._update_peft_label()
+        self.bar_view.show(figures.param_bars(
+            self.counts, empty_note="no target module checked: check at least one above"))
+
+    def _update_peft_label(self) -> None:
+        """PEFT's count of the *applied* adapter, compared with the live count — or why not."""
+        if self.verified is None:
+            self.peft_label.value = ""
+            return
+        trainable, total = self.verified
+        peft = (f"PEFT get_nb_trainable_parameters of the applied adapter: trainable "
+                f"{trainable:,} of {total:,} = {100 * trainable / total:.3f}%")
+        if self.settings != self._applied:
+            self.peft_label.value = (peft + " — the controls have changed since Apply; "
+                                            "Apply again to compare")
+        elif self.verified == (self.counts.trainable, self.counts.total):
+            self.peft_label.value = peft + " ✓ same as the live count above"
+        else:
+            self.peft_label.value = peft + " ✗ differs from the live count above"
 
     def apply(self):
         """Attach LoRA with the current settings (``lk.attach``; re-attach replaces).
@@ -530,11 +559,8 @@ class LoRAPanel(_Panel):
         self.peft_model = peft_model
         trainable, total = peft_model.get_nb_trainable_parameters()
         self.verified = (int(trainable), int(total))
-        same = self.verified == (self.counts.trainable, self.counts.total)
-        self.peft_label.value = (
-            f"PEFT get_nb_trainable_parameters: trainable {trainable:,} of {total:,} = "
-            f"{100 * trainable / total:.3f}% " + ("✓ same as above" if same
-                                                  else "✗ differs from the count above"))
+        self._applied = s
+        self._update_peft_label()
         notes = [html.escape(str(w.message)) for w in caught]
         self.message.value = _colored("<br>".join(notes), _WARN_COLOR)
         return peft_model
@@ -602,15 +628,22 @@ class TrainPanel(_Panel):
 
     def __init__(self, peft_model, tok, task, *, steps: int = 20, lr: float = 2e-3,
                  batch_size: int = 4, accuracy_n: int = 20, measure_accuracy: bool = True,
-                 callbacks=(), background: bool = True, display_mode: str | None = None):
+                 callbacks=(), background: bool = True, display_mode: str | None = None,
+                 recorder=None):
         super().__init__(display_mode)
         self.peft_model, self.tok = peft_model, tok
         self.task = lk.tasks.get(task) if isinstance(task, str) else task
         self.callbacks = list(callbacks)
         self.background = background
-        self.recorder = None
+        self.recorder = recorder     # given: its steps (and the animation) continue from it
         self.result = None
         self.losses: list[float] = []
+        self.loss_steps: list[int] = []   # the overall step of each loss (across runs)
+        self._offset = 0                  # steps before the current run
+        if recorder is not None and len(recorder):
+            known = [(s, v) for s, v in zip(recorder.recording.steps, recorder.recording.losses,
+                                            strict=True) if v is not None]
+            self.loss_steps, self.losses = [s for s, _ in known], [v for _, v in known]
         self.accuracy_before = self.accuracy_after = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -648,7 +681,12 @@ class TrainPanel(_Panel):
         self.status = W.Label()
         self.accuracy_label = W.HTML()
         self.loss_view = FigureView(self.display_mode)
-        self.loss_view.show(_placeholder("Training loss — press Train"))
+        self.loss_view.show(_placeholder("Training loss — press Train") if not self.losses
+                            else figures.loss_curve(self.losses, steps=self.loss_steps))
+        if recorder is None and _trained_before(peft_model):
+            self.status.value = ("This adapter was trained before (B ≠ 0): the panel's steps "
+                                 "and frames count from here. Pass recorder= to continue an "
+                                 "earlier recording.")
         self.module_dropdown = _tooltip(W.Dropdown(
             options=[], description="module", style=_wide()),
             "Which recorded module the evolution figure shows.")
@@ -753,6 +791,9 @@ class TrainPanel(_Panel):
                 self._show_accuracy()
             if self.recorder is None:
                 self.recorder = lk.Recorder(self.peft_model)
+            # lk.train continues the recorder's step count; the panel's status and chart too
+            self._offset = self.recorder.last_step or (self.loss_steps[-1] if self.loss_steps
+                                                       else 0)
             self.status.value = f"training {steps} steps…"
             self.result = lk.train(
                 self.peft_model, self.tok, self.task, steps=steps, lr=self.lr_text.value,
@@ -775,11 +816,14 @@ class TrainPanel(_Panel):
 
     def _on_step(self, info) -> None:
         """lk.train callback: progress bar, status and the loss figure after each step."""
+        overall = self._offset + info.step
         self.losses.append(info.loss)
+        self.loss_steps.append(overall)
         self.progress.value = info.step
-        self.status.value = f"step {info.step}/{info.steps} · loss {info.loss:.4f} · " \
-                            f"lr {info.lr:.2e}"
-        self.loss_view.show(figures.loss_curve(self.losses))
+        run = f" (this run {info.step}/{info.steps})" if overall != info.step else \
+            f"/{info.steps}"
+        self.status.value = f"step {overall}{run} · loss {info.loss:.4f} · lr {info.lr:.2e}"
+        self.loss_view.show(figures.loss_curve(self.losses, steps=self.loss_steps))
 
     def _stop_requested(self, info) -> bool:
         """lk.train callback, called last: truthy once Stop was pressed."""

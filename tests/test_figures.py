@@ -256,13 +256,15 @@ def test_param_bars_without_lora():
                                          num_attention_heads=2, intermediate_size=64,
                                          vocab_size=64))
     full = figures.param_bars(lk.count_params(model))                  # plain model: all train
-    assert "no LoRA" in full.layout.annotations[0].text
+    assert "no LoRA" in full.layout.title.text and not full.layout.annotations   # above the bars
     model.requires_grad_(False)
     counts = lk.count_params(model)
     fig = figures.param_bars(counts)
     assert counts.trainable == 0 and sum(bar(fig, "frozen").y) == counts.total
-    assert "trainable 0" in fig.layout.annotations[0].text
-    assert "no trainable parameters" in fig.layout.title.text
+    assert "trainable 0" in fig.layout.title.text and "lk.attach" in fig.layout.title.text
+    assert "no trainable parameters" in fig.layout.title.text and not fig.layout.annotations
+    told = figures.param_bars(counts, empty_note="check a target")        # a panel's own words
+    assert "check a target" in told.layout.title.text and "lk.attach" not in told.layout.title.text
     sun = figures.param_sunburst(counts)
     assert "trainable" not in sun.data[0].ids
 
@@ -271,13 +273,21 @@ def test_param_sunburst(run):
     c = run.counts
     (s,) = figures.param_sunburst(c).data
     value = dict(zip(s.ids, s.values, strict=True))
+    real = dict(zip(s.ids, s.customdata, strict=True))        # the real counts (hover)
     parent = dict(zip(s.ids, s.parents, strict=True))
-    assert value["all"] == c.total and value["frozen"] == c.frozen
-    assert value["trainable"] == c.trainable
-    assert value["trainable/q_proj"] == c.by_type["q_proj"].trainable and parent[
+    assert real["all"] == c.total and real["frozen"] == c.frozen
+    assert real["trainable"] == c.trainable
+    assert real["trainable/q_proj"] == c.by_type["q_proj"].trainable and parent[
         "trainable/q_proj"] == "trainable"
+    # drawn: the 0.3% adapter would be a hairline, so its slice is enlarged, and says so
+    assert c.trainable / c.total < 0.01
+    assert value["trainable"] / value["all"] == pytest.approx(figures.SUNBURST_MIN_SHARE)
+    assert value["frozen"] + value["trainable"] == pytest.approx(value["all"])
+    label = dict(zip(s.ids, s.labels, strict=True))["trainable"]
+    assert "drawn enlarged" in label and f"{100 * c.trainable / c.total:.3g}%" in label
+    assert s.marker.colors[s.ids.index("trainable")] != s.marker.colors[s.ids.index("frozen")]
     for part in ("frozen", "trainable"):
-        assert sum(v for i, v in value.items() if parent[i] == part) == value[part]
+        assert sum(v for i, v in value.items() if parent[i] == part) == pytest.approx(value[part])
 
 
 def test_budget_bars_llama_2_7b():
@@ -292,6 +302,9 @@ def test_budget_bars_llama_2_7b():
     np.testing.assert_allclose(totals, [b.total_bytes(s) / 1e9 for s in setups])
     assert totals[0] == pytest.approx(16 * b.total_params / 1e9)      # 16 B/param, full FT
     assert fig.layout.barmode == "stack" and "llama-2-7b" in fig.layout.title.text
+    # the title used to be one 120-character line running under the mode bar: two short ones
+    lines = fig.layout.title.text.replace("<sup>", "").replace("</sup>", "").split("<br>")
+    assert len(lines) == 2 and max(map(len, lines)) <= 70 and fig.layout.margin.t >= 100
     assert [a.text for a in fig.layout.annotations] == [f"{x:.1f} GB" for x in totals]
 
 
@@ -374,3 +387,10 @@ def test_one_template_and_diverging_scale(run, capsys):
     scale = figs[3].data[0].colorscale
     assert scale[0][1] == "rgb(5,48,97)" and scale[-1][1] == "rgb(103,0,31)"  # blue → red
     assert capsys.readouterr() == ("", "")                             # builders never print
+
+
+def test_loss_curve_takes_the_steps_of_a_continued_run():
+    fig = figures.loss_curve([1.0, 0.5, 0.25], steps=[41, 42, 43])
+    assert list(fig.data[0].x) == [41, 42, 43] and "step 43" in fig.layout.title.text
+    with pytest.raises(ValueError, match="2 entries for 3 losses"):
+        figures.loss_curve([1.0, 0.5, 0.25], steps=[1, 2])

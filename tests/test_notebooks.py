@@ -76,3 +76,56 @@ def test_readme_screenshots_are_real_pngs():
         assert data[:8] == b"\x89PNG\r\n\x1a\n", image
         assert len(data) <= 300_000, f"{image}: {len(data):,} bytes"
 
+
+# ---------------------------------------------------------------- #13: exercises, explorers
+
+
+def _exercises(path: Path) -> list[tuple[dict, dict]]:
+    """(guess cell, hidden solution cell) pairs after the "## Exercises" heading."""
+    cells = _cells(path)
+    start = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                  and "".join(c["source"]).startswith("## Exercises")), None)
+    if start is None:
+        return []
+    code = [c for c in cells[start:] if c["cell_type"] == "code"]
+    return list(zip(code[::2], code[1::2], strict=False))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_kernel_is_python3(path):
+    # the name every front end has (Colab, Binder, VS Code, `make lab`'s venv)
+    assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_exercises_predict_then_run(path):
+    """Each exercise: a guess cell (``guess_… = None``), then a hidden solution cell that
+    reports on the guess with ``check_guess`` (so nbval runs it green with the default guess)
+    and has stored that report."""
+    pairs = _exercises(path)
+    if not pairs:
+        pytest.skip(f"{path.name} has no exercises yet")
+    assert 2 <= len(pairs) <= 4, f"{path.name}: {len(pairs)} exercises"
+    for guess, solution in pairs:
+        g, s = "".join(guess["source"]), "".join(solution["source"])
+        name = g.split("=")[0].strip()
+        assert name.startswith("guess_") and "= None" in g, g
+        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True, s[:60]
+        assert f"check_guess({name}," in s, s[:80]
+        outs = "".join("".join(o.get("text", "")) for o in solution.get("outputs", []))
+        assert outs.strip().splitlines()[-1].startswith("no guess yet: the answer is"), (
+            path.name, name, outs)
+
+
+def test_at_least_five_notebooks_end_with_exercises():
+    with_exercises = [p.stem[:2] for p in NOTEBOOKS if _exercises(p)]
+    assert {"00", "01", "02", "03", "04"} <= set(with_exercises), with_exercises
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_explorer_cells_keep_a_static_output(path):
+    for cell in _cells(path):
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "lk.explorers." in src and "Explorer(" in src:
+            texts = [o for o in cell.get("outputs", []) if o["output_type"] == "stream"]
+            assert texts and "".join(texts[0]["text"]).strip(), (path.name, src[:60])

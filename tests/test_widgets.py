@@ -137,6 +137,9 @@ def test_targets_and_variant_change_the_count(smol):
     assert panel.apply_button.disabled
     assert "No target module is checked" in panel.message.value
     assert panel.count_label.value == f"trainable 0 of {SMOL_BASE:,} = 0.000%"
+    title = panel.bar_view.figure.layout.title.text     # the chart says why, in panel terms
+    assert "no target module checked" in title and "lk.attach" not in title
+    assert not panel.bar_view.figure.layout.annotations  # nothing drawn over the bars
     with pytest.raises(ValueError, match="No target module"):
         panel.apply()
 
@@ -180,10 +183,17 @@ def test_apply_attaches_for_real_and_reattach_replaces(fresh):
     assert trainable == panel.counts.trainable == 16 * (1152 + 768 + 1152) * 30
     assert panel.verified == (trainable, total)
     assert panel.peft_label.value.startswith(
-        f"PEFT get_nb_trainable_parameters: trainable {trainable:,} of {total:,} = ")
-    assert "✓" in panel.peft_label.value
+        f"PEFT get_nb_trainable_parameters of the applied adapter: trainable {trainable:,} "
+        f"of {total:,} = ")
+    assert panel.peft_label.value.endswith("✓ same as the live count above")
     panel.rank_slider.value = 2                # sliders after Apply: analytic, no re-wrap
     assert panel.peft_model is pm and pm.peft_config["default"].r == 16
+    # the label no longer claims "same as above" for counts it did not compare
+    assert "✓" not in panel.peft_label.value and "changed since Apply" in panel.peft_label.value
+    assert f"trainable {trainable:,}" in panel.peft_label.value   # still PEFT's applied count
+    panel.rank_slider.value = 16               # back to the applied settings: compared again
+    assert panel.peft_label.value.endswith("✓ same as the live count above")
+    panel.rank_slider.value = 2
     panel.apply_button.click()                 # re-attach replaces the adapter
     assert panel.peft_model is not pm and panel.peft_model.peft_config["default"].r == 2
     assert panel.verified[0] == 2 * (1152 + 768 + 1152) * 30 == panel.counts.trainable
@@ -295,7 +305,10 @@ def test_train_panel_short_run(trainable_model, mode):
     pm, tok = trainable_model
     panel = lk.TrainPanel(pm, tok, "iso_dates", steps=3, batch_size=2, accuracy_n=2,
                           measure_accuracy=mode == "static", display_mode=mode)
-    assert panel.loss_view.figure.layout.title.text.startswith("Training loss — press Train")
+    empty = panel.loss_view.figure
+    assert empty.layout.title.text.startswith("Training loss — press Train")
+    assert empty.layout.xaxis.visible is False and empty.layout.yaxis.visible is False
+    assert "nothing yet" in empty.layout.annotations[0].text
     result = panel.train(block=True)
     assert result.steps_done == 3 and not panel.running
     assert panel.progress.max == panel.progress.value == 3
@@ -451,3 +464,28 @@ def test_ipywidgets_7(request):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "ipywidgets 7.7.1 OK" in proc.stdout
+
+
+def test_train_panel_second_run_and_an_earlier_recording_continue_the_steps(trainable_model):
+    pm, tok = trainable_model
+    rec = lk.Recorder(pm)
+    lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=2, batch_size=2, recorder=rec)
+    fresh_panel = lk.TrainPanel(pm, tok, "iso_dates", measure_accuracy=False,
+                                display_mode="static")
+    assert "trained before" in fresh_panel.status.value      # B ≠ 0 and no recorder given
+    panel = lk.TrainPanel(pm, tok, "iso_dates", steps=2, batch_size=2, measure_accuracy=False,
+                          display_mode="static", recorder=rec)
+    assert panel.loss_steps == [1, 2]                         # the earlier losses are on the chart
+    panel.train(block=True)
+    panel.train(block=True)                                   # a second run
+    assert panel.loss_steps == [1, 2, 3, 4, 5, 6] and len(panel.losses) == 6
+    chart = shown_plotly(panel.loss_view)["data"][0]
+    assert list(chart["x"]) == panel.loss_steps
+    # the last status line ("done: …") is replaced by the step line of a callback's view:
+    seen = []
+    panel.callbacks.append(lambda info: seen.append(panel.status.value))
+    panel.train(block=True)
+    assert seen[-1].startswith("step 8 (this run 2/2)") and chart["x"][-1] == 6
+    assert list(shown_plotly(panel.loss_view)["data"][0]["x"])[-1] == 8   # status = chart
+    assert panel.recorder is rec and rec.recording.steps[0] == 0 and rec.last_step == 8
+    assert panel.evolution_figure.frames[-1].name == "8"                 # the animation goes on
