@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .attach import attach, attach_adalora, detach, is_adalora
 from .data import IGNORE_INDEX, Task
 from .models import restore_4bit_layout
+from .naming import is_lora_B_param
 
 
 @dataclass
@@ -106,8 +107,8 @@ def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float |
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not loraplus_ratio:
         return [{"params": [p for _, p in named], "lr": lr, "weight_decay": weight_decay}]
-    b = [p for n, p in named if "lora_B" in n]
-    rest = [p for n, p in named if "lora_B" not in n]
+    b = [p for n, p in named if is_lora_B_param(n)]
+    rest = [p for n, p in named if not is_lora_B_param(n)]
     return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
             {"params": b, "lr": lr * loraplus_ratio, "weight_decay": weight_decay}]
 
