@@ -135,9 +135,9 @@ def base_weight(peft_model_or_layer, module_name: str | None = None,
     if type(weight).__name__ == "Params4bit":
         from peft.utils.integrations import dequantize_bnb_weight
 
-        from .serve import _unpack_cpu_4bit
+        from .models import restore_4bit_layout
 
-        _unpack_cpu_4bit(base)
+        restore_4bit_layout(base)   # a CPU-repacked weight is not standard NF4
         return dequantize_bnb_weight(base.weight, state=base.weight.quant_state).detach().clone()
     return weight.detach().clone()
 
