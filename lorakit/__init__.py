@@ -6,6 +6,7 @@ plotly or ipywidgets; figures and widgets load them when first used.
 
 from . import tasks
 from .attach import attach, attach_adalora, detach, find_targets
+from .experiments import compare_variants
 from .models import generate, load_model
 from .params import (
     BUILTIN_CONFIGS,
@@ -20,7 +21,7 @@ from .params import (
 from .record import Recorder, Recording
 from .settings import LoraSettings
 from .tasks import Task
-from .train import NonFiniteLossError, TrainResult, compare_variants, train
+from .train import NonFiniteLossError, TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -33,7 +34,7 @@ _LAZY_NAMES = {
     "set_display_mode": "widgets", "get_display_mode": "widgets",
     "export_html": "export", "export_png": "export",
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
-    "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
+    "save_adapter": "adapters", "load_adapter": "adapters", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
 }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._quiet import peft_quiet
 from .naming import matches_target, strip_prefix, tuner_layers
 from .params import LinearInfo, linear_modules
 from .settings import LoraSettings
@@ -127,6 +128,13 @@ def is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def require_peft(model, what: str) -> None:
+    """Raise TypeError unless ``model`` is a PeftModel (``what`` names the caller)."""
+    if not is_peft(model):
+        raise TypeError(f"{what} expects a PeftModel (from lk.attach or lk.load_adapter), got "
+                        f"{type(model).__name__}")
+
+
 def has_adapter(model: nn.Module) -> bool:
     """True for a PeftModel, and for a base model whose layers PEFT has wrapped in place."""
     return is_peft(model) or bool(tuner_layers(model))
@@ -172,9 +180,7 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
         saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
                  for i in linear_modules(base)
                  if any(matches_target(i.name, t) for t in settings.targets)}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # PEFT calls a transformers property deprecated in v5; not the learner's concern.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with torch.random.fork_rng(devices=[]), peft_quiet():
         if seed is not None:
             torch.manual_seed(seed)
         peft_model = get_peft_model(base, settings.to_peft_config())
@@ -245,8 +251,7 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
                            target_modules=list(settings.targets), total_step=total_step,
                            tinit=tinit, tfinal=tfinal, task_type="CAUSAL_LM")
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with torch.random.fork_rng(devices=[]), peft_quiet():
         if seed is not None:
             torch.manual_seed(seed)
         peft_model = get_peft_model(base, config)

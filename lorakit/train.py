@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attach import attach, attach_adalora, detach, is_adalora
+from .attach import is_adalora
 from .models import restore_4bit_layout
 from .naming import is_lora_B_param
 from .settings import TrainSettings
@@ -234,56 +234,11 @@ def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFinite
         "gradient clipping (max_grad_norm=1.0).", result)
 
 
-# -- comparing variants on one budget -------------------------------------------------------
-VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa", "adalora")
+# -- moved: compare_variants lives in lorakit.experiments (it trains several adapters) ------
+def __getattr__(name: str):
+    """``lorakit.train.compare_variants`` etc.: their home is ``lorakit.experiments`` now."""
+    if name in ("VARIANT_NAMES", "VariantResult", "compare_variants"):
+        from . import experiments
 
-
-@dataclass
-class VariantResult:
-    """One variant trained by ``compare_variants``."""
-
-    name: str
-    trainable: int
-    losses: list[float] = field(repr=False)
-    accuracy: float
-    seconds: float
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1]
-
-
-def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_NAMES, *,
-                     r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-                     steps: int = 30, lr: float = 2e-3, batch_size: int = 8, eval_n: int = 20,
-                     loraplus_ratio: float = 16, seed: int = 0,
-                     progress: bool = False) -> list[VariantResult]:
-    """Train each variant with the same rank, targets, steps, lr and data; score each.
-
-    lora / rslora (α/√r) / dora (magnitude + direction) / pissa (init from W's top singular
-    vectors) go through ``lk.attach``; loraplus is plain LoRA with B's learning rate
-    ``loraplus_ratio`` × lr; adalora starts at rank 1.5·r and prunes to r on average. Each run
-    starts from the same base and the base model is given back unchanged at the end.
-    """
-    unknown = [v for v in variants if v not in VARIANT_NAMES]
-    if unknown or not variants:
-        raise ValueError(f"unknown variants {unknown or list(variants)}; choose from "
-                         f"{', '.join(VARIANT_NAMES)}")
-    TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio)
-    results = []
-    for name in variants:
-        if name == "adalora":
-            pm = attach_adalora(model, r, alpha, targets, total_step=steps, seed=seed)
-        else:
-            pm = attach(model, r, alpha, targets, seed=seed,
-                        variant=name if name in ("rslora", "dora") else "lora",
-                        init="pissa" if name == "pissa" else "default")
-        model = pm
-        trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
-        res = train(pm, tok, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                    loraplus_ratio=loraplus_ratio if name == "loraplus" else None,
-                    progress=progress)
-        acc = task.accuracy(pm, tok, n=eval_n)
-        results.append(VariantResult(name, trainable, res.losses, acc.score, res.elapsed))
-    detach(model)
-    return results
+        return getattr(experiments, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
