@@ -49,7 +49,6 @@ import functools
 import html
 import sys
 import threading
-import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -66,15 +65,16 @@ except ImportError as e:  # pragma: no cover - exercised only without the viz ex
 import lorakit as lk
 
 from . import figures
-from .attach import has_adapter, is_peft, settings_of
-from .params import ParamCounts, TypeCount
+from .adapters import BASE
+from .attach import is_peft, settings_of
+from .params import ParamCounts, projected_counts, shape_source
 from .settings import VARIANTS, LoraSettings, TrainSettings, check_choice, help_text
 
 DisplayMode = Literal["auto", "widget", "static"]
 DISPLAY_MODES: tuple[str, ...] = get_args(DisplayMode)
 RANKS: tuple[int, ...] = tuple(2**i for i in range(9))   # the rank slider's stops, 1 … 256
 MAX_RANK = RANKS[-1]                                       # the rank box accepts any 1 … 256
-NO_ADAPTER = "(no adapter)"                                # AdapterPanel's base-model column
+NO_ADAPTER = BASE     # AdapterPanel's base-model column: AdapterBank's "no adapter" name
 _ERROR_COLOR = "#b00020"
 _WARN_COLOR = "#8a5300"
 
@@ -341,14 +341,8 @@ class LoRAPanel(_Panel):
         self.targets_table = lk.find_targets(model)
         if not self.targets_table:
             raise ValueError("this model has no Linear module LoRA can target")
-        self._count_source = _count_source(model)
-        base = lk.count_params(model)
-        # Base parameters are the frozen part. A model lk.attach wrapped in place already has
-        # its base frozen and adapter trainable; a plain model has every parameter trainable.
-        adapted = has_adapter(model)
-        self._base_by_type = {k: (c.frozen if adapted else c.total)
-                              for k, c in base.by_type.items()}
-        self._base_total = base.frozen if adapted else base.total
+        self._base = lk.count_params(model)       # computed once; projected_counts reuses
+        self._source = shape_source(model)
         start = settings_of(model) or LoraSettings()
         names = self.targets_table.names
         checked = [t for t in start.targets if t in names] or [names[0]]
@@ -493,13 +487,11 @@ class LoRAPanel(_Panel):
                 f"r = {r} is larger than min(d_in, d_out) = {limit} of {t.suffix} "
                 f"({shapes}, {t.count} modules): ΔW there cannot have rank above {limit}. "
                 f"Lower r to ≤ {limit} or uncheck {t.suffix}.")
-        # Trainable per module type from the analytic count; frozen = the base model's own.
-        lora = {t: lk.lora_param_count(self._count_source, r, [t], variant) for t in targets}
-        trainable = sum(lora.values())
-        self.counts = ParamCounts(
-            total=self._base_total + trainable, trainable=trainable, frozen=self._base_total,
-            by_type={k: TypeCount(lora.get(k, 0), n) for k, n in self._base_by_type.items()},
-            by_layer={})
+        # α does not change the count: an invalid α still shows what r and targets cost.
+        counted = self.settings or (LoraSettings(r=r, targets=targets, variant=variant)
+                                    if targets else None)
+        self.counts = projected_counts(self.model, counted, base=self._base,
+                                       source=self._source)
         self.count_label.value = str(self.counts)
         if self.settings is not None:
             rule = "α/√r, rsLoRA" if variant == "rslora" else "α/r"
@@ -542,30 +534,6 @@ class LoRAPanel(_Panel):
     def __repr__(self) -> str:
         s = f"r={self.r}, alpha={self.alpha_text.value:g}, variant={self.variant_buttons.value!r}"
         return f"LoRAPanel({s}, targets={list(self.targets)}): {self.count_label.value}"
-
-
-def _count_source(model):
-    """What the slider path passes to ``lk.lora_param_count``: the model, or its config.
-
-    ``lora_param_count`` accepts both and gives the same answer when the config's Linear
-    shapes are the model's own (checked here, once). The config is used only then, and only
-    if it answers faster (llama-family configs are written out analytically: ~0.3 ms against
-    a few ms for walking the model's modules on every slider move).
-    """
-    config = getattr(model, "config", None)
-    try:
-        if config is None or lk.linear_modules(config) != lk.linear_modules(model):
-            return model
-    except Exception:                      # a config lorakit cannot read: count the model
-        return model
-    target = lk.linear_modules(model)[0].suffix
-
-    def seconds(source) -> float:
-        start = time.perf_counter()
-        lk.lora_param_count(source, 1, [target])
-        return time.perf_counter() - start
-
-    return config if seconds(config) < seconds(model) else model
 
 
 def _stop_below(r: int) -> int:
@@ -912,22 +880,21 @@ class AdapterPanel(_Panel):
 
 @contextlib.contextmanager
 def _active_adapter(model, adapter):
-    """Run with ``adapter`` active (NO_ADAPTER: disabled; None: the model as it is)."""
+    """Run with ``adapter`` active through ``AdapterBank.use`` (``NO_ADAPTER``: the base
+    model; None: the model as it is); the active adapter and requires_grad flags come back."""
     if adapter is None:
         yield
         return
+    from .serve import AdapterBank
+
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    previous = model.active_adapter
+    bank = AdapterBank(model)
+    previous = bank.active
     try:
-        if adapter == NO_ADAPTER:
-            with model.disable_adapter():
-                yield
-        else:
-            model.set_adapter(adapter)
-            yield
+        bank.use(adapter)
+        yield
     finally:
-        if model.active_adapter != previous:
-            model.set_adapter(previous)
+        bank.use(previous)
         for n, p in model.named_parameters():   # set_adapter marks the adapter trainable
             p.requires_grad_(flags[n])
 
