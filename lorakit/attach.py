@@ -17,7 +17,7 @@ from torch import nn
 from ._quiet import peft_quiet
 from .naming import matches_target, strip_prefix, tuner_layers
 from .params import LinearInfo, linear_modules
-from .settings import LoraSettings
+from .settings import Init, LoraSettings, Variant
 
 ADAPTER = "default"
 
@@ -141,7 +141,7 @@ def has_adapter(model: nn.Module) -> bool:
 
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-           dropout: float = 0.0, variant: str = "lora", init: str = "default", *,
+           dropout: float = 0.0, variant: Variant = "lora", init: Init = "default", *,
            replace: bool = True, seed: int | None = None):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
 

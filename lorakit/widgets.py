@@ -69,6 +69,7 @@ from .adapters import BASE
 from .attach import is_peft, settings_of
 from .params import ParamCounts, projected_counts, shape_source
 from .settings import VARIANTS, LoraSettings, TrainSettings, check_choice, help_text
+from .tasks import Accuracy
 
 DisplayMode = Literal["auto", "widget", "static"]
 DISPLAY_MODES: tuple[str, ...] = get_args(DisplayMode)
@@ -99,7 +100,7 @@ class DisplaySettings:
 _display = DisplaySettings()
 
 
-def set_display_mode(mode: str) -> str:
+def set_display_mode(mode: DisplayMode) -> str:
     """Set how panels built from now on draw figures: "auto", "widget" or "static".
 
     Returns the previous mode (to restore it). Panels already built keep their mode.
@@ -127,7 +128,7 @@ def figure_widget_available() -> bool:
     return go.FigureWidget.__module__ != "plotly.missing_anywidget"
 
 
-def resolve_display_mode(mode: str | None = None) -> str:
+def resolve_display_mode(mode: DisplayMode | None = None) -> str:
     """The concrete mode, "widget" or "static", for ``mode`` (None: the switch's value)."""
     mode = get_display_mode() if mode is None else DisplaySettings(mode).mode
     if mode == "auto":
@@ -576,10 +577,11 @@ class TrainPanel(_Panel):
         self.task = lk.tasks.get(task) if isinstance(task, str) else task
         self.callbacks = list(callbacks)
         self.background = background
-        self.recorder = None
-        self.result = None
+        self.recorder: lk.Recorder | None = None
+        self.result: lk.TrainResult | None = None
         self.losses: list[float] = []
-        self.accuracy_before = self.accuracy_after = None
+        self.accuracy_before: Accuracy | None = None
+        self.accuracy_after: Accuracy | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
