@@ -477,7 +477,7 @@ def _loss_rows(tour: TourResult) -> list[list[str]]:
 
 def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
     """The tour's ``Report`` (lorakit.report): tables and sparklines, all text escaped."""
-    from .report import KeyValues, Report, Sparkline, Table, Text
+    from .report import Report, Table
 
     s = tour.settings
     rep = Report(
@@ -488,6 +488,24 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
         footer=(f"Written by `lorakit tour` on {datetime.now().isoformat(timespec='seconds')}"
                 + (" · " + ", ".join(f"{k} {v}" for k, v in versions.items())
                    if versions else "")))
+    _report_settings(rep, tour)
+    _report_training(rep, tour)
+    _report_learned(rep, tour)
+    figures = _figures(tour)
+    if figures:
+        rep.add("Figures (plotly; interactive, plotly.js from its CDN)", *figures)
+    _report_replies(rep, tour)
+    rows = [[phase, f"{sec:.1f}"] for phase, sec in tour.timings.items()]
+    rows.append(["whole tour", f"{tour.wall_seconds:.1f}"])
+    rep.add("Wall time per phase (seconds)", Table(["phase", "seconds"], rows))
+    return rep
+
+
+def _report_settings(rep, tour: TourResult) -> None:
+    """Sections: settings; parameters and memory; held-out accuracy."""
+    from .report import KeyValues, Table
+
+    s = tour.settings
     rep.add("Settings", KeyValues([
         ("model", tour.model_name), ("base weights", _WEIGHTS.get(s.quantize, s.quantize)),
         ("task", s.task), ("LoRA rank r", s.rank), ("alpha", f"{s.alpha:g}"),
@@ -507,44 +525,55 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
                     _mib(tour.base_memory_bytes)),
                    ("model memory with the adapter", _mib(tour.memory_bytes)),
                    ("adapter weights", f"{tour.adapter_bytes:,} B ({_mib(tour.adapter_bytes)})")]))
-
     rep.add("Held-out accuracy (exact match)", Table(
         ["", "correct", "of", "accuracy"],
         [["base model", tour.correct_before, tour.eval_total, f"{tour.accuracy_before:.0%}"],
          ["after LoRA training", tour.correct_after, tour.eval_total,
           f"{tour.accuracy_after:.0%}"]]))
 
-    summary = [("steps done", f"{tour.steps_done} of {s.steps}"
+
+def _report_training(rep, tour: TourResult) -> None:
+    """Section: training summary, loss sparkline and loss table."""
+    from .report import KeyValues, Sparkline, Table
+
+    summary = [("steps done", f"{tour.steps_done} of {tour.settings.steps}"
                 + (" (interrupted)" if tour.interrupted else "")),
                ("training time (sum of step times)", f"{tour.train_seconds:.1f} s"),
                ("tokens per second", f"{tour.tokens_per_s:,.0f}")]
-    train_blocks = []
+    blocks = []
     if tour.losses:
         summary.append(("loss first → last", f"{tour.loss_first:.4f} → {tour.loss_last:.4f}"))
         summary.append(("lowest loss", f"{min(tour.losses):.4f}"))
-        train_blocks = [
+        blocks = [
             Sparkline(tour.losses, label="loss", x=range(1, tour.steps_done + 1), log=True),
             Table(["step", "loss", "step time (s)"], _loss_rows(tour), caption="Loss by step")]
-    rep.add("Training", KeyValues(summary), *train_blocks)
+    rep.add("Training", KeyValues(summary), *blocks)
 
-    if tour.modules:
-        m0 = tour.modules[0]
-        rep.add(
-            "What the adapter learned (Recorder)",
-            Text(f"ΔW = (alpha/r)·B·A of each recorded module, at {len(tour.recorded_steps)} "
-                 f"recorded steps ({tour.recorded_steps[0]}..{tour.recorded_steps[-1]}). B starts "
-                 f"at 0, so ‖ΔW‖ starts at 0; at most r = {m0.r} singular values are non-zero."),
-            Table(["module", "d_in → d_out", "‖ΔW‖ first → last", "top singular values at end"],
-                  [[m.name, f"{m.d_in} → {m.d_out}",
-                    f"{m.norm_delta_first:.4g} → {m.norm_delta_last:.4g}",
-                    ", ".join(f"{v:.3g}" for v in m.top_sv)] for m in tour.modules],
-                  numeric=[1, 2]),
-            *[Sparkline(m.norm_delta, label=f"‖ΔW‖ {m.name}", x=tour.recorded_steps)
-              for m in tour.modules])
 
-    figures = _figures(tour)
-    if figures:
-        rep.add("Figures (plotly; interactive, plotly.js from its CDN)", *figures)
+def _report_learned(rep, tour: TourResult) -> None:
+    """Section: what the Recorder saw in each module (‖ΔW‖ and singular values)."""
+    from .report import Sparkline, Table, Text
+
+    if not tour.modules:
+        return
+    m0 = tour.modules[0]
+    rep.add(
+        "What the adapter learned (Recorder)",
+        Text(f"ΔW = (alpha/r)·B·A of each recorded module, at {len(tour.recorded_steps)} "
+             f"recorded steps ({tour.recorded_steps[0]}..{tour.recorded_steps[-1]}). B starts "
+             f"at 0, so ‖ΔW‖ starts at 0; at most r = {m0.r} singular values are non-zero."),
+        Table(["module", "d_in → d_out", "‖ΔW‖ first → last", "top singular values at end"],
+              [[m.name, f"{m.d_in} → {m.d_out}",
+                f"{m.norm_delta_first:.4g} → {m.norm_delta_last:.4g}",
+                ", ".join(f"{v:.3g}" for v in m.top_sv)] for m in tour.modules],
+              numeric=[1, 2]),
+        *[Sparkline(m.norm_delta, label=f"‖ΔW‖ {m.name}", x=tour.recorded_steps)
+          for m in tour.modules])
+
+
+def _report_replies(rep, tour: TourResult) -> None:
+    """Sections: replies before/after, and the held-out items still wrong."""
+    from .report import Table
 
     if tour.generations:
         rows = [[g.prompt, "" if g.expected is None else g.expected, g.before, g.after]
@@ -557,11 +586,6 @@ def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
                 Table(["prompt", "expected", "reply"], [list(r) for r in shown], numeric=[],
                       caption=None if len(shown) == len(tour.errors_after)
                       else f"first {len(shown)} of {len(tour.errors_after)}"))
-
-    rows = [[phase, f"{sec:.1f}"] for phase, sec in tour.timings.items()]
-    rows.append(["whole tour", f"{tour.wall_seconds:.1f}"])
-    rep.add("Wall time per phase (seconds)", Table(["phase", "seconds"], rows))
-    return rep
 
 
 def _figures(tour: TourResult) -> list:

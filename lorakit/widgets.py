@@ -385,6 +385,11 @@ class LoRAPanel(_Panel):
             "adapter on this model.")
         self.peft_label = W.Label()
 
+        self._wire()
+        self.refresh()
+
+    def _wire(self) -> None:
+        """Connect the controls to their observers and lay the panel out (``self.widget``)."""
         self.rank_slider.observe(self._on_rank, "value")
         self.rank_text.observe(self._on_rank, "value")
         self.alpha_text.observe(self._on_alpha, "value")
@@ -405,7 +410,6 @@ class LoRAPanel(_Panel):
             self.count_label, self.scale_label, self.message, self.bar_view.widget,
             W.HBox([self.apply_button, self.peft_label]), self.error,
         ])
-        self.refresh()
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -626,6 +630,10 @@ class TrainPanel(_Panel):
             "delta: ΔW = s·B·A; A: (r, d_in); B: (d_out, r); all: side by side.")
         self.evolution_view = FigureView("static")   # animations: FigureWidget has no frames
 
+        self._wire()
+
+    def _wire(self) -> None:
+        """Connect the buttons and pickers to their handlers and lay the panel out."""
         self.train_button.on_click(self._on_train)
         self.stop_button.on_click(self._on_stop)
         self.accuracy_button.on_click(self._on_accuracy)
