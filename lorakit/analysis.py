@@ -97,17 +97,17 @@ def best_rank_r(delta, r: int) -> LowRank:
 
 
 # -- ΔW of a PEFT model ----------------------------------------------------------------------
-def lora_module(peft_model, module_name: str, adapter: str = "default") -> nn.Module:
-    """The LoRA layer called ``module_name`` in ``peft_model``.
+def lora_module(peft_model, module: str, adapter: str = "default") -> nn.Module:
+    """The LoRA layer called ``module`` in ``peft_model``.
 
     Names: the short form ``layers.3.q_proj`` (as in a Recording), the full name
     ``model.layers.3.self_attn.q_proj``, or any unique dotted suffix of it.
     """
-    return find_layer(peft_model, module_name, adapter)
+    return find_layer(peft_model, module, adapter)
 
 
 @torch.no_grad()
-def delta_weight(peft_model_or_layer, module_name: str | None = None,
+def delta_weight(peft_model_or_layer, module: str | None = None,
                  adapter: str = "default") -> torch.Tensor:
     """ΔW = (α/r)·B·A of one LoRA module, ``(d_out, d_in)``, from PEFT's ``get_delta_weight``.
 
@@ -115,8 +115,8 @@ def delta_weight(peft_model_or_layer, module_name: str | None = None,
     adapter this is the low-rank direction update (α/r)·B·A, before DoRA's magnitude rescaling.
     """
     layer = peft_model_or_layer
-    if module_name is not None:
-        layer = lora_module(peft_model_or_layer, module_name, adapter)
+    if module is not None:
+        layer = lora_module(peft_model_or_layer, module, adapter)
     if not hasattr(layer, "get_delta_weight") or adapter not in getattr(layer, "lora_A", {}):
         raise ValueError(f"expected a LoRA layer with adapter {adapter!r} (or a PeftModel and a "
                          f"module name), got {type(layer).__name__}")
@@ -124,12 +124,12 @@ def delta_weight(peft_model_or_layer, module_name: str | None = None,
 
 
 @torch.no_grad()
-def base_weight(peft_model_or_layer, module_name: str | None = None,
+def base_weight(peft_model_or_layer, module: str | None = None,
                 adapter: str = "default") -> torch.Tensor:
     """The frozen base weight W of a LoRA module, ``(d_out, d_in)`` (4-bit bases dequantized)."""
     layer = peft_model_or_layer
-    if module_name is not None:
-        layer = lora_module(peft_model_or_layer, module_name, adapter)
+    if module is not None:
+        layer = lora_module(peft_model_or_layer, module, adapter)
     base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     weight = base.weight
     if type(weight).__name__ == "Params4bit":

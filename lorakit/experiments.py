@@ -49,9 +49,9 @@ class VariantResult:
 
 def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_NAMES, *,
                      r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-                     steps: int = 30, lr: float = 2e-3, batch_size: int = 8, eval_n: int = 20,
+                     steps: int = 30, lr: float = 2e-3, batch_size: int = 8, n: int = 20,
                      loraplus_ratio: float = 16, seed: int = 0,
-                     progress: bool = False) -> list[VariantResult]:
+                     progress: bool = False, eval_n: int | None = None) -> list[VariantResult]:
     """Train each variant with the same rank, targets, steps, lr and data; score each.
 
     lora / rslora (α/√r) / dora (magnitude + direction) / pissa (init from W's top singular
@@ -59,6 +59,7 @@ def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_N
     ``loraplus_ratio`` × lr; adalora starts at rank 1.5·r and prunes to r on average. Each run
     starts from the same base and the base model is given back unchanged at the end.
     """
+    n = eval_n if eval_n is not None else n   # eval_n: the name it had before
     unknown = [v for v in variants if v not in VARIANT_NAMES]
     if unknown or not variants:
         raise ValueError(f"unknown variants {unknown or list(variants)}; choose from "
@@ -77,7 +78,7 @@ def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_N
         res = train(pm, tok, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                     loraplus_ratio=loraplus_ratio if name == "loraplus" else None,
                     progress=progress)
-        acc = task.accuracy(pm, tok, n=eval_n)
+        acc = task.accuracy(pm, tok, n=n)
         results.append(VariantResult(name, trainable, res.losses, acc.score, res.elapsed))
     detach(model)
     return results

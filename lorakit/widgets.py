@@ -556,7 +556,7 @@ class TrainPanel(_Panel):
         peft_model: the model to train (``lk.attach(...)`` or ``LoRAPanel.peft_model``).
         tok: its tokenizer. task: a ``Task`` or a built-in task name ("iso_dates").
         steps, lr, batch_size: the starting values of the controls (see ``lk.train``).
-        accuracy_n: held-out examples for accuracy; ``measure_accuracy``: measure it before
+        n: held-out examples for accuracy (``accuracy_n``: the name it had before); ``measure_accuracy``: measure it before
             and after each run (the "Accuracy now" button measures on demand).
         callbacks: extra ``lk.train`` callbacks, called after the panel's own each step.
         background: the Train button trains in a thread, so the notebook stays responsive
@@ -574,9 +574,11 @@ class TrainPanel(_Panel):
     """
 
     def __init__(self, peft_model, tok, task, *, steps: int = 20, lr: float = 2e-3,
-                 batch_size: int = 4, accuracy_n: int = 20, measure_accuracy: bool = True,
-                 callbacks=(), background: bool = True, display_mode: str | None = None):
+                 batch_size: int = 4, n: int = 20, measure_accuracy: bool = True,
+                 callbacks=(), background: bool = True, display_mode: str | None = None,
+                 accuracy_n: int | None = None):
         super().__init__(display_mode)
+        n = accuracy_n if accuracy_n is not None else n
         self.peft_model, self.tok = peft_model, tok
         self.task = lk.tasks.get(task) if isinstance(task, str) else task
         self.callbacks = list(callbacks)
@@ -605,7 +607,7 @@ class TrainPanel(_Panel):
             "Measure exact-match accuracy on held-out examples before and after each run "
             "(greedy generation: a few seconds per 10 examples on a CPU).")
         self.n_text = _tooltip(W.BoundedIntText(
-            value=min(accuracy_n, len(self.task.test)), min=1, max=len(self.task.test),
+            value=min(n, len(self.task.test)), min=1, max=len(self.task.test),
             description="n", style=_wide(), layout=W.Layout(width="8em")),
             "How many held-out examples the accuracy uses.")
         self.train_button = _tooltip(W.Button(
