@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 import re
 import shutil
@@ -40,6 +39,7 @@ from plotly.basedatatypes import BaseFigure
 
 from ._html import page
 from ._html import write_atomic as _write_atomic
+from .settings import POSITIVE
 
 _HTML_SUFFIXES = (".html", ".htm")
 # plotly's own rich-text tags in titles; left out of the plain-text <title> of the page
@@ -361,9 +361,7 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
     p = _writable(path)
     _check_suffix(p, (".png",), "export_png")
     for name, v in (("width", width), ("height", height), ("scale", scale)):
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
+        POSITIVE.or_none()(name, v)
     figure = still(_as_figure(fig), frame)
     try:
         import kaleido

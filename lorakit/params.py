@@ -199,13 +199,8 @@ def _llama_shapes(cfg, causal: bool):
     prefix = "model." if causal else ""
     per_block = sum(i * o + (o if b else 0) for _, i, o, b in block) + 2 * d
     total = vocab * d + n_layers * per_block + d
-    linears = _block_linears(prefix + "layers", n_layers, block)
-    head = None
-    if causal:
-        head = LinearInfo("lm_head", "lm_head", None, d, vocab)
-        linears.append(head)
-        total += 0 if _tied(cfg) else vocab * d
-    return linears, head, total
+    return _with_head(cfg, causal, _block_linears(prefix + "layers", n_layers, block), total,
+                      d, vocab)
 
 
 def _gpt2_shapes(cfg, causal: bool):
@@ -222,13 +217,16 @@ def _gpt2_shapes(cfg, causal: bool):
     prefix = "transformer." if causal else ""
     per_block = sum(i * o + o for _, i, o, _ in block) + 4 * d
     total = vocab * d + cfg.n_positions * d + n_layers * per_block + 2 * d
-    linears = _block_linears(prefix + "h", n_layers, block)
-    head = None
-    if causal:
-        head = LinearInfo("lm_head", "lm_head", None, d, vocab)
-        linears.append(head)
-        total += 0 if _tied(cfg) else vocab * d
-    return linears, head, total
+    return _with_head(cfg, causal, _block_linears(prefix + "h", n_layers, block), total, d,
+                      vocab)
+
+
+def _with_head(cfg, causal: bool, linears: list[LinearInfo], total: int, d: int, vocab: int):
+    """(linears, head, total) of a decoder: a causal LM adds lm_head (d→V; V·d unless tied)."""
+    if not causal:
+        return linears, None, total
+    head = LinearInfo("lm_head", "lm_head", None, d, vocab)
+    return [*linears, head], head, total + (0 if _tied(cfg) else vocab * d)
 
 
 def _bert_shapes(cfg):
