@@ -556,8 +556,9 @@ class TrainPanel(_Panel):
         peft_model: the model to train (``lk.attach(...)`` or ``LoRAPanel.peft_model``).
         tok: its tokenizer. task: a ``Task`` or a built-in task name ("iso_dates").
         steps, lr, batch_size: the starting values of the controls (see ``lk.train``).
-        n: held-out examples for accuracy (``accuracy_n``: the name it had before); ``measure_accuracy``: measure it before
-            and after each run (the "Accuracy now" button measures on demand).
+        n: held-out examples for accuracy (``accuracy_n``: the name it had before).
+        measure_accuracy: measure it before and after each run (the "Accuracy now" button
+            measures on demand).
         callbacks: extra ``lk.train`` callbacks, called after the panel's own each step.
         background: the Train button trains in a thread, so the notebook stays responsive
             (Stop works while it runs). ``panel.train(block=True)`` always runs in the caller.
