@@ -1,6 +1,6 @@
 """lorakit: learn and do LoRA fine-tuning on a real model, in Jupyter.
 
-``import lorakit as lk`` gives the public API listed in DESIGN.md. The core never imports
+``import lorakit as lk`` gives the public API (docs/architecture.md: where each part lives). The core never imports
 plotly or ipywidgets; figures and widgets load them when first used.
 """
 
@@ -19,7 +19,7 @@ from .params import (
     lora_param_count,
 )
 from .record import Recorder, Recording
-from .settings import LoraSettings
+from .settings import LoraSettings, TrainSettings
 from .tasks import Task
 from .train import NonFiniteLossError, TrainResult, train
 
@@ -54,7 +54,7 @@ def __dir__():
 
 __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
-    "Recorder", "Recording", "Task", "TrainResult", "attach", "attach_adalora", "builtin_config",
+    "Recorder", "Recording", "Task", "TrainResult", "TrainSettings", "attach", "attach_adalora", "builtin_config",
     "compare_variants", "count_params",
     "detach", "estimate", "find_targets", "generate", "linear_modules", "load_model",
     "lora_param_count", "tasks", "train",
