@@ -1,7 +1,8 @@
 """lorakit: learn and do LoRA fine-tuning on a real model, in Jupyter.
 
-``import lorakit as lk`` gives the public API (docs/architecture.md: where each part lives). The core never imports
-plotly or ipywidgets; figures and widgets load them when first used.
+``import lorakit as lk`` gives the public API (docs/architecture.md says where each part
+lives). The core never imports plotly or ipywidgets; figures and widgets load them when first
+used.
 """
 
 from . import tasks
@@ -54,8 +55,8 @@ def __dir__():
 
 __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
-    "Recorder", "Recording", "Task", "TrainResult", "TrainSettings", "attach", "attach_adalora", "builtin_config",
-    "compare_variants", "count_params",
+    "Recorder", "Recording", "Task", "TrainResult", "TrainSettings", "attach", "attach_adalora",
+    "builtin_config", "compare_variants", "count_params",
     "detach", "estimate", "find_targets", "generate", "linear_modules", "load_model",
     "lora_param_count", "tasks", "train",
 ]
