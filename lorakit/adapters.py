@@ -135,7 +135,7 @@ def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"{path} holds a {config.get('peft_type')!r} adapter; lorakit loads "
                          "LoRA adapters (peft_type 'LORA')")
     shapes = _tensor_shapes(path)
-    lora = {k: s for k, s in shapes.items() if ".lora_" in k}
+    lora = {k: s for k, s in shapes.items() if adapter_key(k)[1]}   # (module, "A.weight")
     if not lora:
         raise ValueError(f"{path} has no LoRA tensors (lora_A / lora_B); found {list(shapes)[:5]}")
 
