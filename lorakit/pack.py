@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +118,13 @@ def check_folder(folder, overwrite: bool) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise NotADirectoryError(f"cannot create {str(p)!r}: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:   # a probe file: os.access says yes to root on a read-only file system (#12)
+        fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
         raise PermissionError(f"cannot write the pack into {str(p)!r}: no permission to write "
-                              f"in {str(existing)!r}")
+                              f"in {str(existing)!r} ({err.strerror})") from err
     return p
 
 
@@ -235,15 +240,7 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
     """
     t0 = time.perf_counter()
     result, rec = _sources(run_or_recording, recording)
-    if html not in HTML_MODES:
-        raise ValueError(f"html must be one of {', '.join(map(repr, HTML_MODES))}, got {html!r}")
-    animate._check_number("fps", fps, 1e-3, animate.GIF_MAX_FPS)
-    if not (isinstance(size, (tuple, list)) and len(size) == 2):
-        raise ValueError(f"size must be (width, height) in pixels, got {size!r}")
-    width, height = animate._check_size(*size)
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
-                                   or max_frames < 2):
-        raise ValueError(f"max_frames must be None or a whole number ≥ 2, got {max_frames!r}")
+    width, height = _check_options(html, fps, size, max_frames)
     extra = list(settings.items()) if isinstance(settings, dict) else list(settings or [])
     p = check_folder(folder, overwrite)
     animate._need_pillow()
@@ -257,7 +254,42 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
         skipped.append(f"MP4 files: {e}")
 
     items = _figures(result, rec)
-    # one browser session: statics (PNG, SVG) and every animation frame
+    by_key = _render(items, width, height, max_frames, progress)
+    p.mkdir(parents=True, exist_ok=True)
+    if html == "shared":
+        from plotly.offline import get_plotlyjs
+
+        _write(p, "plotly.min.js", get_plotlyjs())
+    figs_out = [_write_figure(p, fig_info, fig, by_key[fig_info.key], html, fps, mp4)
+                for fig_info, fig in items]
+    rows = [(str(a), str(b)) for a, b in extra] + run_settings(result, rec)
+    head = title or "lorakit figure pack"
+    pack = Pack(folder=p, index=p / "index.md", index_html=p / "index.html", figures=figs_out,
+                settings=rows, skipped=skipped, seconds=0.0)
+    _write(p, "index.md", index_markdown(head, pack))
+    _write(p, "index.html", index_html(head, pack))
+    pack.seconds = time.perf_counter() - t0
+    return pack
+
+
+def _check_options(html: str, fps, size, max_frames) -> tuple[int, int]:
+    """``export_pack``'s options checked; returns the animations' (width, height)."""
+    if html not in HTML_MODES:
+        raise ValueError(f"html must be one of {', '.join(map(repr, HTML_MODES))}, got {html!r}")
+    animate._check_number("fps", fps, 1e-3, animate.GIF_MAX_FPS)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2):
+        raise ValueError(f"size must be (width, height) in pixels, got {size!r}")
+    width, height = animate._check_size(*size)
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                   or max_frames < 2):
+        raise ValueError(f"max_frames must be None or a whole number ≥ 2, got {max_frames!r}")
+    return width, height
+
+
+def _render(items, width: int, height: int, max_frames: int | None,
+            progress: bool) -> dict[str, dict]:
+    """Every image of the pack in one browser session: per figure key, "png"/"svg" (the
+    statics) and 0, 1, ... (the animation frames)."""
     jobs, slots = [], []
     for fig_info, fig in items:
         still = animate.apply_preset(fig, "slide", -1 if fig_info.animated else None)
@@ -279,46 +311,34 @@ def export_pack(run_or_recording, folder, overwrite: bool = False, *, recording=
     by_key: dict[str, dict] = {}
     for (key, what), data in zip(slots, images, strict=True):
         by_key.setdefault(key, {})[what] = data
+    return by_key
 
-    p.mkdir(parents=True, exist_ok=True)
-    if html == "shared":
-        from plotly.offline import get_plotlyjs
 
-        _write(p, "plotly.min.js", get_plotlyjs())
-    figs_out = []
-    for fig_info, fig in items:
-        got = by_key[fig_info.key]
-        k = fig_info.key
-        last = " (the last recorded step)" if fig_info.animated else ""
-        _write(p, f"{k}.png", got["png"])
-        _write(p, f"{k}.svg", got["svg"])
-        _write(p, f"{k}.html", _html_page(fig, html))
-        fig_info.files += [
-            PackFile(f"{k}.png", "png", f"{fig_info.title}{last}: image for slides, 1280 × 720"),
-            PackFile(f"{k}.svg", "svg", f"{fig_info.title}{last}: vector image (slides, print)"),
-            PackFile(f"{k}.html", "html", f"{fig_info.title}: interactive page"
-                                          + (" with Play and a step slider"
-                                             if fig_info.animated else ""))]
-        if fig_info.animated:
-            frames = [got[i] for i in sorted(x for x in got if isinstance(x, int))]
-            specs = animate.frame_figures(fig)[:1]
-            _write(p, f"{k}.gif", animate.gif_from_pngs(frames, specs, fps))
-            fig_info.files.append(PackFile(f"{k}.gif", "gif", f"{fig_info.title}: looping "
-                                           f"animation, {len(frames)} frames at {fps:g} fps"))
-            if mp4:
-                animate.mp4_from_pngs(frames, p / f"{k}.mp4", fps)
-                fig_info.files.append(PackFile(f"{k}.mp4", "mp4", f"{fig_info.title}: H.264 "
-                                               f"video for PowerPoint/Keynote"))
-        figs_out.append(fig_info)
-
-    rows = [(str(a), str(b)) for a, b in extra] + run_settings(result, rec)
-    head = title or "lorakit figure pack"
-    pack = Pack(folder=p, index=p / "index.md", index_html=p / "index.html", figures=figs_out,
-                settings=rows, skipped=skipped, seconds=0.0)
-    _write(p, "index.md", index_markdown(head, pack))
-    _write(p, "index.html", index_html(head, pack))
-    pack.seconds = time.perf_counter() - t0
-    return pack
+def _write_figure(p: Path, fig_info: PackFigure, fig, got: dict, html: str, fps: float,
+                  mp4: bool) -> PackFigure:
+    """Write one figure's files (PNG, SVG, HTML; GIF and MP4 if animated); list them."""
+    k = fig_info.key
+    last = " (the last recorded step)" if fig_info.animated else ""
+    _write(p, f"{k}.png", got["png"])
+    _write(p, f"{k}.svg", got["svg"])
+    _write(p, f"{k}.html", _html_page(fig, html))
+    fig_info.files += [
+        PackFile(f"{k}.png", "png", f"{fig_info.title}{last}: image for slides, 1280 × 720"),
+        PackFile(f"{k}.svg", "svg", f"{fig_info.title}{last}: vector image (slides, print)"),
+        PackFile(f"{k}.html", "html", f"{fig_info.title}: interactive page"
+                                      + (" with Play and a step slider"
+                                         if fig_info.animated else ""))]
+    if fig_info.animated:
+        frames = [got[i] for i in sorted(x for x in got if isinstance(x, int))]
+        specs = animate.frame_figures(fig)[:1]
+        _write(p, f"{k}.gif", animate.gif_from_pngs(frames, specs, fps))
+        fig_info.files.append(PackFile(f"{k}.gif", "gif", f"{fig_info.title}: looping "
+                                       f"animation, {len(frames)} frames at {fps:g} fps"))
+        if mp4:
+            animate.mp4_from_pngs(frames, p / f"{k}.mp4", fps)
+            fig_info.files.append(PackFile(f"{k}.mp4", "mp4", f"{fig_info.title}: H.264 "
+                                           f"video for PowerPoint/Keynote"))
+    return fig_info
 
 
 def delta_gif_blocks(recording: Recording, width: int = 480, height: int = 360) -> list:

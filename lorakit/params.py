@@ -29,7 +29,6 @@ LM (or, without ``architectures``, when the family is a decoder), else of ``Auto
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,17 +36,17 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from .settings import LoraSettings, check_quantize
-
-# Module-name parts that belong to PEFT's wrappers, not to the base model.
-_LORA_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_dropout",
-               "lora_magnitude_vector", "base_layer"}
-# Parameter-name parts that mark adapter parameters (not part of the base model's count).
-_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
-                  "lora_magnitude_vector", "modules_to_save"}
-# Parts skipped when naming the module type a parameter belongs to.
-_WRAPPER_PARTS = _LORA_PARTS | {"original_module", "modules_to_save"}
-_LAYER_RE = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+from .naming import (
+    WRAPPER_PARTS,
+    is_adapter_param,
+    layer_index,
+    matches_target,
+    module_kind,
+    param_type,
+    strip_prefix,
+    tuner_layers,
+)
+from .settings import LoraSettings, Quantize, Variant, check_quantize
 
 MB = 10**6   # sizes are reported in decimal units: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes
 GB = 10**9
@@ -69,11 +68,6 @@ class LinearInfo:
     out_features: int  # d_out
 
 
-def _layer_index(name: str) -> int | None:
-    m = _LAYER_RE.search("." + name + ".")
-    return int(m.group(1)) if m else None
-
-
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     """(d_in, d_out) of a Linear-like module (nn.Linear, bnb Linear4bit/8bit, HF Conv1D)."""
     if isinstance(module, nn.Linear):  # bnb Linear4bit / Linear8bitLt subclass nn.Linear
@@ -81,11 +75,6 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight (d_in, d_out)
         return module.weight.shape[0], module.nf
     return None
-
-
-def matches_target(name: str, target: str) -> bool:
-    """PEFT's rule for one string of a target_modules list: the full name or a dotted suffix."""
-    return name == target or name.endswith("." + target)
 
 
 def _is_config(obj) -> bool:
@@ -99,14 +88,14 @@ def _model_linears(model: nn.Module) -> tuple[list[LinearInfo], LinearInfo | Non
     found, head = [], None
     for name, module in model.named_modules():
         parts = name.split(".")
-        if any(p in _LORA_PARTS for p in parts):
+        if not WRAPPER_PARTS.isdisjoint(parts):
             continue
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
         shape = _linear_shape(base)
         if shape is None:
             continue
-        name = name.removeprefix("base_model.model.")
-        info = LinearInfo(name, parts[-1], _layer_index(name), *shape)
+        name = strip_prefix(name)
+        info = LinearInfo(name, parts[-1], layer_index(name), *shape)
         if out_emb is not None and (module is out_emb or base is out_emb):
             head = info
         found.append(info)
@@ -210,13 +199,8 @@ def _llama_shapes(cfg, causal: bool):
     prefix = "model." if causal else ""
     per_block = sum(i * o + (o if b else 0) for _, i, o, b in block) + 2 * d
     total = vocab * d + n_layers * per_block + d
-    linears = _block_linears(prefix + "layers", n_layers, block)
-    head = None
-    if causal:
-        head = LinearInfo("lm_head", "lm_head", None, d, vocab)
-        linears.append(head)
-        total += 0 if _tied(cfg) else vocab * d
-    return linears, head, total
+    return _with_head(cfg, causal, _block_linears(prefix + "layers", n_layers, block), total,
+                      d, vocab)
 
 
 def _gpt2_shapes(cfg, causal: bool):
@@ -233,13 +217,16 @@ def _gpt2_shapes(cfg, causal: bool):
     prefix = "transformer." if causal else ""
     per_block = sum(i * o + o for _, i, o, _ in block) + 4 * d
     total = vocab * d + cfg.n_positions * d + n_layers * per_block + 2 * d
-    linears = _block_linears(prefix + "h", n_layers, block)
-    head = None
-    if causal:
-        head = LinearInfo("lm_head", "lm_head", None, d, vocab)
-        linears.append(head)
-        total += 0 if _tied(cfg) else vocab * d
-    return linears, head, total
+    return _with_head(cfg, causal, _block_linears(prefix + "h", n_layers, block), total, d,
+                      vocab)
+
+
+def _with_head(cfg, causal: bool, linears: list[LinearInfo], total: int, d: int, vocab: int):
+    """(linears, head, total) of a decoder: a causal LM adds lm_head (d→V; V·d unless tied)."""
+    if not causal:
+        return linears, None, total
+    head = LinearInfo("lm_head", "lm_head", None, d, vocab)
+    return [*linears, head], head, total + (0 if _tied(cfg) else vocab * d)
 
 
 def _bert_shapes(cfg):
@@ -262,7 +249,7 @@ def _bert_shapes(cfg):
 
 
 def _block_linears(stem: str, n_layers: int, block) -> list[LinearInfo]:
-    return [LinearInfo(f"{stem}.{i}.{path}", path.rsplit(".", 1)[-1], i, d_in, d_out)
+    return [LinearInfo(f"{stem}.{i}.{path}", module_kind(path), i, d_in, d_out)
             for i in range(n_layers) for path, d_in, d_out, _ in block]
 
 
@@ -294,8 +281,7 @@ def meta_model(config) -> nn.Module:
 
 def _base_total(model: nn.Module) -> int:
     """Parameters of the base model (adapters left out), tied weights once, 4-bit corrected."""
-    return sum(_numel(p) for name, p in model.named_parameters()
-               if not _ADAPTER_PARTS.intersection(name.split(".")))
+    return sum(_numel(p) for name, p in model.named_parameters() if not is_adapter_param(name))
 
 
 def _shapes(obj):
@@ -351,7 +337,7 @@ class ParamCounts:
 
     def rows(self, by: str = "type") -> list[dict]:
         """One dict per module type (``by="type"``) or layer (``by="layer"``) for tables/figures."""
-        groups = {"type": self.by_type, "layer": self.by_layer}
+        groups: dict[str, Mapping] = {"type": self.by_type, "layer": self.by_layer}
         if by not in groups:
             raise ValueError(f"by must be 'type' or 'layer', got {by!r}")
         return [{by: k, "trainable": c.trainable, "frozen": c.frozen, "total": c.total}
@@ -359,13 +345,6 @@ class ParamCounts:
 
     def __str__(self) -> str:
         return f"trainable {self.trainable:,} of {self.total:,} = {self.trainable_pct:.3f}%"
-
-
-def _param_type(name: str) -> str:
-    """Module type of a parameter: "….q_proj.lora_A.default.weight" -> "q_proj"."""
-    parts = name.split(".")
-    cut = next((i for i, p in enumerate(parts) if p in _WRAPPER_PARTS), len(parts) - 1)
-    return parts[cut - 1] if cut > 0 else parts[-1]
 
 
 def count_params(model: nn.Module) -> ParamCounts:
@@ -383,10 +362,10 @@ def count_params(model: nn.Module) -> ParamCounts:
     trainable = total = 0
     for name, p in model.named_parameters():
         n = _numel(p)
-        name = name.removeprefix("base_model.model.")
+        name = strip_prefix(name)
         slot = 0 if p.requires_grad else 1
-        by_type.setdefault(_param_type(name), [0, 0])[slot] += n
-        by_layer.setdefault(_layer_index(name), [0, 0])[slot] += n
+        by_type.setdefault(param_type(name), [0, 0])[slot] += n
+        by_layer.setdefault(layer_index(name), [0, 0])[slot] += n
         total += n
         trainable += n if p.requires_grad else 0
     layers = sorted(k for k in by_layer if k is not None) + (
@@ -414,7 +393,7 @@ def _lora_size(linears, settings: LoraSettings) -> int:
 
 
 def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),
-                     variant: str = "lora") -> int:
+                     variant: Variant = "lora") -> int:
     """Trainable LoRA parameters ``Σ r·(d_in + d_out)`` over the matched Linear modules.
 
     Analytic: nothing is wrapped, so it is fast enough for a slider (config or model). DoRA
@@ -492,6 +471,46 @@ def builtin_config(name: str):
     cfg = getattr(transformers, cls_name)(**values)
     cfg.name_or_path = source
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# What attach would give, before attaching (the LoRAPanel's live count)
+# --------------------------------------------------------------------------------------------
+
+def shape_source(model: nn.Module):
+    """What to read Linear shapes from: the model's config when it gives the model's own
+    Linear modules (llama-family configs are analytic: ~0.3 ms against a few ms for walking
+    the modules), else the model. Decided once per model, by comparing the two lists."""
+    config = getattr(model, "config", None)
+    try:
+        if config is not None and linear_modules(config) == linear_modules(model):
+            return config
+    except Exception:                      # a config lorakit cannot read: use the model
+        pass
+    return model
+
+
+def projected_counts(model: nn.Module, settings: LoraSettings | None, *,
+                     base: ParamCounts | None = None, source=None) -> ParamCounts:
+    """``count_params`` of ``lk.attach(model, settings)``, computed without attaching.
+
+    Trainable: ``lora_param_count`` per target (analytic; fast enough for a slider). Frozen:
+    the model's own parameters (for a model already wrapped in place, its frozen part).
+    ``by_type`` holds both per module type; ``by_layer`` is empty (the count is per type).
+    ``settings=None``: no adapter (nothing trainable). ``base`` (``count_params(model)``) and
+    ``source`` (``shape_source(model)``) may be passed in to skip recomputing them.
+    """
+    base = count_params(model) if base is None else base
+    source = shape_source(model) if source is None else source
+    adapted = bool(tuner_layers(model))
+    frozen = {k: (c.frozen if adapted else c.total) for k, c in base.by_type.items()}
+    total_frozen = base.frozen if adapted else base.total
+    lora = {} if settings is None else {
+        t: lora_param_count(source, settings.r, [t], settings.variant) for t in settings.targets}
+    trainable = sum(lora.values())
+    return ParamCounts(
+        total=total_frozen + trainable, trainable=trainable, frozen=total_frozen,
+        by_type={k: TypeCount(lora.get(k, 0), n) for k, n in frozen.items()}, by_layer={})
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,7 +625,7 @@ class Budget:
 
 
 def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
-             quantize: str | None = None, variant: str = "lora", *,
+             quantize: Quantize | None = None, variant: Variant = "lora", *,
              double_quant: bool = True) -> Budget:
     """Parameter counts and training-memory budget for a model, config or built-in name.
 

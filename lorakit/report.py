@@ -2,14 +2,17 @@
 
 ``lorakit tour`` writes its results with it; anything else can too. A ``Report`` is plain data
 (sections of ``KeyValues``, ``Table``, ``Text``, ``Sparkline`` and ``Html`` blocks) rendered to
-one self-contained HTML file: inline CSS, no JavaScript, no network, no plotly.
+one self-contained HTML file with inline CSS. The blocks this module renders use no JavaScript
+and no network; an ``Html`` block may carry some: the tour's plotly figures bring plotly.js,
+inlined once so the report still works offline (or, with ``--cdn``, one ``<script src>`` from
+plotly's CDN, which then needs a network).
 
 Escaping is done here, once: every string a block holds (titles, table cells, keys, values,
 labels: text a user typed or a model generated) goes through ``html.escape`` when rendered.
-The only exception is ``Html``, which is for markup the caller built and trusts, e.g. a figure
-later: ``Html(fig.to_html(full_html=False, include_plotlyjs="cdn"))`` — so figures can be added
-to a report as one more block, without this module importing plotly (DESIGN.md: the core never
-imports plotly). Reference: OWASP XSS Prevention Cheat Sheet, rule 1 (HTML-escape untrusted
+The only exception is ``Html``, which is for markup the caller built and trusts, e.g. a figure:
+``Html(fig.to_html(full_html=False, include_plotlyjs=True))`` — so figures can be added to a
+report as one more block, without this module importing plotly (docs/architecture.md: the core
+never imports plotly). Reference: OWASP XSS Prevention Cheat Sheet, rule 1 (HTML-escape untrusted
 data before putting it in element content or a quoted attribute), with Python's ``html.escape``.
 
     rep = Report("My run")
@@ -26,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+
+from ._html import page, write_atomic
 
 
 def _e(value) -> str:
@@ -236,17 +241,14 @@ class Report:
         sub = f'<p class="subtitle">{_e(self.subtitle)}</p>' if self.subtitle else ""
         foot = f"<footer>{_e(self.footer)}</footer>" if self.footer else ""
         body = "\n".join(s.to_html() for s in self.sections)
-        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-                f"<title>{_e(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-                f"<h1>{_e(self.title)}</h1>\n{sub}\n{body}\n{foot}\n</body>\n</html>\n")
+        return page(self.title, f"{sub}\n{body}\n{foot}", _CSS)
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the HTML (UTF-8) to ``path``, replacing it atomically; return the absolute path."""
-        from .guards import check_writable, write_atomic
+        from .guards import check_writable  # a probe file: os.access says yes to root
 
         path = check_writable(Path(path).expanduser().resolve())
-        return write_atomic(path, self.to_html().encode("utf-8"))
+        return write_atomic(path, self.to_html())
 
 
 __all__ = ["Block", "Html", "KeyValues", "Report", "Section", "Sparkline", "Table", "Text"]

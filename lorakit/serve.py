@@ -1,4 +1,4 @@
-"""Serving a LoRA adapter: merge/unmerge, save/load, hot-swap, mixed-adapter batches.
+"""Serving a LoRA adapter: merge/unmerge, hot-swap, mixed-adapter batches, latency.
 
 Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
 
@@ -7,9 +7,8 @@ Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
   gives the unmerged model's logits (``MergeCheck``) and raises if not.
 - ``merge_in_place`` / ``unmerge`` ~ ``merge_adapter`` / ``unmerge_adapter``: keep the wrapper;
   explicit, symmetric and guarded (PEFT only warns on a repeat; here a repeat raises).
-- ``save_adapter`` / ``load_adapter`` ~ ``save_pretrained`` / ``PeftModel.from_pretrained`` and
-  ``load_adapter``: the PEFT folder format (adapter_config.json + adapter_model.safetensors),
-  with the adapter's tensor shapes checked against the model *before* anything is loaded.
+- ``save_adapter`` / ``load_adapter`` (lorakit/adapters.py, re-exported here): the PEFT folder
+  format, checked against the model before anything is loaded.
 - ``AdapterBank`` ~ ``load_adapter`` + ``set_adapter`` (hot-swap) and PEFT's mixed-adapter
   batches, ``generate(..., adapter_names=[...])`` ("__base__" = no adapter for that row).
 - ``latency`` times greedy generation (merged vs base vs unmerged LoRA).
@@ -22,28 +21,35 @@ by ≈ 1e-4 whatever the adapter, so tolerances here are relative to the logit s
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .attach import has_adapter, is_peft
+from ._quiet import peft_quiet
+from .adapters import (  # noqa: F401  (re-exported: serve held the adapter files before)
+    BASE,
+    BIN_WEIGHTS_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    SavedAdapter,
+    check_adapter_fits,
+    load_adapter,
+    save_adapter,
+)
+from .attach import _check_rank_and_memory, has_adapter, is_peft, require_peft
+from .guards import Transaction
 from .models import generate_batch, restore_4bit_layout
-
-BASE = "__base__"                      # PEFT's name for "no adapter" in a mixed batch
-CONFIG_NAME = "adapter_config.json"    # = peft.utils.CONFIG_NAME
-WEIGHTS_NAME = "adapter_model.safetensors"  # = peft.utils.SAFETENSORS_WEIGHTS_NAME
-BIN_WEIGHTS_NAME = "adapter_model.bin"      # older PEFT (torch.save) format
+from .naming import tuner_layers
 
 # Merge-check tolerance, relative to the largest |logit| of the unmerged model: rounding
 # W + ΔW to the weight dtype (float32 eps 1.2e-7, bfloat16 eps 7.8e-3) moves the logits by
 # ~3e-6 (fp32), ~3e-3 (fp16) and ~3e-2 (bf16) of their scale on SmolLM2.
+_REQUANTIZED = ".*4-bit linear may get different.*"   # PEFT's warning per re-quantized layer
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -88,16 +94,8 @@ class MergeCheck:
 
 
 # -- merge / unmerge -----------------------------------------------------------------------
-def _require_peft(model, what: str) -> None:
-    if not is_peft(model):
-        raise TypeError(f"{what} expects a PeftModel (from lk.attach or lk.load_adapter), got "
-                        f"{type(model).__name__}")
-
-
 def _lora_layers(peft_model) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.lora import LoraLayer
-
-    return [(n, m) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+    return tuner_layers(peft_model, lora_only=True)
 
 
 def is_merged(peft_model) -> bool:
@@ -117,7 +115,7 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     ``unmerge`` undoes it. Raises ``MergeStateError`` if the model is already merged (PEFT's
     ``merge_adapter`` would only warn). Returns how many layers were merged.
     """
-    _require_peft(peft_model, "merge_in_place")
+    require_peft(peft_model, "merge_in_place")
     if is_merged(peft_model):
         merged = sorted({a for _, m in _lora_layers(peft_model) for a in m.merged_adapters})
         raise MergeStateError(
@@ -131,9 +129,8 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
-    with warnings.catch_warnings():
-        if quantized:  # PEFT warns per layer; merge() reports the measured effect once
-            warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
+    # PEFT warns per layer on a quantized base; merge() reports the measured effect once
+    with peft_quiet(*([_REQUANTIZED] if quantized else [])):
         peft_model.merge_adapter(adapter_names=names)
     return sum(m.merged for _, m in _lora_layers(peft_model))
 
@@ -144,7 +141,7 @@ def unmerge(peft_model) -> int:
     Raises ``MergeStateError`` if nothing is merged. Returns how many layers were unmerged.
     In float32 the base weights come back up to one rounding per element (W + ΔW − ΔW).
     """
-    _require_peft(peft_model, "unmerge")
+    require_peft(peft_model, "unmerge")
     if not is_merged(peft_model):
         raise MergeStateError("nothing to unmerge: the adapter is not merged into the base "
                               "weights (lk.merge_in_place merges it)")
@@ -152,8 +149,7 @@ def unmerge(peft_model) -> int:
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
+    with peft_quiet(_REQUANTIZED):
         peft_model.unmerge_adapter()
     return count
 
@@ -204,7 +200,7 @@ def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | N
     W + ΔW exactly: PEFT dequantizes, adds ΔW and re-quantizes. That is not an error here;
     the logit difference it causes is measured, reported in ``merge_check`` and warned about.
     """
-    _require_peft(peft_model, "merge")
+    require_peft(peft_model, "merge")
     if is_merged(peft_model):
         raise MergeStateError("the adapter is already merged in place (lk.merge_in_place); "
                               "call lk.unmerge(peft_model) first, then lk.merge(peft_model)")
@@ -260,243 +256,6 @@ def _weight_dtype(peft_model) -> torch.dtype:
     if base.weight.is_floating_point():
         return base.weight.dtype
     return getattr(base, "compute_dtype", None) or torch.float32
-
-
-# -- save / load ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SavedAdapter:
-    """What ``save_adapter`` wrote."""
-
-    path: Path
-    bytes: int                  # total size of the files on disk
-    files: tuple[str, ...]      # file names inside ``path``
-
-    @property
-    def megabytes(self) -> float:
-        return self.bytes / 1e6
-
-    def __str__(self) -> str:
-        return f"{self.path} ({', '.join(self.files)}; {self.megabytes:.2f} MB)"
-
-
-def save_adapter(peft_model, directory, adapter: str | None = None, *,
-                 overwrite: bool = False) -> SavedAdapter:
-    """Save one adapter in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
-
-    ``PeftModel.from_pretrained(base, directory)`` and ``lk.load_adapter`` both load it. Only the
-    adapter's own tensors are written (A, B, and DoRA's magnitude vector), never the base.
-    Unlike ``save_pretrained`` a non-default adapter name does not add a sub-folder.
-
-    An existing non-empty folder is refused unless ``overwrite=True``. The files are written to
-    a temporary folder next to it which is then renamed into place, so an interrupted or failed
-    save never leaves a half-written adapter (nor destroys the one that was there).
-    """
-    _require_peft(peft_model, "save_adapter")
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    name = adapter or peft_model.active_adapter
-    if name not in peft_model.peft_config:
-        raise ValueError(f"unknown adapter {name!r}; this model has {list(peft_model.peft_config)}")
-    path = Path(directory).expanduser()
-    if path.is_file():
-        raise ValueError(f"{path} is a file; save_adapter needs a folder path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists and holds {sorted(p.name for p in path.iterdir())[:5]}; "
-            "save_adapter does not replace it: pass overwrite=True, or choose a new folder")
-    from .guards import check_writable
-
-    check_writable(path, "adapter folder")
-    state = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    config = copy.deepcopy(peft_model.peft_config[name])
-    config.inference_mode = True
-    if config.base_model_name_or_path is None:
-        base = peft_model.get_base_model()
-        config.base_model_name_or_path = getattr(base, "name_or_path", None) or None
-    files = (CONFIG_NAME, WEIGHTS_NAME)
-    try:
-        _write_folder_atomically(path, lambda tmp: (
-            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"}),
-            config.save_pretrained(str(tmp))))
-    except OSError as err:
-        raise OSError(f"could not save the adapter to {path}: {err.strerror or err}") from err
-    return SavedAdapter(path, sum((path / f).stat().st_size for f in files), files)
-
-
-def _write_folder_atomically(path: Path, write) -> None:
-    """``write(tmp)`` into a fresh folder beside ``path``, then swap it in by renames."""
-    import shutil
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
-    try:
-        write(tmp)
-        if path.exists():
-            old = path.with_name(f"{tmp.name}.old")
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None and not path.exists():
-            os.replace(old, path)  # put the previous adapter back
-            old = None
-        raise
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors in an adapter file, read without loading the data."""
-    weights = path / WEIGHTS_NAME
-    if weights.exists():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as err:  # SafetensorError: truncated, corrupt header, not safetensors
-            raise ValueError(
-                f"{weights} is not a readable safetensors file ({err}). It is probably "
-                "truncated or corrupt (an interrupted copy or download): save or copy the "
-                "adapter again.") from err
-    legacy = path / BIN_WEIGHTS_NAME
-    if legacy.exists():
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{legacy} cannot be read ({err}); it is probably truncated or "
-                             "corrupt: save or copy the adapter again.") from err
-        return {k: tuple(v.shape) for k, v in state.items()}
-    raise FileNotFoundError(
-        f"no {WEIGHTS_NAME} in {path} (found: {sorted(p.name for p in path.iterdir())}); a PEFT "
-        f"adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-
-
-def _module_dims(module: nn.Module) -> tuple[int, int] | None:
-    """(d_out, d_in) of a Linear-like module (also bitsandbytes' packed ones), or None."""
-    if hasattr(module, "get_base_layer"):
-        module = module.get_base_layer()
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return int(module.out_features), int(module.in_features)
-    if isinstance(module, nn.Embedding):  # lora_embedding_A: (r, num), B: (dim, r)
-        return module.embedding_dim, module.num_embeddings
-    return None
-
-
-def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
-    """Check an adapter folder against ``model`` before loading; return its tensor shapes.
-
-    Raises FileNotFoundError (no folder / no adapter_config.json / no weights), ValueError for
-    a corrupt weights file, for modules the model does not have (an adapter for another
-    architecture) and for shapes that do not match (naming the module and both shapes).
-    """
-    path = Path(directory).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"no adapter folder at {path}")
-    if not (path / CONFIG_NAME).exists():
-        raise FileNotFoundError(
-            f"no {CONFIG_NAME} in {path} (found: {sorted(p.name for p in path.iterdir())}). A "
-            f"PEFT adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}; save one with "
-            "lk.save_adapter(peft_model, folder) or peft_model.save_pretrained(folder).")
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path / CONFIG_NAME} holds a {type(config).__name__}, not the "
-                         "JSON object of a PEFT adapter config")
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise ValueError(f"{path} holds a {config.get('peft_type')!r} adapter; lorakit loads "
-                         "LoRA adapters (peft_type 'LORA')")
-    shapes = _tensor_shapes(path)
-    lora = {k: s for k, s in shapes.items() if ".lora_" in k}
-    if not lora:
-        raise ValueError(f"{path} has no LoRA tensors (lora_A / lora_B); found {list(shapes)[:5]}")
-    from .guards import check_adapter_config
-
-    check_adapter_config(config, path, lora)
-
-    base = model.get_base_model() if is_peft(model) else model
-    modules = dict(base.named_modules())
-    missing, mismatched = [], []
-    for key, shape in lora.items():
-        module_name, _, part = key.removeprefix("base_model.model.").partition(".lora_")
-        module = modules.get(module_name)
-        if module is None:
-            missing.append(module_name)
-            continue
-        dims = _module_dims(module)
-        if dims is None:
-            continue
-        d_out, d_in = dims
-        want = {"A.weight": (1, d_in, "d_in"), "B.weight": (0, d_out, "d_out"),
-                "embedding_A": (1, d_in, "num_embeddings"),
-                "embedding_B": (0, d_out, "embedding_dim"),
-                "magnitude_vector": (0, d_out, "d_out"),
-                "magnitude_vector.weight": (0, d_out, "d_out")}.get(part)
-        if want and (len(shape) <= want[0] or shape[want[0]] != want[1]):
-            mismatched.append((module_name, type(module).__name__, d_out, d_in, part, shape,
-                               want[2]))
-    if missing:
-        names = list(dict.fromkeys(missing))
-        from .attach import find_targets
-
-        raise ValueError(
-            f"this adapter does not fit the model: it has weights for {len(names)} module(s) the "
-            f"model does not have, e.g. {names[0]!r}. It was trained for another architecture "
-            f"(target_modules={config.get('target_modules')}, base model "
-            f"{config.get('base_model_name_or_path')!r}). This model's Linear modules: "
-            f"{find_targets(base).names}")
-    if mismatched:
-        name, kind, d_out, d_in, part, shape, dim = mismatched[0]
-        raise ValueError(
-            f"this adapter does not fit the model: module {name!r} is {kind} with weight shape "
-            f"(d_out, d_in) = ({d_out}, {d_in}) here, but the adapter's lora_{part} has shape "
-            f"{shape}, which needs a different {dim}. The adapter was trained on a model with "
-            f"other layer sizes ({len(mismatched)} tensor(s) do not fit; base model "
-            f"{config.get('base_model_name_or_path')!r}).")
-    return shapes
-
-
-def load_adapter(model, directory, name: str = "default", *, trainable: bool = False):
-    """Load a PEFT-format adapter folder onto ``model`` and return the PeftModel.
-
-    ``model`` is a plain transformers model (a PeftModel is created, like
-    ``PeftModel.from_pretrained``) or a PeftModel (the adapter is added under ``name``, like
-    ``PeftModel.load_adapter``; the active adapter does not change). Works for folders written
-    by ``lk.save_adapter`` and by PEFT's ``save_pretrained``. The folder is checked first
-    (``check_adapter_fits``), so a wrong adapter leaves the model untouched. ``trainable=False``
-    loads it frozen, for inference.
-    """
-    if not isinstance(name, str) or not name or name == BASE:
-        raise ValueError(f"adapter name must be a non-empty string other than {BASE!r}, "
-                         f"got {name!r}")
-    if not is_peft(model) and has_adapter(model):
-        raise ValueError("this model's layers already carry a LoRA adapter: pass the PeftModel "
-                         "(what lk.attach returned) to add another adapter to it")
-    if is_peft(model) and name in model.peft_config:
-        raise ValueError(f"the model already has an adapter named {name!r} (adapters: "
-                         f"{list(model.peft_config)}); choose another name")
-    check_adapter_fits(model, directory)
-    path = str(Path(directory).expanduser())
-    from peft import PeftModel
-
-    from .guards import Transaction
-
-    with Transaction(model), warnings.catch_warnings():  # a failure leaves the model as it was
-        # PEFT compares base_model_name_or_path with the model's and warns on any difference
-        # (e.g. two cache folders of the same model); the shapes were checked above.
-        warnings.filterwarnings("ignore", message=".*base model.*")
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT vs v5
-        if is_peft(model):
-            model.load_adapter(path, adapter_name=name, is_trainable=trainable)
-            return model
-        return PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=trainable)
 
 
 # -- several adapters on one base ------------------------------------------------------------
@@ -577,10 +336,6 @@ class AdapterBank:
         The active adapter does not change (the first one added becomes active). Returns the
         bank's PeftModel.
         """
-        from peft import LoraConfig
-
-        from .settings import LoraSettings
-
         if not isinstance(name, str) or not name or name == BASE:
             raise ValueError(f"adapter name must be a non-empty string other than {BASE!r}, "
                              f"got {name!r}")
@@ -589,39 +344,43 @@ class AdapterBank:
         if isinstance(source, (str, os.PathLike)):
             self.model = load_adapter(self.model or self._base, source, name, trainable=trainable)
         else:
-            from .guards import Transaction
-
-            if isinstance(source, LoraSettings):
-                config = source.to_peft_config()
-            elif isinstance(source, LoraConfig):
-                LoraSettings(r=source.r, alpha=source.lora_alpha)  # the same checks
-                config = copy.deepcopy(source)
-            elif isinstance(source, Mapping):
-                config = LoraSettings(**source).to_peft_config()
-            else:
-                raise TypeError("source must be an adapter folder, LoraSettings, a dict of "
-                                f"LoraSettings fields or a peft LoraConfig, got "
-                                f"{type(source).__name__}")
-            config.inference_mode = not trainable
-            from .attach import _check_rank_and_memory
-
-            targets = config.target_modules
-            _check_rank_and_memory(self._base, LoraSettings(
-                r=config.r, alpha=config.lora_alpha,
-                targets=[targets] if isinstance(targets, str) else sorted(targets or ["q_proj"])),
-                allow_large_r=False)
+            config = self._fresh_config(source, trainable)
             model = self.model
-            try:
-                with Transaction(self.model or self._base), warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            try:  # a failure half-way leaves the bank (and its base) as before the call
+                with Transaction(self.model or self._base), peft_quiet():
                     self._add_fresh(name, config)
             except BaseException:
-                self.model = model  # the bank (and its base) as before the call
+                self.model = model
                 raise
         if self._active == BASE and len(self.names) == 1:
             self._active = name
         self.model.eval()
         return self.model
+
+    def _fresh_config(self, source, trainable: bool):
+        """A checked PEFT ``LoraConfig`` for a fresh adapter (nothing changed yet)."""
+        from peft import LoraConfig
+
+        from .settings import LoraSettings
+
+        if isinstance(source, LoraSettings):
+            config = source.to_peft_config()
+        elif isinstance(source, LoraConfig):
+            LoraSettings(r=source.r, alpha=source.lora_alpha)  # the same checks
+            config = copy.deepcopy(source)
+        elif isinstance(source, Mapping):
+            config = LoraSettings(**source).to_peft_config()
+        else:
+            raise TypeError("source must be an adapter folder, LoraSettings, a dict of "
+                            f"LoraSettings fields or a peft LoraConfig, got "
+                            f"{type(source).__name__}")
+        config.inference_mode = not trainable
+        targets = config.target_modules
+        _check_rank_and_memory(self._base, LoraSettings(
+            r=config.r, alpha=config.lora_alpha,
+            targets=[targets] if isinstance(targets, str) else sorted(targets or ["q_proj"])),
+            allow_large_r=False)
+        return config
 
     def _add_fresh(self, name: str, config) -> None:
         from peft import get_peft_model

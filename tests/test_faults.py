@@ -144,10 +144,10 @@ BAD_ATTACH = [
     ("r=0", dict(r=0), "r \\(rank\\) must be a positive integer"),
     ("r=2.5", dict(r=2.5), "r \\(rank\\) must be a positive integer"),
     ("r=True", dict(r=True), "r \\(rank\\) must be a positive integer"),
-    ("alpha=inf", dict(alpha=float("inf")), "alpha must be a number > 0 and finite"),
-    ("alpha=nan", dict(alpha=float("nan")), "alpha must be a number > 0 and finite"),
+    ("alpha=inf", dict(alpha=float("inf")), "alpha must be a finite number > 0"),
+    ("alpha=nan", dict(alpha=float("nan")), "alpha must be a finite number > 0"),
     ("alpha=1e40", dict(alpha=1e40), "alpha=1e\\+40 is too large"),
-    ("alpha=-1", dict(alpha=-1), "alpha must be a number > 0"),
+    ("alpha=-1", dict(alpha=-1), "alpha must be a finite number > 0"),
     ("dropout=1.0", dict(dropout=1.0), "dropout must be in \\[0, 1\\)"),
     ("targets=[]", dict(targets=[]), "targets must be a non-empty list"),
     ("targets=['nope']", dict(targets=["nope"]), "no Linear module matches"),
@@ -448,8 +448,8 @@ def test_bank_add_duplicate(pm):
     assert_intact(pm, before)
 
 
-@case("AdapterBank.add(name, {'alpha': inf})", "ValueError: alpha must be a number > 0 and "
-      "finite", "bank and model untouched")
+@case("AdapterBank.add(name, {'alpha': inf})", "ValueError: alpha must be a finite number > 0",
+      "bank and model untouched")
 def test_bank_add_infinite_alpha(pm):
     bank = lk.AdapterBank(pm)
     before = snap(pm)
