@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .attach import attach, attach_adalora, detach, is_adalora
 from .data import IGNORE_INDEX, Task
+from .distributed import runner as _runner
 from .models import restore_4bit_layout
 
 
@@ -174,10 +175,13 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     base_lrs = [g["lr"] for g in groups]
     result = TrainResult(steps_planned=steps)
     batches = task.batches(tok, batch_size, seed=seed)
+    run = _runner(model, optimizer, batch_size, device)  # several processes: accelerate (distributed.py)
+    optimizer = run.optimizer
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, desc=f"training {task.name}", disable=not progress, leave=True)
+    bar = tqdm(total=steps, desc=f"training {task.name}", disable=not progress or not run.is_main,
+               leave=True)
     step, loss_value = 0, None
     offset = (recorder.last_step or 0) if recorder is not None else 0
     if recorder is not None and recorder.last_step is None:
@@ -192,14 +196,14 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                 factor = _lr_factor(step - 1, steps, warmup)
                 for g, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
                     g["lr"] = base_lr * factor
-                batch = {k: v.to(device) for k, v in next(batches).items()}
-                loss = answer_loss(model, batch)
-                loss_value = loss.item()
+                global_batch = next(batches)
+                batch = run.batch(global_batch, device)  # this rank's rows of the global batch
+                loss, loss_value, n_tokens = run.loss(batch, global_batch)
                 if not math.isfinite(loss_value):
                     raise _diverged(step, f"loss is {loss_value}", lr, result)
-                loss.backward()
+                run.backward(loss)
                 if max_grad_norm is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    norm = run.clip(params, max_grad_norm)
                     if not torch.isfinite(norm):
                         raise _diverged(step, "the gradient is not finite", lr, result)
                 optimizer.step()
@@ -208,7 +212,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                 optimizer.zero_grad(set_to_none=True)
                 result.losses.append(loss_value)
                 result.lrs.append(lr * factor)
-                result.tokens.append(int(batch["attention_mask"].sum()))
+                result.tokens.append(n_tokens)
                 result.step_times.append(time.perf_counter() - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -225,7 +229,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
         bar.close()
         if recorder is not None and result.steps_done:
             recorder.on_end(offset + result.steps_done, result.losses[-1])
-    return result
+    return run.finish(result)
 
 
 def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFiniteLossError:

@@ -1,0 +1,182 @@
+"""lorakit on 2 CPU processes (gloo, loopback): the Recorder under FSDP2 and DDP records what one
+process records, only rank 0 keeps frames, ``lk.train`` under torchrun follows the one-process
+loss curve, ``accelerate launch -m lorakit train`` works, and bad input fails on every rank
+instead of hanging. One torchrun launch runs all 2-process scenarios
+(tests/distributed_worker.py); the references are computed here, in one process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lorakit as lk
+from lorakit.distributed import factor_kind
+from lorakit.record import Recording
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300   # a hang fails the test instead of blocking CI
+
+_spec = importlib.util.spec_from_file_location("distributed_worker",
+                                               ROOT / "tests" / "distributed_worker.py")
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch built without torch.distributed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MASTER_ADDR": "127.0.0.1"}
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The worker's outputs: (folder, {rank: report})."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                str(ROOT / "tests" / "distributed_worker.py"), str(out)])
+    reports = {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    assert sorted(reports) == [0, 1], proc.stderr[-3000:]
+    return out, reports
+
+
+@pytest.fixture(scope="module")
+def one_process_recording():
+    """The hand-written loop of the worker in this one process: same data, seed, global batch."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pm = worker.tiny_peft()
+        rec = lk.Recorder(pm, every=1)
+        worker.run_loop(pm, rec)
+    finally:
+        torch.set_num_threads(n)
+    return rec.recording
+
+
+def assert_recordings_equal(got: Recording, want: Recording, atol: float = 1e-5):
+    assert got.steps == want.steps and got.modules == want.modules
+    assert [v is None for v in got.losses] == [v is None for v in want.losses]
+    assert [v for v in got.losses if v is not None] == pytest.approx(
+        [v for v in want.losses if v is not None], abs=atol, rel=atol)
+    for name in want.modules:
+        g, w = got.frames(name), want.frames(name)
+        assert g.meta() == w.meta()
+        for key, t in w.tensors().items():
+            torch.testing.assert_close(g.tensors()[key].float(), t.float(), atol=atol, rtol=0,
+                                       msg=f"{name}.{key}")
+
+
+@pytest.mark.parametrize("scheme", ["fsdp2", "ddp"])
+def test_rank0_recording_equals_one_process(two_ranks, one_process_recording, scheme):
+    out, reports = two_ranks
+    got = Recording.load(out / f"{scheme}.safetensors")
+    assert len(got) == worker.STEPS + 1
+    assert_recordings_equal(got, one_process_recording)
+    # the factors really moved (a frozen adapter would also "match")
+    assert float(got.get("q_proj", layer=0).norm_delta[-1]) > 0
+    assert reports[0][f"{scheme}_frames"] == worker.STEPS + 1
+    assert reports[1][f"{scheme}_frames"] == 0          # other ranks hold no frames
+    if scheme == "fsdp2":   # the factors were really sharded DTensors
+        assert reports[0]["fsdp2_dtensor"] == "DTensor"
+
+
+def test_recorder_made_after_sharding_reads_the_same(two_ranks):
+    out, _ = two_ranks
+    late = Recording.load(out / "fsdp2_late.safetensors")
+    full = Recording.load(out / "fsdp2.safetensors")
+    assert late.steps == [worker.STEPS]
+    for name in full.modules:
+        for key, t in full.frames(name).tensors().items():
+            assert torch.equal(late.frames(name).tensors()[key][0], t[-1]), f"{name}.{key}"
+
+
+def test_modules_differing_between_ranks_raise_on_every_rank(two_ranks):
+    _, reports = two_ranks
+    for rank in (0, 1):
+        err = reports[rank]["names_error"]
+        assert err is not None and "different modules on different ranks" in err
+        assert "layers.1.q_proj" in err
+
+
+def test_lk_train_two_processes_follows_one_process(two_ranks, tokenizer, one_thread):
+    """Same global batch of 4 (2 rows per rank): loss curve within 1e-5 relative, same tokens."""
+    out, reports = two_ranks
+    tok = tokenizer
+    pm = worker.tiny_peft(len(tok), tok.pad_token_id)
+    rec = lk.Recorder(pm, every=2)
+    with one_thread():
+        res = lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=worker.TRAIN_STEPS, lr=3e-3,
+                       batch_size=4, recorder=rec, progress=False)
+    r0, r1 = reports[0]["train"], reports[1]["train"]
+    assert r0["losses"] == pytest.approx(res.losses, rel=1e-5)
+    assert r0["tokens"] == res.tokens and r0["lrs"] == pytest.approx(res.lrs)
+    assert r0 == {**r1, "frames": r0["frames"]}   # the same TrainResult on every rank
+    assert r0["frames"] == len(rec) and r1["frames"] == 0
+    assert_recordings_equal(Recording.load(out / "train.safetensors"), rec.recording)
+
+
+def test_batch_not_divisible_by_world_refused_before_training(two_ranks):
+    _, reports = two_ranks
+    for rank in (0, 1):
+        rep = reports[rank]
+        assert "batch_size=3" in rep["batch_error"] and "divisible" in rep["batch_error"]
+        assert rep["batch_error_unchanged"] is True          # no step was taken
+        assert rep["batch_error_recorder_steps"] is None     # nothing recorded
+
+
+# --------------------------------------------------------------------------- unreadable layouts
+
+
+def test_factor_kind_refuses_layouts_it_cannot_read():
+    w = torch.zeros(4, 64)
+    assert factor_kind(w, (4, 64), "x") == "local"
+    assert factor_kind(torch.zeros(128), (4, 64), "x") == "fsdp1"
+    zero3 = torch.nn.Parameter(torch.empty(0))
+    zero3.ds_id = 7    # what DeepSpeed ZeRO-3 leaves on a partitioned parameter
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3.*Supported: one process, DDP"):
+        factor_kind(zero3, (4, 64), "layers.0.q_proj.lora_A")
+    with pytest.raises(ValueError, match=r"shape \(2, 64\).*\(4, 64\).*cannot read"):
+        factor_kind(torch.zeros(2, 64), (4, 64), "x")
+
+
+def test_unreadable_layout_raises_before_recording(monkeypatch):
+    pm = worker.tiny_peft()
+    rec = lk.Recorder(pm)
+    layer = pm.base_model.model.model.layers[0].self_attn.q_proj
+    monkeypatch.setattr(layer.lora_B["default"].weight, "ds_id", 3, raising=False)
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        rec.on_step(0, None)
+    assert len(rec) == 0 and rec.last_step is None
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from lorakit.models import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir(progress=False))
