@@ -14,10 +14,10 @@ one process, DDP            the full (r, d_in) tensor on every rank    rank 0 re
 FSDP2 (``fully_shard``)     a ``DTensor``, one row block per rank      ``DTensor.full_tensor()``:
                                                                        an all-gather every rank
                                                                        joins
-FSDP1 (``FullyShared-       a 1-D view of this rank's piece of the     ``summon_full_params`` of
-DataParallel``, as          unit's flat parameter (or empty)           the innermost FSDP unit
-accelerate configures it,                                              holding it (``recurse=
-``use_orig_params=True``)                                              False``), every rank
+FSDP1 (``FullyShared-       a 1-D view of this rank's piece of the     the pieces all-gathered
+DataParallel``, as          unit's flat parameter (or empty)           and concatenated in rank
+accelerate configures it,                                              order (two collectives
+``use_orig_params=True``)                                              per recorded step)
 DeepSpeed ZeRO-3            an empty placeholder with ``ds_id``        not read: a clear error
 ==========================  ========================================  ===========================
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import torch
 from torch import nn
@@ -182,31 +181,67 @@ def read_factors(model: nn.Module, targets, adapter: str, step: int,
                        t.layer.lora_B[adapter].weight.detach())
         return
     check_same_everywhere(step, [t.name for t in targets])
-    units = _fsdp1_units(model) if any("fsdp1" in k for k in plan) else {}
+    flat = [(t, i) for t, kinds in zip(targets, plan, strict=True)
+            for i, kind in enumerate(kinds) if kind == "fsdp1"]
+    gathered = _gather_fsdp1(model, flat, adapter) if flat else {}
     for t, kinds in zip(targets, plan, strict=True):
-        with ExitStack() as stack:
-            for kind, part in zip(kinds, (t.layer.lora_A[adapter], t.layer.lora_B[adapter]),
-                                  strict=True):
-                if kind == "fsdp1":
-                    unit = units.get(id(part))
-                    if unit is None:
-                        raise ValueError(
-                            f"{t.name}: its LoRA factors are flattened by FSDP1 but no "
-                            f"FullyShardedDataParallel unit inside the model given to the "
-                            f"Recorder holds them. Make the Recorder from the model before "
-                            f"wrapping, and wrap it with an auto_wrap_policy (accelerate's "
-                            f"TRANSFORMER_BASED_WRAP does) so the layers get their own units.")
-                    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-                    stack.enter_context(FSDP.summon_full_params(
-                        unit, recurse=False, writeback=False, with_grads=False))
-            A = _full(t.layer.lora_A[adapter].weight)
-            B = _full(t.layer.lora_B[adapter].weight)
-            yield (A.detach(), B.detach()) if keep else None
+        factors = []
+        for i, kind in enumerate(kinds):
+            w = (t.layer.lora_A, t.layer.lora_B)[i][adapter].weight
+            if kind == "dtensor":
+                w = w.full_tensor()                        # an all-gather every rank joins
+            elif kind == "fsdp1":
+                w = gathered[(id(t), i)]
+            factors.append(w.detach())
+        yield tuple(factors) if keep else None
 
 
-def _full(w: torch.Tensor) -> torch.Tensor:
-    return w.full_tensor() if _is_dtensor(w) else w
+def _gather_fsdp1(model: nn.Module, flat, adapter: str) -> dict:
+    """Full FSDP1 factors from every rank's flat piece: {(id(target), 0 for A / 1 for B): tensor}.
+
+    With ``use_orig_params=True`` FSDP1 leaves on each rank a 1-D view of the part of the
+    parameter inside that rank's contiguous shard of the unit's flat parameter (empty when
+    none is). Shards follow rank order, so the pieces concatenated in rank order are the
+    flattened parameter. Two collectives for all factors: the piece sizes, then the pieces
+    (padded to the longest). No unit is unsharded (the frozen base weights stay sharded).
+    """
+    import torch.distributed as dist
+
+    units = _fsdp1_units(model)
+    groups = {id(getattr(units.get(id((t.layer.lora_A, t.layer.lora_B)[i][adapter])),
+                         "process_group", None)) for t, i in flat}
+    unit = units.get(id(flat[0][0].layer.lora_A[adapter]))
+    group = getattr(unit, "process_group", None) if len(groups) == 1 else None
+    pieces = [(t.layer.lora_A, t.layer.lora_B)[i][adapter].weight.detach().reshape(-1)
+              for t, i in flat]
+    device = pieces[0].device
+    size = dist.get_world_size(group)
+    sizes = torch.tensor([p.numel() for p in pieces], dtype=torch.long, device=device)
+    all_sizes = [torch.empty_like(sizes) for _ in range(size)]
+    dist.all_gather(all_sizes, sizes, group=group)
+    longest = max(int(s.sum()) for s in all_sizes)
+    buf = torch.zeros(longest, dtype=pieces[0].dtype, device=device)
+    mine = torch.cat(pieces)
+    buf[:mine.numel()] = mine
+    bufs = [torch.empty_like(buf) for _ in range(size)]
+    dist.all_gather(bufs, buf, group=group)
+    out = {}
+    for k, (t, i) in enumerate(flat):
+        parts = []
+        for rank_sizes, rank_buf in zip(all_sizes, bufs, strict=True):
+            start = int(rank_sizes[:k].sum())
+            parts.append(rank_buf[start:start + int(rank_sizes[k])])
+        r, d_in, d_out = t.shape
+        shape = (r, d_in) if i == 0 else (d_out, r)
+        full = torch.cat(parts)
+        if full.numel() != shape[0] * shape[1]:
+            raise ValueError(
+                f"{t.name}.{('lora_A', 'lora_B')[i]}: the FSDP1 pieces of the ranks add up to "
+                f"{full.numel()} values, not {shape[0]}·{shape[1]}: a sharding lorakit cannot "
+                f"read (e.g. hybrid sharding with the FSDP root outside the model given to the "
+                f"Recorder). Supported: {SUPPORTED}.")
+        out[(id(t), i)] = full.reshape(shape)
+    return out
 
 
 # --------------------------------------------------------------------------- training

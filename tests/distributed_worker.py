@@ -3,6 +3,7 @@ every 2-process scenario in one process group (torch's import costs seconds per 
 
   fsdp2  a tiny Llama + lorakit adapter, ``fully_shard`` on each decoder layer and the root,
          a Recorder made BEFORE sharding, a few AdamW steps, ``on_step`` after each;
+  fsdp1  the same with ``FullyShardedDataParallel`` (one unit per decoder layer);
   ddp    the same model wrapped in ``DistributedDataParallel``;
   train  ``lk.train`` (accelerate, DDP) on iso_dates with a Recorder;
   bad    a Recorder naming other modules on rank 1 than on rank 0 (under FSDP2), and
@@ -108,6 +109,26 @@ def main(out: Path) -> None:
         report["names_error"] = None
     except ValueError as err:
         report["names_error"] = str(err)
+
+    # (a') FSDP1 as accelerate's TRANSFORMER_BASED_WRAP sets it up (use_orig_params=True)
+    import functools
+
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    pm = tiny_peft()
+    rec = lk.Recorder(pm, every=1)
+    policy = functools.partial(transformer_auto_wrap_policy,
+                               transformer_layer_cls={LlamaDecoderLayer})
+    fsdp1 = FullyShardedDataParallel(pm, auto_wrap_policy=policy, use_orig_params=True,
+                                     device_id=torch.device("cpu"))
+    report["fsdp1_piece"] = list(pm.base_model.model.model.layers[0].self_attn.q_proj
+                                 .lora_A["default"].weight.shape)
+    run_loop(fsdp1, rec, rank, world)
+    report["fsdp1_frames"] = len(rec)
+    if rank == 0:
+        rec.recording.save(out / "fsdp1.safetensors")
 
     # (b) DDP
     pm = tiny_peft()

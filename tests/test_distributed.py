@@ -90,7 +90,7 @@ def assert_recordings_equal(got: Recording, want: Recording, atol: float = 1e-5)
                                        msg=f"{name}.{key}")
 
 
-@pytest.mark.parametrize("scheme", ["fsdp2", "ddp"])
+@pytest.mark.parametrize("scheme", ["fsdp2", "fsdp1", "ddp"])
 def test_rank0_recording_equals_one_process(two_ranks, one_process_recording, scheme):
     out, reports = two_ranks
     got = Recording.load(out / f"{scheme}.safetensors")
@@ -102,6 +102,9 @@ def test_rank0_recording_equals_one_process(two_ranks, one_process_recording, sc
     assert reports[1][f"{scheme}_frames"] == 0          # other ranks hold no frames
     if scheme == "fsdp2":   # the factors were really sharded DTensors
         assert reports[0]["fsdp2_dtensor"] == "DTensor"
+    if scheme == "fsdp1":   # ... or really flat pieces: A (4 × 64) split over the two ranks
+        assert sum(reports[r]["fsdp1_piece"][0] for r in (0, 1)) == 4 * 64
+        assert all(len(reports[r]["fsdp1_piece"]) == 1 for r in (0, 1))
 
 
 def test_recorder_made_after_sharding_reads_the_same(two_ranks):
