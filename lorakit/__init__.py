@@ -4,9 +4,8 @@
 plotly or ipywidgets; figures and widgets load them when first used.
 """
 
-from . import data as tasks
+from . import tasks
 from .attach import attach, attach_adalora, detach, find_targets
-from .data import Task
 from .models import generate, load_model
 from .params import (
     BUILTIN_CONFIGS,
@@ -20,13 +19,15 @@ from .params import (
 )
 from .record import Recorder, Recording
 from .settings import LoraSettings
+from .tasks import Task
 from .train import NonFiniteLossError, TrainResult, compare_variants, train
 
 __version__ = "0.1.0"
 
 # View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
-_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli"}
+_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli", "tour",
+                 "experiments", "adapters"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",

@@ -45,7 +45,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .data import IGNORE_INDEX
+from .tasks import IGNORE_INDEX
 
 SUPPORTED = "one process, DDP, FSDP2 (fully_shard) or FSDP1 (FullyShardedDataParallel)"
 

@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from .attach import attach, attach_adalora, detach, is_adalora
-from .data import IGNORE_INDEX, Task
 from .distributed import runner as _runner
 from .models import restore_4bit_layout
+from .naming import is_lora_B_param
+from .settings import TrainSettings
+from .tasks import IGNORE_INDEX, Task
 
 
 @dataclass
@@ -107,8 +109,8 @@ def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float |
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not loraplus_ratio:
         return [{"params": [p for _, p in named], "lr": lr, "weight_decay": weight_decay}]
-    b = [p for n, p in named if "lora_B" in n]
-    rest = [p for n, p in named if "lora_B" not in n]
+    b = [p for n, p in named if is_lora_B_param(n)]
+    rest = [p for n, p in named if not is_lora_B_param(n)]
     return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
             {"params": b, "lr": lr * loraplus_ratio, "weight_decay": weight_decay}]
 
@@ -121,18 +123,16 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 1.0 - 0.9 * frac
 
 
-def _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm):
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0 (e.g. 2e-3), got {lr!r}")
-    if loraplus_ratio is not None and not loraplus_ratio > 0:
-        raise ValueError(f"loraplus_ratio must be > 0 (LoRA+ suggests 16), got {loraplus_ratio!r}")
-    if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
-        raise ValueError(f"warmup must be an integer ≥ 0, got {warmup!r}")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+def _check_trainable(model, task) -> list[torch.nn.Parameter]:
+    """The model's trainable parameters; raises when there are none or ``task`` is no Task."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: attach an adapter first, "
+                         "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
+                        f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    return params
 
 
 def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size: int = 8, *,
@@ -145,44 +145,37 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     Args:
         model: a PeftModel from ``lk.attach`` (any model with trainable parameters works).
         tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
-        steps, lr, batch_size: optimizer steps, peak AdamW learning rate, examples per step.
+        steps, lr, batch_size, loraplus_ratio, weight_decay, max_grad_norm, warmup, seed: see
+            ``TrainSettings`` (help per field; ``lk.train(..., **settings.kwargs())``).
         recorder: an ``lk.Recorder``; gets ``on_step(0, None)`` before training,
             ``on_step(step, loss)`` after each step and ``on_end(step, loss)`` at the end.
             A recorder that already holds frames (a second ``train`` call to train longer)
             continues its step count instead of starting again at 0.
         callbacks: called with a ``StepInfo`` after each step; a truthy return stops training.
-        loraplus_ratio: LoRA+ — B's learning rate is this multiple of A's (paper: 16).
-        max_grad_norm: gradient clipping (None disables it). warmup: warm-up steps
-            (default: 10% of steps, at most 10). seed: data order and dropout.
         progress: show a tqdm progress bar with the live loss.
 
     Returns:
         ``TrainResult`` (losses, lrs, step times, tokens/s); the model is left in eval mode.
     """
-    _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: attach an adapter first, "
-                         "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])")
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
-                        f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
-    warmup = min(10, steps // 10) if warmup is None else warmup
+    s = TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio,
+                      weight_decay=weight_decay, max_grad_norm=max_grad_norm, warmup=warmup,
+                      seed=seed)
+    params = _check_trainable(model, task)
     adalora = is_adalora(model)
-    device = params[0].device
-    groups = _param_groups(model, lr, weight_decay, loraplus_ratio)
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    base_lrs = [g["lr"] for g in groups]
-    result = TrainResult(steps_planned=steps)
-    batches = task.batches(tok, batch_size, seed=seed)
-    run = _runner(model, optimizer, batch_size, device)  # several processes: accelerate (distributed.py)
+    groups = _param_groups(model, s.lr, s.weight_decay, s.loraplus_ratio)
+    optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+    for g in optimizer.param_groups:  # the peak learning rate of each group (as torch's schedulers)
+        g.setdefault("initial_lr", g["lr"])
+    result = TrainResult(steps_planned=s.steps)
+    batches = task.batches(tok, s.batch_size, seed=s.seed)
+    # several processes: accelerate, each rank its rows of the global batch (distributed.py)
+    run = _runner(model, optimizer, s.batch_size, params[0].device)
     optimizer = run.optimizer
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, desc=f"training {task.name}", disable=not progress or not run.is_main,
+    bar = tqdm(total=s.steps, desc=f"training {task.name}", disable=not progress or not run.is_main,
                leave=True)
-    step, loss_value = 0, None
     offset = (recorder.last_step or 0) if recorder is not None else 0
     if recorder is not None and recorder.last_step is None:
         recorder.on_step(0, None)
@@ -190,35 +183,14 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     model.train()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for step in range(1, steps + 1):
-                t0 = time.perf_counter()
-                factor = _lr_factor(step - 1, steps, warmup)
-                for g, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                    g["lr"] = base_lr * factor
-                global_batch = next(batches)
-                batch = run.batch(global_batch, device)  # this rank's rows of the global batch
-                loss, loss_value, n_tokens = run.loss(batch, global_batch)
-                if not math.isfinite(loss_value):
-                    raise _diverged(step, f"loss is {loss_value}", lr, result)
-                run.backward(loss)
-                if max_grad_norm is not None:
-                    norm = run.clip(params, max_grad_norm)
-                    if not torch.isfinite(norm):
-                        raise _diverged(step, "the gradient is not finite", lr, result)
-                optimizer.step()
-                if adalora:  # prune singular values by their importance (needs the gradients)
-                    model.base_model.update_and_allocate(step)
-                optimizer.zero_grad(set_to_none=True)
-                result.losses.append(loss_value)
-                result.lrs.append(lr * factor)
-                result.tokens.append(n_tokens)
-                result.step_times.append(time.perf_counter() - t0)
+            torch.manual_seed(s.seed)
+            for step in range(1, s.steps + 1):
+                info = _step(model, optimizer, params, next(batches), step, s, result, adalora,
+                             run)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+                bar.set_postfix(loss=f"{info.loss:.4f}")
                 if recorder is not None:
-                    recorder.on_step(offset + step, loss_value)
-                info = StepInfo(step, steps, loss_value, lr * factor, model)
+                    recorder.on_step(offset + step, info.loss)
                 if any([cb(info) for cb in callbacks]):
                     break
     except KeyboardInterrupt:
@@ -230,6 +202,33 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
         if recorder is not None and result.steps_done:
             recorder.on_end(offset + result.steps_done, result.losses[-1])
     return run.finish(result)
+
+
+def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
+          result: TrainResult, adalora: bool, run) -> StepInfo:
+    """One optimizer step (1-based ``step``) on the global ``batch``; appends to ``result``."""
+    t0 = time.perf_counter()
+    factor = _lr_factor(step - 1, s.steps, s.warmup_steps)
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    mine = run.batch(batch, params[0].device)  # this rank's rows (all of them in one process)
+    loss, loss_value, n_tokens = run.loss(mine, batch)
+    if not math.isfinite(loss_value):
+        raise _diverged(step, f"loss is {loss_value}", s.lr, result)
+    run.backward(loss)
+    if s.max_grad_norm is not None:
+        norm = run.clip(params, s.max_grad_norm)
+        if not torch.isfinite(norm):
+            raise _diverged(step, "the gradient is not finite", s.lr, result)
+    optimizer.step()
+    if adalora:  # prune singular values by their importance (needs the gradients)
+        model.base_model.update_and_allocate(step)
+    optimizer.zero_grad(set_to_none=True)
+    result.losses.append(loss_value)
+    result.lrs.append(s.lr * factor)
+    result.tokens.append(n_tokens)
+    result.step_times.append(time.perf_counter() - t0)
+    return StepInfo(step, s.steps, loss_value, s.lr * factor, model)
 
 
 def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFiniteLossError:
@@ -274,7 +273,7 @@ def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_N
     if unknown or not variants:
         raise ValueError(f"unknown variants {unknown or list(variants)}; choose from "
                          f"{', '.join(VARIANT_NAMES)}")
-    _check(steps, lr, batch_size, loraplus_ratio, None, 1.0)
+    TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio)
     results = []
     for name in variants:
         if name == "adalora":

@@ -68,7 +68,7 @@ import lorakit as lk
 from . import figures
 from .attach import has_adapter, is_peft, settings_of
 from .params import ParamCounts, TypeCount
-from .settings import VARIANTS, LoraSettings, check_choice, help_text
+from .settings import VARIANTS, LoraSettings, TrainSettings, check_choice, help_text
 
 DisplayMode = Literal["auto", "widget", "static"]
 DISPLAY_MODES: tuple[str, ...] = get_args(DisplayMode)
@@ -618,14 +618,13 @@ class TrainPanel(_Panel):
 
         self.steps_text = _tooltip(W.BoundedIntText(
             value=steps, min=1, max=100_000, description="steps", style=_wide(),
-            layout=W.Layout(width="11em")), "Optimizer steps to run.")
+            layout=W.Layout(width="11em")), help_text(TrainSettings, "steps"))
         self.lr_text = _tooltip(W.BoundedFloatText(
             value=lr, min=1e-7, max=1.0, step=1e-4, description="lr", style=_wide(),
-            layout=W.Layout(width="11em")), "Peak AdamW learning rate (linear warm-up, then "
-                                            "decay to 10%). LoRA usually likes 1e-4 … 3e-3.")
+            layout=W.Layout(width="11em")), help_text(TrainSettings, "lr"))
         self.batch_text = _tooltip(W.BoundedIntText(
             value=batch_size, min=1, max=256, description="batch", style=_wide(),
-            layout=W.Layout(width="10em")), "Examples per optimizer step.")
+            layout=W.Layout(width="10em")), help_text(TrainSettings, "batch_size"))
         self.accuracy_box = _tooltip(W.Checkbox(
             value=measure_accuracy, description="accuracy before/after", indent=False,
             layout=W.Layout(width="auto")),
@@ -681,6 +680,12 @@ class TrainPanel(_Panel):
     def loss_figure(self):
         """The loss chart: the live FigureWidget ("widget") or the last go.Figure shown."""
         return self.loss_view.widget if self.display_mode == "widget" else self.loss_view.figure
+
+    @property
+    def settings(self) -> TrainSettings:
+        """The ``TrainSettings`` the controls show (validated: a bad value raises here)."""
+        return TrainSettings(steps=self.steps_text.value, lr=self.lr_text.value,
+                             batch_size=self.batch_text.value)
 
     @property
     def evolution_figure(self) -> go.Figure | None:
@@ -755,8 +760,8 @@ class TrainPanel(_Panel):
                 self.recorder = lk.Recorder(self.peft_model)
             self.status.value = f"training {steps} steps…"
             self.result = lk.train(
-                self.peft_model, self.tok, self.task, steps=steps, lr=self.lr_text.value,
-                batch_size=self.batch_text.value, recorder=self.recorder,
+                self.peft_model, self.tok, self.task, **self.settings.kwargs(),
+                recorder=self.recorder,
                 callbacks=[self._on_step, *self.callbacks, self._stop_requested],
                 progress=False)
             done = self.result.steps_done
@@ -809,7 +814,7 @@ class TrainPanel(_Panel):
         if self.recorder is None or not len(self.recorder) or not self.module_dropdown.value:
             return
         self.evolution_view.show(figures.matrix_evolution(
-            self.recorder.recording, self.module_dropdown.value,
+            self.recorder.to_recording(), self.module_dropdown.value,
             which=self.which_buttons.value))
 
     def __repr__(self) -> str:
