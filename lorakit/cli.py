@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
             "HTML report with the wall time of each phase."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flags(tour, TourSettings)
+    from .train_cli import add_parser as add_train
+
+    add_train(sub)   # lorakit train (lorakit/train_cli.py)
     return parser
 
 
@@ -75,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:   # --help/--version (0) or a usage error (2, message printed)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    if args.command == "train":
+        from .train_cli import main as train_main
+
+        return train_main(args, parser)
     if args.command == "tour":
         options = {k: v for k, v in vars(args).items() if k != "command"}
         options["prompts"] = tuple(options.get("prompts", ()))

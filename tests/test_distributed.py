@@ -183,3 +183,69 @@ def tokenizer():
     from lorakit.models import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(embedded_model_dir(progress=False))
+
+
+# --------------------------------------------------------------------------- lorakit train
+
+
+def test_accelerate_launch_lorakit_train(tmp_path, tokenizer, one_thread):
+    """``accelerate launch -m lorakit train`` on 2 CPU processes (a tiny random model saved
+    here, the embedded SmolLM2's tokenizer) follows the same command in one process."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorakit.settings import TrainSettings
+    from lorakit.train_cli import TrainCommand, run_train
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer),
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    flags = ["--task", "iso_dates", "--model", str(tmp_path / "model"), "--steps", "3",
+             "--batch-size", "4", "--lr", "3e-3", "--eval-n", "4", "--record-every", "1"]
+    # accelerate 1.x: --multi_gpu selects its torchrun launcher; ACCELERATE_USE_CPU keeps it on
+    # the CPU (gloo), as in tests/test_record.py
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+           "--main_process_port", str(free_port()), "-m", "lorakit", "train", *flags,
+           "--threads", "1", "--out", str(tmp_path / "out")]
+    env = {**launch_env(), "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "2 process(es), global batch 4 (2 per process)" in proc.stdout
+    got = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert got["world_size"] == 2 and got["steps_done"] == 3 and got["frames"] == 4
+    assert 0 <= got["accuracy"] <= 1
+    assert len(Recording.load(tmp_path / "out" / "recording.safetensors")) == 4
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+
+    with one_thread():   # the same command in this one process
+        ref = run_train(TrainCommand(task="iso_dates", model=str(tmp_path / "model"), eval_n=0),
+                        TrainSettings(steps=3, batch_size=4, lr=3e-3), log=lambda _: None)
+    assert ref["world_size"] == 1
+    assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)
+    assert got["tokens"] == ref["tokens"]
+
+
+def test_train_command_refuses_bad_input(tmp_path, capsys):
+    from lorakit.cli import main
+    from lorakit.train_cli import read_pairs
+
+    assert main(["train", "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no data file" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "0"]) == 2
+    assert "must be a positive integer" in capsys.readouterr().err
+    good = tmp_path / "pairs.jsonl"
+    good.write_text('{"prompt": "a", "answer": "b"}\n')
+    assert main(["train", "--task", "iso_dates", "--data", str(good)]) == 2
+    assert "--task or --data, not both" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: expected"):
+        read_pairs(bad)
+    bad.write_text('{"prompt": "a", "answer": "b"}\nnot json\n')
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert "line 2: not JSON" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()      # refused before loading or writing anything
