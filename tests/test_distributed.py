@@ -249,3 +249,23 @@ def test_train_command_refuses_bad_input(tmp_path, capsys):
     assert main(["train", "--data", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert "line 2: not JSON" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()      # refused before loading or writing anything
+
+
+@pytest.mark.gpu
+def test_example_qlora_fsdp_on_cuda(tmp_path):
+    """examples/trl_sft_fsdp.py: TRL SFTTrainer + Recorder callback, QLoRA (NF4) base under
+    accelerate FSDP2 on every visible GPU (make gpu-check)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--num_processes", str(torch.cuda.device_count()), "--num_machines", "1",
+           "--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy",
+           "TRANSFORMER_BASED_WRAP", "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer",
+           "--mixed_precision", "bf16", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(ROOT / "examples" / "trl_sft_fsdp.py"),
+           "--quantize", "nf4", "--steps", "3", "--out", str(tmp_path)]
+    env = {k: v for k, v in launch_env().items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fsdp"] and summary["frames"] == 4 and summary["steps"] == [0, 1, 2, 3]
+    assert len(Recording.load(tmp_path / "recording.safetensors")) == 4
