@@ -269,3 +269,18 @@ def test_example_qlora_fsdp_on_cuda(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["fsdp"] and summary["frames"] == 4 and summary["steps"] == [0, 1, 2, 3]
     assert len(Recording.load(tmp_path / "recording.safetensors")) == 4
+
+
+def test_train_command_flags_come_from_the_settings(capsys):
+    from dataclasses import fields
+
+    from lorakit.cli import main
+    from lorakit.settings import TrainSettings
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for f in fields(TrainSettings):      # every TrainSettings field is a flag
+        assert "--" + f.name.replace("_", "-") in out
+    for flag in ("--task", "--data", "--model", "--tokenizer", "--rank", "--targets",
+                 "--record-every", "--eval-n", "--out"):
+        assert flag in out
