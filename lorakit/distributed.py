@@ -97,6 +97,16 @@ def _fsdp1_units(model: nn.Module) -> dict[int, nn.Module]:
     return owner
 
 
+def wrapped_hint(model: nn.Module) -> str | None:
+    """Why a Recorder finds no LoRA layers in a model FSDP1 has already wrapped (else None)."""
+    if not _fsdp1_units(model):
+        return None
+    return ("this model is already wrapped by FSDP1 (FullyShardedDataParallel): its LoRA "
+            "factors are flat pieces a new Recorder cannot name or shape. Make the Recorder "
+            "from the PEFT model BEFORE wrapping it (before accelerator.prepare / the Trainer); "
+            "it then follows the sharded factors and gathers them on every rank.")
+
+
 def factor_kind(weight, shape: tuple[int, int], where: str) -> str:
     """How to read one LoRA factor: ``"local"``, ``"dtensor"`` or ``"fsdp1"``.
 
@@ -317,7 +327,9 @@ class AccelerateRunner(LocalRunner):
         self.accelerator.backward(loss)
 
     def clip(self, params, max_norm: float) -> torch.Tensor:
-        norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        # all the wrapped model's parameters (frozen ones have no gradient): accelerate's FSDP
+        # path wants exactly those, and FSDP2's prepare replaced the objects in ``params``
+        norm = self.accelerator.clip_grad_norm_(self.wrapped.parameters(), max_norm)
         return norm.full_tensor() if _is_dtensor(norm) else norm
 
     def finish(self, result):
@@ -335,4 +347,5 @@ def runner(model, optimizer, batch_size: int, device: torch.device) -> LocalRunn
 
 
 __all__ = ["AccelerateRunner", "LocalRunner", "SUPPORTED", "check_same_everywhere",
-           "factor_kind", "launched_world_size", "read_factors", "runner", "world"]
+           "factor_kind", "launched_world_size", "read_factors", "runner", "world",
+           "wrapped_hint"]

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import read_factors
+from .distributed import read_factors, wrapped_hint
 from .naming import layer_index, lora_linears, module_kind, same_module, select_layers
 from .settings import RecordSettings
 
@@ -385,8 +385,9 @@ class Recorder:
                                        display_size=display_size, top_k=top_k, adapter=adapter)
         available = lora_layers(peft_model, adapter)
         if not available:
-            raise ValueError(f"this model has no LoRA Linear layers for adapter {adapter!r}; "
-                             f"attach one first (lk.attach(model, ...))")
+            raise ValueError(wrapped_hint(peft_model) or (
+                f"this model has no LoRA Linear layers for adapter {adapter!r}; attach one "
+                f"first (lk.attach(model, ...))"))
         names = select_layers({n: full for n, (full, _) in available.items()},
                               self.settings.modules)
         self._targets = []

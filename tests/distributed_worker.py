@@ -127,6 +127,11 @@ def main(out: Path) -> None:
                                  .lora_A["default"].weight.shape)
     run_loop(fsdp1, rec, rank, world)
     report["fsdp1_frames"] = len(rec)
+    try:   # a Recorder made AFTER FSDP1 wrapping: a clear error, the same on both ranks
+        lk.Recorder(pm)
+        report["fsdp1_late_error"] = None
+    except ValueError as err:
+        report["fsdp1_late_error"] = str(err)
     if rank == 0:
         rec.recording.save(out / "fsdp1.safetensors")
 

@@ -117,6 +117,13 @@ def test_recorder_made_after_sharding_reads_the_same(two_ranks):
             assert torch.equal(late.frames(name).tensors()[key][0], t[-1]), f"{name}.{key}"
 
 
+def test_recorder_made_after_fsdp1_wrapping_says_make_it_before(two_ranks):
+    _, reports = two_ranks
+    for rank in (0, 1):
+        err = reports[rank]["fsdp1_late_error"]
+        assert err is not None and "already wrapped by FSDP1" in err and "BEFORE" in err
+
+
 def test_modules_differing_between_ranks_raise_on_every_rank(two_ranks):
     _, reports = two_ranks
     for rank in (0, 1):
