@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in switches:                  # on/off: present or not (add_flags' flags take a value)
         tour.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
                           help=f.metadata["help"].replace("%", "%%"))
+    from .train_cli import add_parser as add_train
+
+    add_train(sub)   # lorakit train (lorakit/train_cli.py)
     return parser
 
 
@@ -80,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:   # --help/--version (0) or a usage error (2, message printed)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    if args.command == "train":
+        from .train_cli import main as train_main
+
+        return train_main(args, parser)
     if args.command == "tour":
         options = {k: v for k, v in vars(args).items() if k != "command"}
         options["prompts"] = tuple(options.get("prompts", ()))

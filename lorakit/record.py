@@ -33,7 +33,10 @@ At most ``max_frames`` frames are kept: when one more would exceed it, every oth
 dropped and the stride doubles, keeping step 0 and the latest frame, so frames stay evenly spaced.
 
 Only the main process records: in a distributed run (``torch.distributed`` initialised, or an
-accelerate ``PartialState``) the other ranks' recorders stay empty.
+accelerate ``PartialState``) the other ranks' recorders stay empty. Under FSDP (and any scheme
+that shards the LoRA factors) every rank must still call the hooks on the same steps: each
+recorded step, every rank joins the gather of the recorded modules' full A and B and only
+rank 0 keeps the frame (lorakit/distributed.py explains which schemes are read and how).
 
 A ``Recording`` is plain tensors plus metadata (no model reference): figures can be rebuilt from
 it, and ``save``/``load`` use one safetensors file with the metadata as JSON in its header.
@@ -51,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import read_factors, wrapped_hint
 from .naming import layer_index, lora_linears, module_kind, same_module, select_layers
 from .settings import RecordSettings
 
@@ -318,6 +322,7 @@ class _Target:
     full_name: str
     module_type: str
     index: int | None
+    shape: tuple[int, int, int]                 # (r, d_in, d_out), read before any sharding
     A: list = field(default_factory=list)       # each (r, ≤D) float16
     B: list = field(default_factory=list)       # each (≤D, r) float16
     delta: list = field(default_factory=list)   # each (≤D, ≤D) float16
@@ -386,14 +391,20 @@ class Recorder:
                                        display_size=display_size, top_k=top_k, adapter=adapter)
         available = lora_layers(peft_model, adapter)
         if not available:
-            raise ValueError(f"this model has no LoRA Linear layers for adapter {adapter!r}; "
-                             f"attach one first (lk.attach(model, ...))")
+            raise ValueError(wrapped_hint(peft_model) or (
+                f"this model has no LoRA Linear layers for adapter {adapter!r}; attach one "
+                f"first (lk.attach(model, ...))"))
         names = select_layers({n: full for n, (full, _) in available.items()},
                               self.settings.modules)
         self._targets = []
         for n in names:
             full, layer = available[n]
-            self._targets.append(_Target(layer, n, full, module_kind(full), layer_index(full)))
+            (r, d_in), d_out = layer.lora_A[adapter].weight.shape, \
+                layer.lora_B[adapter].weight.shape[0]
+            self._targets.append(_Target(layer, n, full, module_kind(full), layer_index(full),
+                                         (int(r), int(d_in), int(d_out))))
+        self._model = peft_model  # searched for FSDP1 units when the factors are sharded
+        self._keeps: bool | None = None  # False on ranks other than 0 (they keep no frames)
         config = getattr(peft_model, "config", None)
         name = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
         if name and Path(name).is_dir():  # a local folder: keep its name, not the user's path
@@ -458,8 +469,8 @@ class Recorder:
         self._record(int(step), loss)
 
     def _record(self, step: int, loss) -> None:
-        if not _is_main_process():
-            return
+        # Every rank keeps the step schedule (so all join the same gathers); only rank 0 frames.
+        self._keeps = _is_main_process()
         if self._steps and step <= self._steps[-1]:
             if step == self._steps[-1]:  # e.g. on_end right after on_step: only fill the loss
                 if loss is not None:
@@ -470,14 +481,17 @@ class Recorder:
                 f"increase. Use a new lk.Recorder for a new training run.")
         self.check_model()
         with torch.no_grad(), _one_thread():
-            snaps = [self._snapshot(t) for t in self._targets]
-
+            factors = read_factors(self._model, self._targets, self.settings.adapter, step,
+                                   keep=self._keeps)
+            # the generator first, so it runs to its end (closing any gather it opened)
+            snaps = [self._snapshot(t, *f)
+                     for f, t in zip(factors, self._targets, strict=False) if f is not None]
         # An off-grid latest frame (from on_end or thinning) is superseded by the new one.
         if len(self._steps) > 1 and self._steps[-1] % self._stride != 0:
             self._keep(list(range(len(self._steps) - 1)))
         self._steps.append(step)
         self._losses.append(_as_float(loss))
-        for t, (a, b, d, s) in zip(self._targets, snaps, strict=True):
+        for t, (a, b, d, s) in zip(self._targets, snaps, strict=False):  # none off rank 0
             t.A.append(a)
             t.B.append(b)
             t.delta.append(d)
@@ -494,14 +508,17 @@ class Recorder:
         for t in self._targets:
             for key in ("A", "B", "delta", "stats"):
                 lst = getattr(t, key)
-                setattr(t, key, [lst[i] for i in idx])
+                if lst:  # empty on ranks other than 0
+                    setattr(t, key, [lst[i] for i in idx])
 
-    def _snapshot(self, t: _Target):
-        """One frame of one module: pooled A (r, ≤D), B (≤D, r), ΔW (≤D, ≤D); stats (3 + k,)."""
+    def _snapshot(self, t: _Target, A: torch.Tensor, B: torch.Tensor):
+        """One frame of one module: pooled A (r, ≤D), B (≤D, r), ΔW (≤D, ≤D); stats (3 + k,).
+
+        ``A`` (r, d_in) and ``B`` (d_out, r) are the full factors (gathered if sharded).
+        """
         adapter, D = self.settings.adapter, self.settings.display_size
         s = float(t.layer.scaling[adapter])
-        A = t.layer.lora_A[adapter].weight.detach().float()     # (r, d_in)
-        B = t.layer.lora_B[adapter].weight.detach().float()     # (d_out, r)
+        A, B = A.float(), B.float()
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):  # else: an SVD error
             raise ValueError(f"the adapter weights of {t.name!r} are not finite (NaN or inf); "
                              "nothing was recorded for this step. Lower the learning rate.")
@@ -519,7 +536,7 @@ class Recorder:
     # ----------------------------------------------------------------- results
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return 0 if self._keeps is False else len(self._steps)
 
     @property
     def last_step(self) -> int | None:
@@ -536,8 +553,7 @@ class Recorder:
         data = {}
         for t in self._targets:
             layer, adapter = t.layer, self.settings.adapter
-            r, d_in = layer.lora_A[adapter].weight.shape
-            d_out = layer.lora_B[adapter].weight.shape[0]
+            r, d_in, d_out = t.shape
             k = min(self.settings.top_k, r, d_in, d_out)
             D = self.settings.display_size
             shapes = {"A": (r, min(d_in, D)), "B": (min(d_out, D), r),
@@ -555,18 +571,18 @@ class Recorder:
                 A=stacked["A"], B=stacked["B"], delta=stacked["delta"],
                 norm_A=stats[:, 0].clone(), norm_B=stats[:, 1].clone(),
                 norm_delta=stats[:, 2].clone(), sv=stats[:, 3:].clone())
-        s = self.settings
-        return Recording(steps=list(self._steps), losses=list(self._losses), data=data,
+        s, held = self.settings, len(self) > 0  # ranks other than 0 hold no frames
+        return Recording(steps=list(self._steps) if held else [],
+                         losses=list(self._losses) if held else [], data=data,
                          every=s.every, stride=self._stride, max_frames=s.max_frames,
                          display_size=s.display_size, top_k=s.top_k, adapter=s.adapter,
                          model_name=self.model_name)
 
     def frame_bytes(self) -> int:
         """Bytes one frame takes for all recorded modules (the docstring's formula)."""
-        total, D, adapter = 16, self.settings.display_size, self.settings.adapter
+        total, D = 16, self.settings.display_size
         for t in self._targets:
-            r, d_in = t.layer.lora_A[adapter].weight.shape
-            d_out = t.layer.lora_B[adapter].weight.shape[0]
+            r, d_in, d_out = t.shape
             k = min(self.settings.top_k, r, d_in, d_out)
             a, b = min(d_in, D), min(d_out, D)
             total += 2 * (r * a + b * r + b * a) + 4 * (3 + k)
@@ -582,8 +598,9 @@ class Recorder:
         ``on_train_begin`` records ``state.global_step`` (0 for a fresh run), ``on_step_end``
         calls ``on_step(global_step, loss)`` and ``on_train_end`` calls ``on_end``. The Trainer
         logs the loss after ``on_step_end`` (every ``logging_steps``, averaged over them), so the
-        loss of a recorded step is filled in from ``on_log`` when it arrives. Only the process
-        with ``state.is_world_process_zero`` records.
+        loss of a recorded step is filled in from ``on_log`` when it arrives. Every process calls
+        the hooks (under FSDP they all join the gather of the sharded factors); only the main
+        process keeps frames.
         """
         from transformers import TrainerCallback
 
@@ -601,20 +618,17 @@ class Recorder:
             """Calls ``Recorder.on_step`` / ``on_end`` (lorakit/record.py)."""
 
             def on_train_begin(self, args, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    recorder.on_step(state.global_step, None)
+                recorder.on_step(state.global_step, None)
 
             def on_step_end(self, args, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    recorder.on_step(state.global_step, logged_loss(state))
+                recorder.on_step(state.global_step, logged_loss(state))
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if state.is_world_process_zero and logs and "loss" in logs:
                     recorder._fill_loss(state.global_step, logs["loss"])
 
             def on_train_end(self, args, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    recorder.on_end(state.global_step, logged_loss(state))
+                recorder.on_end(state.global_step, logged_loss(state))
 
         return RecorderCallback()
 

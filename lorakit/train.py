@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .attach import has_adapter, is_adalora
+from .distributed import runner as _runner
 from .guards import exclusive
 from .models import restore_4bit_layout
 from .naming import is_lora_B_param
@@ -200,10 +201,14 @@ def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
         g.setdefault("initial_lr", g["lr"])
     result = TrainResult(steps_planned=s.steps)
     batches = task.batches(tok, s.batch_size, seed=s.seed)
+    # several processes: accelerate, each rank its rows of the global batch (distributed.py)
+    run = _runner(model, optimizer, s.batch_size, params[0].device)
+    optimizer = run.optimizer
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=s.steps, desc=f"training {task.name}", disable=not progress, leave=True)
+    bar = tqdm(total=s.steps, desc=f"training {task.name}", disable=not progress or not run.is_main,
+               leave=True)
     offset = (recorder.last_step or 0) if recorder is not None else 0
     if recorder is not None and recorder.last_step is None:
         recorder.on_step(0, None)
@@ -214,7 +219,8 @@ def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed)
             for step in range(1, s.steps + 1):
-                info = _step(model, optimizer, params, next(batches), step, s, result, adalora)
+                info = _step(model, optimizer, params, next(batches), step, s, result, adalora,
+                             run)
                 good.keep()  # this step is good (finite loss, gradient and weights)
                 bar.update(1)
                 bar.set_postfix(loss=f"{info.loss:.4f}")
@@ -233,24 +239,25 @@ def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
         bar.close()
         if recorder is not None and result.steps_done:
             recorder.on_end(offset + result.steps_done, result.losses[-1])
-    return result
+    return run.finish(result)
 
 
 def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
-          result: TrainResult, adalora: bool) -> StepInfo:
-    """One optimizer step (1-based ``step``); appends its numbers to ``result``."""
+          result: TrainResult, adalora: bool, run) -> StepInfo:
+    """One optimizer step (1-based ``step``) on the global ``batch``; appends to ``result``."""
     t0 = time.perf_counter()
     factor = _lr_factor(step - 1, s.steps, s.warmup_steps)
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * factor
-    device = params[0].device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    loss = answer_loss(model, batch)
-    loss_value = loss.item()
+    mine = run.batch(batch, params[0].device)  # this rank's rows (all of them in one process)
+    loss, loss_value, n_tokens = run.loss(mine, batch)
     if not math.isfinite(loss_value):
         raise _diverged(step, f"loss is {loss_value}", s.lr, result)
-    loss.backward()
-    if not torch.isfinite(_grad_norm(params, s.max_grad_norm)):
+    run.backward(loss)
+    # measured on every step, clipped or not: a non-finite gradient never reaches the weights
+    norm = (run.clip(params, s.max_grad_norm) if s.max_grad_norm is not None
+            else _grad_norm(params, None))
+    if not torch.isfinite(norm):
         raise _diverged(step, "the gradient is not finite", s.lr, result)
     optimizer.step()
     if not all(bool(torch.isfinite(p).all()) for p in params):
@@ -260,7 +267,7 @@ def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
     optimizer.zero_grad(set_to_none=True)
     result.losses.append(loss_value)
     result.lrs.append(s.lr * factor)
-    result.tokens.append(int(batch["attention_mask"].sum()))
+    result.tokens.append(n_tokens)
     result.step_times.append(time.perf_counter() - t0)
     return StepInfo(step, s.steps, loss_value, s.lr * factor, model)
 
