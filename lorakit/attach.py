@@ -14,8 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .params import LinearInfo, linear_modules, matches_target
-from .settings import LoraSettings
+from .params import (
+    LinearInfo,
+    _layer_index,
+    _model_linears,
+    linear_modules,
+    matches_target,
+    targeted,
+)
+from .settings import LoraSettings, is_pattern
 
 ADAPTER = "default"
 
@@ -94,6 +101,8 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
     while others do.
     """
     infos = linear_modules(model, include_output=True)  # PEFT can wrap lm_head if named
+    if is_pattern(targets):
+        return {targets: _check_pattern(model, targets)}
     hits = {t: sum(matches_target(i.name, t) for i in infos) for t in targets}
     names = ", ".join(find_targets(model).names) or "(none)"
     others = {n.removeprefix("base_model.model."): type(m).__name__
@@ -120,6 +129,42 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
     return hits
 
 
+def _check_pattern(model: nn.Module, targets: str) -> int:
+    """How many modules ``"all-linear"`` or a regex picks; ValueError if none."""
+    infos, head = _model_linears(model)
+    hit = targeted(infos, targets, head)
+    if hit:
+        return len(hit)
+    if targets.lower() == "all-linear":
+        only = f" (its only Linear is the output head {head.name!r})" if head else ""
+        raise ValueError(f"targets='all-linear' finds no Linear module in this model{only}; "
+                         "PEFT leaves the output head out. Name the modules to adapt instead.")
+    examples = ", ".join(repr(i.name) for i in infos[:4]) or "(none)"
+    raise ValueError(f"the regex targets {targets!r} match no Linear module (PEFT matches the "
+                     f"whole module name, re.fullmatch). Real names look like: {examples}; "
+                     f"suffixes: {', '.join(find_targets(model).names) or '(none)'}")
+
+
+def check_target_parameters(model: nn.Module, names) -> list[str]:
+    """Validate PEFT ``target_parameters`` (e.g. MoE experts' ``mlp.experts.gate_up_proj``).
+
+    Each name must match the end of a parameter's name; ValueError lists the parameters that
+    are not inside a Linear module (the ones only ``target_parameters`` can reach).
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    params = [n for n, _ in model.named_parameters()]
+    missing = [t for t in names if not isinstance(t, str) or not any(
+        n == t or n.endswith("." + t) for n in params)]
+    if missing:
+        linear = {i.name for i in linear_modules(model, include_output=True)}
+        offer = sorted({".".join(n.split(".")[-3:]) for n in params
+                        if n.rsplit(".", 1)[0] not in linear and _layer_index(n) is not None
+                        and "norm" not in n})
+        raise ValueError(f"target_parameters {missing} match no parameter of this model; "
+                         f"parameters outside Linear modules: {offer[:8] or '(none)'}")
+    return names
+
+
 def is_peft(model) -> bool:
     from peft import PeftModel
 
@@ -139,7 +184,8 @@ def has_adapter(model: nn.Module) -> bool:
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
            dropout: float = 0.0, variant: str = "lora", init: str = "default", *,
-           replace: bool = True, seed: int | None = None):
+           replace: bool = True, seed: int | None = None, task_type: str | None = "auto",
+           target_parameters=None):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
 
     Args:
@@ -150,6 +196,12 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
         replace: when ``model`` already has an adapter, True removes it first (the base model
             is reused, not reloaded); False raises instead.
         seed: makes A's random init reproducible without touching the global RNG.
+        task_type: PEFT's task type; "auto" picks it from the model (``modelkind``): CAUSAL_LM,
+            SEQ_CLS / TOKEN_CLS (the classification head becomes trainable through PEFT's
+            ``modules_to_save`` and is counted by ``count_params``), SEQ_2_SEQ_LM,
+            FEATURE_EXTRACTION, or None (a plain PeftModel, e.g. a vision backbone).
+        target_parameters: PEFT's ``target_parameters``, for weights that are parameters
+            rather than Linear modules, e.g. Mixtral's ``["mlp.experts.gate_up_proj"]``.
 
     Everything is validated before the model is changed: a bad value leaves it as it was.
     """
@@ -157,9 +209,16 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
                             variant=variant, init=init)
     base = model.get_base_model() if is_peft(model) else model
     check_targets(base, settings.targets)
-    too_big = [f"{i.name} ({i.in_features}→{i.out_features})" for i in linear_modules(base)
-               if any(matches_target(i.name, t) for t in settings.targets)
-               and settings.r > min(i.in_features, i.out_features)]
+    if target_parameters is not None:
+        target_parameters = check_target_parameters(base, target_parameters)
+    if task_type == "auto":
+        from .modelkind import peft_task_type
+
+        task_type = peft_task_type(base)
+    infos, head = _model_linears(base)
+    too_big = [f"{i.name} ({i.in_features}→{i.out_features})"
+               for i in targeted(infos, settings.targets, head)
+               if settings.r > min(i.in_features, i.out_features)]
     if too_big:
         warnings.warn(f"r={settings.r} exceeds min(d_in, d_out) of {len(too_big)} module(s), "
                       f"e.g. {too_big[0]}: the update cannot have that rank there.", stacklevel=2)
@@ -175,14 +234,13 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
     saved = {}
     if settings.init in ("pissa", "olora"):  # these rewrite the base weights: keep the originals
         saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
-                 for i in linear_modules(base)
-                 if any(matches_target(i.name, t) for t in settings.targets)}
+                 for i in targeted(infos, settings.targets, head)}
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # PEFT calls a transformers property deprecated in v5; not the learner's concern.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         if seed is not None:
             torch.manual_seed(seed)
-        peft_model = get_peft_model(base, settings.to_peft_config())
+        peft_model = get_peft_model(base, settings.to_peft_config(task_type, target_parameters))
     # Kept on the base model, which both the PeftModel and the user's variable reach.
     base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,
                            "saved_weights": saved}

@@ -231,8 +231,26 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
     return model, tok
 
 
-def chat_prompt(tok, user: str, system: str | None = None) -> str:
-    """The chat-formatted prompt text for one user message, ending where the reply starts."""
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def plain_prompt(user: str, system: str | None = None) -> str:
+    """The prompt for a model without a chat template: ``[system]\n\n{user}\nAnswer: ``."""
+    return (f"{system}\n\n" if system else "") + f"{user}\nAnswer: "
+
+
+def chat_prompt(tok, user: str, system: str | None = None, prompt_format: str = "auto") -> str:
+    """The chat-formatted prompt text for one user message, ending where the reply starts.
+
+    ``prompt_format``: "chat" uses the tokenizer's chat template, "plain" ``plain_prompt``,
+    "auto" (default) the template when the tokenizer has one, else plain text (base models).
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; allowed: "
+                         f"{', '.join(map(repr, PROMPT_FORMATS))}")
+    if prompt_format == "plain" or (prompt_format == "auto"
+                                    and not getattr(tok, "chat_template", None)):
+        return plain_prompt(user, system)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}]
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -259,7 +277,8 @@ def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
     enc = {k: v.to(device) for k, v in enc.items()}
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tok.pad_token_id, **generate_kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
+    # a decoder-only model returns prompt + reply; an encoder-decoder (T5) the reply alone
+    new = out if model.config.is_encoder_decoder else out[:, enc["input_ids"].shape[1]:]
     replies = [r.strip() for r in tok.batch_decode(new, skip_special_tokens=True)]
     return replies, new.shape[1]
 

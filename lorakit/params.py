@@ -37,7 +37,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from .settings import LoraSettings, check_quantize
+from .settings import LoraSettings, check_quantize, is_pattern
 
 # Module-name parts that belong to PEFT's wrappers, not to the base model.
 _LORA_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_dropout",
@@ -86,6 +86,19 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
 def matches_target(name: str, target: str) -> bool:
     """PEFT's rule for one string of a target_modules list: the full name or a dotted suffix."""
     return name == target or name.endswith("." + target)
+
+
+def targeted(linears: list[LinearInfo], targets, head: LinearInfo | None = None
+             ) -> list[LinearInfo]:
+    """The modules PEFT wraps for ``targets``: a list of names (``matches_target``),
+    ``"all-linear"`` (every Linear but the output ``head``) or a regex string (PEFT's
+    ``re.fullmatch`` on the full module name)."""
+    if is_pattern(targets):
+        if targets.lower() == "all-linear":
+            return [i for i in linears if i is not head]
+        pattern = re.compile(targets)
+        return [i for i in linears if pattern.fullmatch(i.name)]
+    return [i for i in linears if any(matches_target(i.name, t) for t in targets)]
 
 
 def _is_config(obj) -> bool:
@@ -401,12 +414,12 @@ def count_params(model: nn.Module) -> ParamCounts:
 # LoRA size without wrapping
 # --------------------------------------------------------------------------------------------
 
-def _lora_size(linears, settings: LoraSettings) -> int:
+def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) -> int:
     dora = settings.variant == "dora"
-    hit = [i for i in linears if any(matches_target(i.name, t) for t in settings.targets)]
+    hit = targeted(linears, settings.targets, head)
     if not hit:
         names = ", ".join(dict.fromkeys(i.suffix for i in linears)) or "(none)"
-        raise ValueError(f"no Linear module matches targets {list(settings.targets)}. "
+        raise ValueError(f"no Linear module matches targets {settings.targets!r}. "
                          f"This model's Linear modules are: {names}")
     # A: (r, d_in) + B: (d_out, r) per module; DoRA adds the magnitude m: (d_out,)
     return sum(settings.r * (i.in_features + i.out_features) + (i.out_features if dora else 0)
@@ -427,7 +440,8 @@ def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),
         ValueError: bad r / targets / variant (``LoraSettings``), or no target matches.
     """
     settings = LoraSettings(r=r, targets=targets, variant=variant)
-    return _lora_size(_shapes(model_or_config)[0], settings)
+    linears, head = _shapes(model_or_config)[:2]
+    return _lora_size(linears, settings, head)
 
 
 # --------------------------------------------------------------------------------------------
@@ -635,7 +649,7 @@ def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
         name = (getattr(cfg, "name_or_path", "") or getattr(cfg, "model_type", "")
                 or type(source).__name__)
     linears, head, total = _shapes(source)
-    lora = _lora_size(linears, settings)
+    lora = _lora_size(linears, settings, head)
     fmt = quantize or "nf4"
     quantized = [i for i in linears if i.layer is not None and i is not head]
     n_q = sum(i.in_features * i.out_features for i in quantized)

@@ -23,10 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .attach import attach, attach_adalora, detach, is_adalora
-from .data import IGNORE_INDEX, Task
+from .data import Task
+from .loss import answer_loss, model_loss  # noqa: F401  (answer_loss: public since 0.1)
+from .modelkind import check_trainable_kind
 from .models import restore_4bit_layout
 
 
@@ -77,28 +78,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message: str, result: TrainResult):
         super().__init__(message)
         self.result = result
-
-
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens (labels != -100).
-
-    Equal to ``model(**batch).loss`` but the output layer runs only where a label is learned:
-    for a short answer after a long chat prompt this skips most of the (vocab × d) projection.
-    hidden: (batch, seq, d) -> h: (n_answer, d) -> logits: (n_answer, vocab).
-    """
-    if is_adalora(model):  # AdaLoRA adds its orthogonality penalty inside PeftModel.forward
-        return model(**batch).loss
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    backbone = getattr(base, "base_model", None)
-    if head is None or backbone is None or backbone is base:
-        return model(**batch).loss
-    hidden = backbone(input_ids=batch["input_ids"],
-                      attention_mask=batch["attention_mask"]).last_hidden_state
-    targets = batch["labels"][:, 1:]                  # token t+1 is predicted at position t
-    learned = targets != IGNORE_INDEX                 # (batch, seq-1)
-    logits = head(hidden[:, :-1][learned])            # (n_answer, vocab)
-    return F.cross_entropy(logits.float(), targets[learned])
 
 
 def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float | None):
@@ -166,6 +145,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     if not isinstance(task, Task):
         raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
                         f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    kind = task.check_kind(check_trainable_kind(model))
     warmup = min(10, steps // 10) if warmup is None else warmup
     adalora = is_adalora(model)
     device = params[0].device
@@ -173,7 +153,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     base_lrs = [g["lr"] for g in groups]
     result = TrainResult(steps_planned=steps)
-    batches = task.batches(tok, batch_size, seed=seed)
+    batches = task.batches(tok, batch_size, seed=seed, kind=kind)
 
     from tqdm.auto import tqdm
 
@@ -193,7 +173,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                 for g, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
                     g["lr"] = base_lr * factor
                 batch = {k: v.to(device) for k, v in next(batches).items()}
-                loss = answer_loss(model, batch)
+                loss = model_loss(model, batch)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise _diverged(step, f"loss is {loss_value}", lr, result)
