@@ -268,9 +268,14 @@ def detach(model) -> nn.Module:
     if any(getattr(m, "merged", False) for _, m in layers):
         raise ValueError("this adapter is merged into the base weights; unmerge it first "
                          "(peft_model.unmerge_adapter()) or keep the merged model")
-    for name, layer in layers:  # put each wrapped layer's original module back in its place
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    originals = [(n, m.get_base_layer()) for n, m in layers] + [
+        (n, m.original_module) for n, m in base.named_modules()
+        if isinstance(m, AuxiliaryTrainingWrapper)]      # modules_to_save (a classifier head)
+    for name, original in originals:  # put each wrapped module's original back in its place
         parent, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, child, layer.get_base_layer())
+        setattr(base.get_submodule(parent) if parent else base, child, original)
     for attr in ("peft_config", "_hf_peft_config_loaded"):
         if attr in base.__dict__:
             delattr(base, attr)

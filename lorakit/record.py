@@ -345,6 +345,8 @@ def lora_layers(peft_model, adapter: str = "default") -> dict[str, tuple[str, nn
             continue
         if getattr(lora_A[adapter], "weight", None) is None or lora_A[adapter].weight.ndim != 2:
             continue  # embedding / conv adapters keep their factors elsewhere
+        if type(module).__name__ == "ParamWrapper":
+            continue  # target_parameters (MoE experts): r·E factors, one ΔW per expert
         full = full.removeprefix(_PREFIX)
         index, kind = _layer_index(full), full.rsplit(".", 1)[-1]
         found.append((f"layers.{index}.{kind}" if index is not None else full, full, module))
