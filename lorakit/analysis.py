@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .naming import find_layer
+
 
 def _matrix(x, name: str = "delta") -> torch.Tensor:
     """A 2-D float64 CPU copy of a tensor, array or module weight."""
@@ -101,23 +103,7 @@ def lora_module(peft_model, module_name: str, adapter: str = "default") -> nn.Mo
     Names: the short form ``layers.3.q_proj`` (as in a Recording), the full name
     ``model.layers.3.self_attn.q_proj``, or any unique dotted suffix of it.
     """
-    from .record import lora_layers
-
-    layers = lora_layers(peft_model, adapter)
-    if not layers:
-        raise ValueError(f"the model has no LoRA layers for adapter {adapter!r}")
-    if module_name in layers:
-        return layers[module_name][1]
-    wanted = module_name.removeprefix("base_model.model.")
-    hits = [m for full, m in layers.values() if full == wanted or full.endswith("." + wanted)]
-    if len(hits) == 1:
-        return hits[0]
-    some = list(layers)[:4]
-    if not hits:
-        raise ValueError(f"no LoRA module named {module_name!r}; names look like {some} "
-                         f"({len(layers)} in all)")
-    raise ValueError(f"{module_name!r} matches {len(hits)} LoRA modules; use a full name such "
-                     f"as {some[0]!r}")
+    return find_layer(peft_model, module_name, adapter)
 
 
 @torch.no_grad()

@@ -14,14 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .params import (
-    LinearInfo,
-    _layer_index,
-    _model_linears,
-    linear_modules,
-    matches_target,
-    targeted,
-)
+from .naming import layer_index, matches_target, strip_prefix, tuner_layers
+from .params import LinearInfo, _model_linears, linear_modules, targeted
 from .settings import LoraSettings, is_pattern
 
 ADAPTER = "default"
@@ -105,7 +99,7 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
         return {targets: _check_pattern(model, targets)}
     hits = {t: sum(matches_target(i.name, t) for i in infos) for t in targets}
     names = ", ".join(find_targets(model).names) or "(none)"
-    others = {n.removeprefix("base_model.model."): type(m).__name__
+    others = {strip_prefix(n): type(m).__name__
               for n, m in model.named_modules()}
     for t, n in hits.items():
         if n == 0:
@@ -158,7 +152,7 @@ def check_target_parameters(model: nn.Module, names) -> list[str]:
     if missing:
         linear = {i.name for i in linear_modules(model, include_output=True)}
         offer = sorted({".".join(n.split(".")[-3:]) for n in params
-                        if n.rsplit(".", 1)[0] not in linear and _layer_index(n) is not None
+                        if n.rsplit(".", 1)[0] not in linear and layer_index(n) is not None
                         and "norm" not in n})
         raise ValueError(f"target_parameters {missing} match no parameter of this model; "
                          f"parameters outside Linear modules: {offer[:8] or '(none)'}")
@@ -171,15 +165,9 @@ def is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
-
-
 def has_adapter(model: nn.Module) -> bool:
     """True for a PeftModel, and for a base model whose layers PEFT has wrapped in place."""
-    return is_peft(model) or bool(_lora_layers(model))
+    return is_peft(model) or bool(tuner_layers(model))
 
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
@@ -264,7 +252,7 @@ def detach(model) -> nn.Module:
         raise ValueError("detach expects a model with a LoRA adapter (from lk.attach); this "
                          "model has no LoRA adapter")
     base = model.get_base_model() if is_peft(model) else model
-    layers = _lora_layers(base)
+    layers = tuner_layers(base)
     if any(getattr(m, "merged", False) for _, m in layers):
         raise ValueError("this adapter is merged into the base weights; unmerge it first "
                          "(peft_model.unmerge_adapter()) or keep the merged model")

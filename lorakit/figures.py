@@ -285,7 +285,7 @@ def norms_over_time(recording, modules: Sequence[str] | None = None) -> go.Figur
     one line per module (same colour in every facet). ``modules``: names or types; None = all.
     """
     _check_recording(recording)
-    chosen = recording.modules if modules is None else _select(recording, modules)
+    chosen = recording.modules if modules is None else recording.select(modules)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[f"‖{m}‖<sub>F</sub>" for m in ("A", "B", "ΔW")])
     for j, name in enumerate(chosen):
@@ -298,22 +298,6 @@ def norms_over_time(recording, modules: Sequence[str] | None = None) -> go.Figur
     fig.update_xaxes(title_text="step", row=3, col=1)
     return _figure(f"Norms of A, B and ΔW, steps {recording.steps[0]}–{recording.steps[-1]} "
                    f"(final {_loss_text(recording.losses[-1])})", fig, height=620)
-
-
-def _select(recording, modules: Sequence[str]) -> list[str]:
-    """Recorded short names matching ``modules`` (names, full names or types), model order."""
-    if isinstance(modules, str):
-        modules = [modules]
-    chosen, unknown = set(), []
-    for w in modules:
-        hits = [n for n, m in recording.data.items() if w in (n, m.full_name, m.module_type)]
-        chosen.update(hits)
-        unknown += [] if hits else [w]
-    if unknown:
-        types = sorted({m.module_type for m in recording.data.values()})
-        raise ValueError(f"no recorded module matches {unknown}; valid: {recording.modules} "
-                         f"or a type {types}")
-    return [n for n in recording.modules if n in chosen]
 
 
 def spectrum_over_time(recording, module: str, layer: int | None = None,

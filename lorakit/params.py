@@ -37,17 +37,16 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from .naming import (
+    WRAPPER_PARTS,
+    is_adapter_param,
+    layer_index,
+    matches_target,
+    module_kind,
+    param_type,
+    strip_prefix,
+)
 from .settings import LoraSettings, check_quantize, is_pattern
-
-# Module-name parts that belong to PEFT's wrappers, not to the base model.
-_LORA_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_dropout",
-               "lora_magnitude_vector", "base_layer"}
-# Parameter-name parts that mark adapter parameters (not part of the base model's count).
-_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
-                  "lora_magnitude_vector", "modules_to_save"}
-# Parts skipped when naming the module type a parameter belongs to.
-_WRAPPER_PARTS = _LORA_PARTS | {"original_module", "modules_to_save"}
-_LAYER_RE = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 MB = 10**6   # sizes are reported in decimal units: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes
 GB = 10**9
@@ -69,11 +68,6 @@ class LinearInfo:
     out_features: int  # d_out
 
 
-def _layer_index(name: str) -> int | None:
-    m = _LAYER_RE.search("." + name + ".")
-    return int(m.group(1)) if m else None
-
-
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     """(d_in, d_out) of a Linear-like module (nn.Linear, bnb Linear4bit/8bit, HF Conv1D)."""
     if isinstance(module, nn.Linear):  # bnb Linear4bit / Linear8bitLt subclass nn.Linear
@@ -81,11 +75,6 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight (d_in, d_out)
         return module.weight.shape[0], module.nf
     return None
-
-
-def matches_target(name: str, target: str) -> bool:
-    """PEFT's rule for one string of a target_modules list: the full name or a dotted suffix."""
-    return name == target or name.endswith("." + target)
 
 
 def targeted(linears: list[LinearInfo], targets, head: LinearInfo | None = None
@@ -112,14 +101,14 @@ def _model_linears(model: nn.Module) -> tuple[list[LinearInfo], LinearInfo | Non
     found, head = [], None
     for name, module in model.named_modules():
         parts = name.split(".")
-        if any(p in _LORA_PARTS for p in parts):
+        if not WRAPPER_PARTS.isdisjoint(parts):
             continue
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
         shape = _linear_shape(base)
         if shape is None:
             continue
-        name = name.removeprefix("base_model.model.")
-        info = LinearInfo(name, parts[-1], _layer_index(name), *shape)
+        name = strip_prefix(name)
+        info = LinearInfo(name, parts[-1], layer_index(name), *shape)
         if out_emb is not None and (module is out_emb or base is out_emb):
             head = info
         found.append(info)
@@ -275,7 +264,7 @@ def _bert_shapes(cfg):
 
 
 def _block_linears(stem: str, n_layers: int, block) -> list[LinearInfo]:
-    return [LinearInfo(f"{stem}.{i}.{path}", path.rsplit(".", 1)[-1], i, d_in, d_out)
+    return [LinearInfo(f"{stem}.{i}.{path}", module_kind(path), i, d_in, d_out)
             for i in range(n_layers) for path, d_in, d_out, _ in block]
 
 
@@ -307,8 +296,7 @@ def meta_model(config) -> nn.Module:
 
 def _base_total(model: nn.Module) -> int:
     """Parameters of the base model (adapters left out), tied weights once, 4-bit corrected."""
-    return sum(_numel(p) for name, p in model.named_parameters()
-               if not _ADAPTER_PARTS.intersection(name.split(".")))
+    return sum(_numel(p) for name, p in model.named_parameters() if not is_adapter_param(name))
 
 
 def _shapes(obj):
@@ -374,13 +362,6 @@ class ParamCounts:
         return f"trainable {self.trainable:,} of {self.total:,} = {self.trainable_pct:.3f}%"
 
 
-def _param_type(name: str) -> str:
-    """Module type of a parameter: "….q_proj.lora_A.default.weight" -> "q_proj"."""
-    parts = name.split(".")
-    cut = next((i for i, p in enumerate(parts) if p in _WRAPPER_PARTS), len(parts) - 1)
-    return parts[cut - 1] if cut > 0 else parts[-1]
-
-
 def count_params(model: nn.Module) -> ParamCounts:
     """Count a model's parameters: total, trainable, frozen, by module type and by layer.
 
@@ -396,10 +377,10 @@ def count_params(model: nn.Module) -> ParamCounts:
     trainable = total = 0
     for name, p in model.named_parameters():
         n = _numel(p)
-        name = name.removeprefix("base_model.model.")
+        name = strip_prefix(name)
         slot = 0 if p.requires_grad else 1
-        by_type.setdefault(_param_type(name), [0, 0])[slot] += n
-        by_layer.setdefault(_layer_index(name), [0, 0])[slot] += n
+        by_type.setdefault(param_type(name), [0, 0])[slot] += n
+        by_layer.setdefault(layer_index(name), [0, 0])[slot] += n
         total += n
         trainable += n if p.requires_grad else 0
     layers = sorted(k for k in by_layer if k is not None) + (

@@ -51,12 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .params import _layer_index
+from .naming import layer_index, lora_linears, module_kind, same_module, select_layers
 from .settings import RecordSettings
 
 FORMAT_VERSION = 1  # of the saved file; bump when the layout changes
 _META_KEY = "lorakit"
-_PREFIX = "base_model.model."
 
 
 # --------------------------------------------------------------------------- the maths
@@ -170,9 +169,27 @@ class Recording:
         if module in self.data:
             return self.data[module]
         for m in self.data.values():
-            if module in (m.full_name, _PREFIX + m.full_name):
+            if same_module(module, m.full_name):
                 return m
         raise KeyError(f"module {module!r} is not in this recording; recorded: {self.modules}")
+
+    def select(self, modules) -> list[str]:
+        """Recorded short names matching ``modules`` (names, full names or types), model order.
+
+        Raises ValueError naming the valid choices when one matches nothing.
+        """
+        if isinstance(modules, str):
+            modules = [modules]
+        chosen, unknown = set(), []
+        for w in modules:
+            hits = [n for n, m in self.data.items() if w in (n, m.full_name, m.module_type)]
+            chosen.update(hits)
+            unknown += [] if hits else [w]
+        if unknown:
+            types = sorted({m.module_type for m in self.data.values()})
+            raise ValueError(f"no recorded module matches {unknown}; valid: {self.modules} "
+                             f"or a type {types}")
+        return [n for n in self.modules if n in chosen]
 
     def get(self, module_type: str, layer: int | None = None) -> ModuleFrames:
         """The frames of the module of type ``module_type`` (e.g. "q_proj") in block ``layer``.
@@ -332,62 +349,7 @@ def _is_main_process() -> bool:
     return True
 
 
-def lora_layers(peft_model, adapter: str = "default") -> dict[str, tuple[str, nn.Module]]:
-    """The model's LoRA (Linear) layers for ``adapter``: short name -> (full name, layer).
-
-    Short names are ``layers.{i}.{type}`` (e.g. ``layers.0.q_proj``) inside transformer blocks,
-    the full name elsewhere or where two modules would share a short name.
-    """
-    found = []
-    for full, module in peft_model.named_modules():
-        lora_A = getattr(module, "lora_A", None)
-        if not isinstance(lora_A, nn.ModuleDict) or adapter not in lora_A:
-            continue
-        if getattr(lora_A[adapter], "weight", None) is None or lora_A[adapter].weight.ndim != 2:
-            continue  # embedding / conv adapters keep their factors elsewhere
-        if type(module).__name__ == "ParamWrapper":
-            continue  # target_parameters (MoE experts): r·E factors, one ΔW per expert
-        full = full.removeprefix(_PREFIX)
-        index, kind = _layer_index(full), full.rsplit(".", 1)[-1]
-        found.append((f"layers.{index}.{kind}" if index is not None else full, full, module))
-    counts: dict[str, int] = {}
-    for short, _, _ in found:
-        counts[short] = counts.get(short, 0) + 1
-    return {(short if counts[short] == 1 else full): (full, m) for short, full, m in found}
-
-
-def _resolve(available: dict[str, tuple[str, nn.Module]], wanted) -> list[str]:
-    """Short names selected by ``wanted`` (None: layer 0 and the last layer of each type)."""
-    def kind(name):
-        return available[name][0].rsplit(".", 1)[-1]
-
-    if wanted is None:
-        chosen = []
-        for t in dict.fromkeys(kind(n) for n in available):
-            same = [n for n in available if kind(n) == t]
-            blocks = [n for n in same if _layer_index(available[n][0]) is not None] or same
-            first = min(blocks, key=lambda n: _layer_index(available[n][0]) or 0)
-            last = max(blocks, key=lambda n: _layer_index(available[n][0]) or 0)
-            chosen += [first, last]
-        return [n for n in available if n in chosen]  # model order, no duplicates
-
-    def matches(name: str, w: str) -> bool:
-        full = available[name][0]
-        return w in (name, full, _PREFIX + full) or full.endswith("." + w) \
-            or name.endswith("." + w)
-
-    chosen, unknown = set(), []
-    for w in wanted:
-        hits = [n for n in available if matches(n, w)]
-        if not hits:
-            unknown.append(w)
-        chosen.update(hits)
-    if unknown:
-        types = list(dict.fromkeys(kind(n) for n in available))
-        raise ValueError(
-            f"no LoRA layer matches {unknown}. Recordable names (short form, or just the type "
-            f"for every layer: {types}): {list(available)}")
-    return [n for n in available if n in chosen]
+lora_layers = lora_linears   # the name lorakit had before lorakit.naming
 
 
 class Recorder:
@@ -420,12 +382,12 @@ class Recorder:
         if not available:
             raise ValueError(f"this model has no LoRA Linear layers for adapter {adapter!r}; "
                              f"attach one first (lk.attach(model, ...))")
-        names = _resolve(available, self.settings.modules)
+        names = select_layers({n: full for n, (full, _) in available.items()},
+                              self.settings.modules)
         self._targets = []
         for n in names:
             full, layer = available[n]
-            self._targets.append(_Target(layer, n, full, full.rsplit(".", 1)[-1],
-                                         _layer_index(full)))
+            self._targets.append(_Target(layer, n, full, module_kind(full), layer_index(full)))
         config = getattr(peft_model, "config", None)
         name = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
         if name and Path(name).is_dir():  # a local folder: keep its name, not the user's path

@@ -35,6 +35,7 @@ from torch import nn
 
 from .attach import has_adapter, is_peft
 from .models import generate_batch, restore_4bit_layout
+from .naming import adapter_key, tuner_layers
 
 BASE = "__base__"                      # PEFT's name for "no adapter" in a mixed batch
 CONFIG_NAME = "adapter_config.json"    # = peft.utils.CONFIG_NAME
@@ -95,9 +96,7 @@ def _require_peft(model, what: str) -> None:
 
 
 def _lora_layers(peft_model) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.lora import LoraLayer
-
-    return [(n, m) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+    return tuner_layers(peft_model, lora_only=True)
 
 
 def is_merged(peft_model) -> bool:
@@ -384,7 +383,7 @@ def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
     modules = dict(base.named_modules())
     missing, mismatched = [], []
     for key, shape in lora.items():
-        module_name, _, part = key.removeprefix("base_model.model.").partition(".lora_")
+        module_name, part = adapter_key(key)
         module = modules.get(module_name)
         if module is None:
             missing.append(module_name)

@@ -29,6 +29,7 @@ from .data import Task
 from .loss import answer_loss, model_loss  # noqa: F401  (answer_loss: public since 0.1)
 from .modelkind import check_trainable_kind
 from .models import restore_4bit_layout
+from .naming import is_lora_B_param
 
 
 @dataclass
@@ -85,8 +86,8 @@ def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float |
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not loraplus_ratio:
         return [{"params": [p for _, p in named], "lr": lr, "weight_decay": weight_decay}]
-    b = [p for n, p in named if "lora_B" in n]
-    rest = [p for n, p in named if "lora_B" not in n]
+    b = [p for n, p in named if is_lora_B_param(n)]
+    rest = [p for n, p in named if not is_lora_B_param(n)]
     return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
             {"params": b, "lr": lr * loraplus_ratio, "weight_decay": weight_decay}]
 
