@@ -41,6 +41,7 @@ from .naming import (
     WRAPPER_PARTS,
     is_adapter_param,
     layer_index,
+    layer_numbers,
     matches_target,
     module_kind,
     param_type,
@@ -375,12 +376,13 @@ def count_params(model: nn.Module) -> ParamCounts:
     by_type: dict[str, list[int]] = {}
     by_layer: dict[int | None, list[int]] = {}
     trainable = total = 0
+    numbers = layer_numbers(n for n, _ in model.named_parameters())  # T5: enc, then dec
     for name, p in model.named_parameters():
         n = _numel(p)
         name = strip_prefix(name)
         slot = 0 if p.requires_grad else 1
         by_type.setdefault(param_type(name), [0, 0])[slot] += n
-        by_layer.setdefault(layer_index(name), [0, 0])[slot] += n
+        by_layer.setdefault(numbers[name], [0, 0])[slot] += n
         total += n
         trainable += n if p.requires_grad else 0
     layers = sorted(k for k in by_layer if k is not None) + (

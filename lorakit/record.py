@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .naming import layer_index, lora_linears, module_kind, same_module, select_layers
+from .naming import block_kinds, layer_numbers, lora_linears, same_module, select_layers
 from .settings import RecordSettings
 
 FORMAT_VERSION = 1  # of the saved file; bump when the layout changes
@@ -384,10 +384,12 @@ class Recorder:
                              f"attach one first (lk.attach(model, ...))")
         names = select_layers({n: full for n, (full, _) in available.items()},
                               self.settings.modules)
+        fulls = [full for full, _ in available.values()]
+        kinds, numbers = block_kinds(fulls), layer_numbers(fulls)  # attn.c_proj ≠ mlp.c_proj
         self._targets = []
         for n in names:
             full, layer = available[n]
-            self._targets.append(_Target(layer, n, full, module_kind(full), layer_index(full)))
+            self._targets.append(_Target(layer, n, full, kinds[full], numbers[full]))
         config = getattr(peft_model, "config", None)
         name = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
         if name and Path(name).is_dir():  # a local folder: keep its name, not the user's path

@@ -166,3 +166,34 @@ def test_answer_positions_are_the_union_over_rows():
 def test_readme_table_is_generated_from_the_families():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert readme_table() in readme, "regenerate it: python -m tests.families"
+
+
+def _recorder_names(fam, tok, targets):
+    model = fam.build(len(tok), tok.pad_token_id)
+    pm = lk.attach(model, r=R, alpha=2 * R, targets=targets, seed=0)
+    return lk.Recorder(pm), lk.count_params(pm)
+
+
+def test_same_suffix_modules_are_told_apart_and_all_recorded(tok):
+    """GPT-2's attn.c_proj and mlp.c_proj are two kinds; the default recording has both."""
+    rec, _ = _recorder_names(FAMILIES[0], tok, ["c_attn", "c_proj"])
+    assert rec.modules == ["layers.0.c_attn", "layers.0.attn.c_proj", "layers.0.mlp.c_proj",
+                           "layers.1.c_attn", "layers.1.attn.c_proj", "layers.1.mlp.c_proj"]
+    rec.on_step(0, None)
+    types = {m.module_type for m in rec.recording.data.values()}
+    assert types == {"c_attn", "attn.c_proj", "mlp.c_proj"}
+
+
+def test_encoder_and_decoder_stacks_are_named_apart(tok):
+    """T5 (block.N in encoder and decoder): distinct short names and block numbers, and the
+    default recording covers the decoder's self- and cross-attention too."""
+    t5 = next(f for f in FAMILIES if f.name == "T5")
+    rec, counts = _recorder_names(t5, tok, ["q"])
+    assert rec.modules == ["encoder.layers.0.SelfAttention.q", "encoder.layers.1.SelfAttention.q",
+                           "decoder.layers.0.SelfAttention.q",
+                           "decoder.layers.0.EncDecAttention.q",
+                           "decoder.layers.1.SelfAttention.q",
+                           "decoder.layers.1.EncDecAttention.q"]
+    assert [k for k in counts.by_layer if k is not None] == [0, 1, 2, 3]   # enc 0-1, dec 2-3
+    lora = [c.trainable for k, c in counts.by_layer.items() if k is not None]
+    assert lora == [R * 128] * 2 + [2 * R * 128] * 2   # decoder blocks: self + cross q
