@@ -5,7 +5,7 @@ plotly or ipywidgets; figures and widgets load them when first used.
 """
 
 from . import data as tasks
-from .attach import attach, attach_adalora, detach, find_targets
+from .attach import attach, attach_adalora, detach, find_target_parameters, find_targets
 from .data import Task
 from .models import generate, load_model
 from .params import (
@@ -54,6 +54,6 @@ __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
     "Recorder", "Recording", "Task", "TrainResult", "attach", "attach_adalora", "builtin_config",
     "compare_variants", "count_params",
-    "detach", "estimate", "find_targets", "generate", "linear_modules", "load_model",
+    "detach", "estimate", "find_target_parameters", "find_targets", "generate", "linear_modules", "load_model",
     "lora_param_count", "tasks", "train",
 ]

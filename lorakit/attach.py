@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .naming import layer_index, matches_target, strip_prefix, tuner_layers
+from .naming import WRAPPER_PARTS, matches_target, split_path, strip_prefix, tuner_layers
 from .params import LinearInfo, _model_linears, linear_modules, targeted
 from .settings import LoraSettings, is_pattern
 
@@ -139,23 +139,37 @@ def _check_pattern(model: nn.Module, targets: str) -> int:
                      f"suffixes: {', '.join(find_targets(model).names) or '(none)'}")
 
 
+def find_target_parameters(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Weights inside the blocks that are not Linear modules, by their path in the block: what
+    PEFT's ``target_parameters`` can adapt (Mixtral's ``mlp.experts.gate_up_proj``
+    ``(E, 2·I, d)``, its router ``mlp.gate.weight``). Norms and biases are left out."""
+    linear = {i.name for i in linear_modules(model, include_output=True)}
+    found: dict[str, tuple[int, ...]] = {}
+    for name, p in model.named_parameters():
+        name = strip_prefix(name)
+        module, _, last = name.rpartition(".")
+        path = split_path(name)
+        if (path.index is None or module in linear or p.ndim < 2 or "norm" in name
+                or not set(name.split(".")).isdisjoint(WRAPPER_PARTS)):
+            continue
+        found.setdefault(path.path, tuple(p.shape))
+    return found
+
+
 def check_target_parameters(model: nn.Module, names) -> list[str]:
     """Validate PEFT ``target_parameters`` (e.g. MoE experts' ``mlp.experts.gate_up_proj``).
 
-    Each name must match the end of a parameter's name; ValueError lists the parameters that
-    are not inside a Linear module (the ones only ``target_parameters`` can reach).
+    Each name must match the end of a parameter's name; ValueError lists what
+    ``find_target_parameters`` offers (the weights only ``target_parameters`` can reach).
     """
     names = [names] if isinstance(names, str) else list(names)
     params = [n for n, _ in model.named_parameters()]
     missing = [t for t in names if not isinstance(t, str) or not any(
         n == t or n.endswith("." + t) for n in params)]
     if missing:
-        linear = {i.name for i in linear_modules(model, include_output=True)}
-        offer = sorted({".".join(n.split(".")[-3:]) for n in params
-                        if n.rsplit(".", 1)[0] not in linear and layer_index(n) is not None
-                        and "norm" not in n})
+        offer = list(find_target_parameters(model))
         raise ValueError(f"target_parameters {missing} match no parameter of this model; "
-                         f"parameters outside Linear modules: {offer[:8] or '(none)'}")
+                         f"weights outside Linear modules: {offer or '(none)'}")
     return names
 
 

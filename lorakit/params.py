@@ -402,7 +402,8 @@ def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) 
     hit = targeted(linears, settings.targets, head)
     if not hit:
         names = ", ".join(dict.fromkeys(i.suffix for i in linears)) or "(none)"
-        raise ValueError(f"no Linear module matches targets {settings.targets!r}. "
+        shown = settings.targets if is_pattern(settings.targets) else list(settings.targets)
+        raise ValueError(f"no Linear module matches targets {shown!r}. "
                          f"This model's Linear modules are: {names}")
     # A: (r, d_in) + B: (d_out, r) per module; DoRA adds the magnitude m: (d_out,)
     return sum(settings.r * (i.in_features + i.out_features) + (i.out_features if dora else 0)
