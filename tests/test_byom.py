@@ -152,7 +152,7 @@ def test_seq2seq_trains_with_prompt_in_encoder_and_answer_in_decoder(tok, one_th
     batch = task.encode(tok, task.train[:2], "seq2seq")
     answer = tok(task.train[0].answer, add_special_tokens=False)["input_ids"]
     assert batch["labels"][0, :len(answer)].tolist() == answer     # the decoder learns the answer
-    assert "Answer: " in tok.decode(batch["input_ids"][0])          # the encoder reads the prompt
+    assert task.train[0].prompt in tok.decode(batch["input_ids"][0])  # the encoder: the prompt
     pm = lk.attach(t5, r=R, targets=["q", "v"], seed=0)
     with one_thread():
         res = lk.train(pm, tok, task, steps=20, lr=1e-2, batch_size=8, progress=False)
