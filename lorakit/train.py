@@ -122,7 +122,11 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     """Train the model's trainable parameters (the LoRA adapter) on ``task``.
 
     Args:
-        model: a PeftModel from ``lk.attach`` (any model with trainable parameters works).
+        model: a PeftModel from ``lk.attach`` (any model with trainable parameters works):
+            a causal LM (loss = the model's own on the answer tokens, ``lorakit.loss``), a
+            sequence classifier (a classification task such as ``lk.tasks.get("sentiment")``)
+            or a seq2seq model (prompt in the encoder, answer in the decoder). Other kinds
+            raise ValueError naming these.
         tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
         steps, lr, batch_size: optimizer steps, peak AdamW learning rate, examples per step.
         recorder: an ``lk.Recorder``; gets ``on_step(0, None)`` before training,
