@@ -69,8 +69,10 @@ binder-check:
 		m, t = lk.load_model(); print('binder-check ok:', lk.count_params(m).total, 'parameters;', \
 		repr(lk.generate(m, t, 'What is the capital of France?', max_new_tokens=8)))"
 
+# ruff, then mypy on lorakit/ (config in pyproject.toml): catches a missing attribute or import.
 lint: setup
 	$(VENV)/bin/ruff check lorakit tests benchmarks docs
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache lorakit-tour.html notebooks/adapters

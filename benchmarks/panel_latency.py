@@ -102,7 +102,7 @@ def parts(model) -> dict:
     panel = lk.LoRAPanel(model, display_mode="static")
     for t in targets:
         panel.target_boxes[t].value = True
-    counts, source = panel.counts, panel._count_source
+    counts, source = panel.counts, panel._source   # params.shape_source(model)
 
     def count(src):
         return median(timeit(lambda: [lk.lora_param_count(src, 16, [t]) for t in targets],

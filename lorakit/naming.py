@@ -290,12 +290,29 @@ def find_layer(model: nn.Module, name: str, adapter: str = "default") -> nn.Modu
                      f"as {some[0]!r}")
 
 
+def find_linear(model: nn.Module, module: str) -> tuple[str, nn.Module]:
+    """A Linear module by full name, dotted suffix, or short ``layers.N.type`` form."""
+    from .params import linear_modules  # params imports this module: import when used
+
+    infos = linear_modules(model)
+    hits = [i for i in infos if matches_target(i.name, module)]
+    if not hits and module.count(".") == 2 and module.startswith("layers."):
+        hits = [i for i in infos if short_name(i.name) == module]
+    if len(hits) != 1:
+        examples = [i.name for i in infos[:3]]
+        what = "no" if not hits else f"{len(hits)}"
+        raise ValueError(f"{what} Linear module(s) match {module!r}; give one module, e.g. "
+                         f"'layers.3.q_proj' or {examples[0]!r}")
+    return hits[0].name, model.get_submodule(hits[0].name)
+
+
 def same_module(name: str, full_name: str) -> bool:
     """True when ``name`` is ``full_name``, with or without PEFT's prefix."""
     return strip_prefix(name) == full_name
 
 
 __all__ = ["ADAPTER_LAYER_NAMES", "ADAPTER_PARAM_PARTS", "PEFT_PREFIX", "ModulePath",
-           "adapter_key", "block_kinds", "layer_numbers", "short_names", "find_layer", "is_adapter_param", "is_lora_B_param", "layer_index",
+           "adapter_key", "block_kinds", "layer_numbers", "short_names",
+           "find_layer", "find_linear", "is_adapter_param", "is_lora_B_param", "layer_index",
            "lora_linears", "matches_target", "module_kind", "param_type", "select_layers",
            "short_name", "split_path", "strip_prefix", "tuner_layers"]

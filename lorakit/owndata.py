@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Example, Task, from_pairs
+from .tasks import Example, Task, from_pairs
 
 MAX_ROWS = 1_000_000   # default cap on rows read from a file or dataset
 

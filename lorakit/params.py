@@ -46,8 +46,9 @@ from .naming import (
     module_kind,
     param_type,
     strip_prefix,
+    tuner_layers,
 )
-from .settings import LoraSettings, check_quantize, is_pattern
+from .settings import LoraSettings, Quantize, Variant, check_quantize, is_pattern
 
 MB = 10**6   # sizes are reported in decimal units: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes
 GB = 10**9
@@ -213,13 +214,8 @@ def _llama_shapes(cfg, causal: bool):
     prefix = "model." if causal else ""
     per_block = sum(i * o + (o if b else 0) for _, i, o, b in block) + 2 * d
     total = vocab * d + n_layers * per_block + d
-    linears = _block_linears(prefix + "layers", n_layers, block)
-    head = None
-    if causal:
-        head = LinearInfo("lm_head", "lm_head", None, d, vocab)
-        linears.append(head)
-        total += 0 if _tied(cfg) else vocab * d
-    return linears, head, total
+    return _with_head(cfg, causal, _block_linears(prefix + "layers", n_layers, block), total,
+                      d, vocab)
 
 
 def _gpt2_shapes(cfg, causal: bool):
@@ -236,13 +232,16 @@ def _gpt2_shapes(cfg, causal: bool):
     prefix = "transformer." if causal else ""
     per_block = sum(i * o + o for _, i, o, _ in block) + 4 * d
     total = vocab * d + cfg.n_positions * d + n_layers * per_block + 2 * d
-    linears = _block_linears(prefix + "h", n_layers, block)
-    head = None
-    if causal:
-        head = LinearInfo("lm_head", "lm_head", None, d, vocab)
-        linears.append(head)
-        total += 0 if _tied(cfg) else vocab * d
-    return linears, head, total
+    return _with_head(cfg, causal, _block_linears(prefix + "h", n_layers, block), total, d,
+                      vocab)
+
+
+def _with_head(cfg, causal: bool, linears: list[LinearInfo], total: int, d: int, vocab: int):
+    """(linears, head, total) of a decoder: a causal LM adds lm_head (d→V; V·d unless tied)."""
+    if not causal:
+        return linears, None, total
+    head = LinearInfo("lm_head", "lm_head", None, d, vocab)
+    return [*linears, head], head, total + (0 if _tied(cfg) else vocab * d)
 
 
 def _bert_shapes(cfg):
@@ -353,7 +352,7 @@ class ParamCounts:
 
     def rows(self, by: str = "type") -> list[dict]:
         """One dict per module type (``by="type"``) or layer (``by="layer"``) for tables/figures."""
-        groups = {"type": self.by_type, "layer": self.by_layer}
+        groups: dict[str, Mapping] = {"type": self.by_type, "layer": self.by_layer}
         if by not in groups:
             raise ValueError(f"by must be 'type' or 'layer', got {by!r}")
         return [{by: k, "trainable": c.trainable, "frozen": c.frozen, "total": c.total}
@@ -411,7 +410,7 @@ def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) 
 
 
 def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),
-                     variant: str = "lora") -> int:
+                     variant: Variant = "lora") -> int:
     """Trainable LoRA parameters ``Σ r·(d_in + d_out)`` over the matched Linear modules.
 
     Analytic: nothing is wrapped, so it is fast enough for a slider (config or model). DoRA
@@ -490,6 +489,46 @@ def builtin_config(name: str):
     cfg = getattr(transformers, cls_name)(**values)
     cfg.name_or_path = source
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# What attach would give, before attaching (the LoRAPanel's live count)
+# --------------------------------------------------------------------------------------------
+
+def shape_source(model: nn.Module):
+    """What to read Linear shapes from: the model's config when it gives the model's own
+    Linear modules (llama-family configs are analytic: ~0.3 ms against a few ms for walking
+    the modules), else the model. Decided once per model, by comparing the two lists."""
+    config = getattr(model, "config", None)
+    try:
+        if config is not None and linear_modules(config) == linear_modules(model):
+            return config
+    except Exception:                      # a config lorakit cannot read: use the model
+        pass
+    return model
+
+
+def projected_counts(model: nn.Module, settings: LoraSettings | None, *,
+                     base: ParamCounts | None = None, source=None) -> ParamCounts:
+    """``count_params`` of ``lk.attach(model, settings)``, computed without attaching.
+
+    Trainable: ``lora_param_count`` per target (analytic; fast enough for a slider). Frozen:
+    the model's own parameters (for a model already wrapped in place, its frozen part).
+    ``by_type`` holds both per module type; ``by_layer`` is empty (the count is per type).
+    ``settings=None``: no adapter (nothing trainable). ``base`` (``count_params(model)``) and
+    ``source`` (``shape_source(model)``) may be passed in to skip recomputing them.
+    """
+    base = count_params(model) if base is None else base
+    source = shape_source(model) if source is None else source
+    adapted = bool(tuner_layers(model))
+    frozen = {k: (c.frozen if adapted else c.total) for k, c in base.by_type.items()}
+    total_frozen = base.frozen if adapted else base.total
+    lora = {} if settings is None else {
+        t: lora_param_count(source, settings.r, [t], settings.variant) for t in settings.targets}
+    trainable = sum(lora.values())
+    return ParamCounts(
+        total=total_frozen + trainable, trainable=trainable, frozen=total_frozen,
+        by_type={k: TypeCount(lora.get(k, 0), n) for k, n in frozen.items()}, by_layer={})
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,7 +643,7 @@ class Budget:
 
 
 def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
-             quantize: str | None = None, variant: str = "lora", *,
+             quantize: Quantize | None = None, variant: Variant = "lora", *,
              double_quant: bool = True) -> Budget:
     """Parameter counts and training-memory budget for a model, config or built-in name.
 

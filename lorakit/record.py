@@ -370,8 +370,8 @@ class Recorder:
         at ``every`` and doubles on thinning); the first call always records.
         ``on_end(step, loss)``: records ``step`` if it is not recorded yet (the final state).
         Steps must increase: use a new Recorder for a new run.
-    ``recording`` returns the ``Recording`` so far; ``trainer_callback()`` adapts the hooks to
-    ``transformers.Trainer``.
+    ``to_recording()`` returns the ``Recording`` so far (stacked copies);
+    ``trainer_callback()`` adapts the hooks to ``transformers.Trainer``.
     """
 
     def __init__(self, peft_model, modules=None, every: int = 1, max_frames: int = 200,
@@ -491,6 +491,10 @@ class Recorder:
 
     @property
     def recording(self) -> Recording:
+        """The frames so far: ``to_recording()`` as a property (the name it had first)."""
+        return self.to_recording()
+
+    def to_recording(self) -> Recording:
         """The frames so far as a ``Recording`` (new tensors; the recorder keeps recording)."""
         data = {}
         for t in self._targets:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from ._html import page, write_atomic
+
 
 def _e(value) -> str:
     """Any value as escaped HTML text (quotes too, so it is safe inside attributes)."""
@@ -236,18 +238,11 @@ class Report:
         sub = f'<p class="subtitle">{_e(self.subtitle)}</p>' if self.subtitle else ""
         foot = f"<footer>{_e(self.footer)}</footer>" if self.footer else ""
         body = "\n".join(s.to_html() for s in self.sections)
-        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-                f"<title>{_e(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-                f"<h1>{_e(self.title)}</h1>\n{sub}\n{body}\n{foot}\n</body>\n</html>\n")
+        return page(self.title, f"{sub}\n{body}\n{foot}", _CSS)
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the HTML (UTF-8) to ``path``, replacing it atomically; return the absolute path."""
-        path = Path(path).expanduser().resolve()
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_html(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_atomic(Path(path).expanduser().resolve(), self.to_html())
 
 
 __all__ = ["Block", "Html", "KeyValues", "Report", "Section", "Sparkline", "Table", "Text"]

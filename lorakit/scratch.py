@@ -24,12 +24,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from numbers import Real
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from .settings import POSITIVE, POSITIVE_INT, PROBABILITY, Check
 
 __all__ = ["LoRAGrads", "NumpyLoRA", "LoRALinear", "apply_lora", "lora_scaling"]
 
@@ -41,28 +42,18 @@ _INITS = ("kaiming", "gaussian")
 
 
 def _check_r(r: object) -> int:
-    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r <= 0:
-        raise ValueError(f"r (the LoRA rank) must be a positive integer, got {r!r}")
-    return int(r)
+    POSITIVE_INT("r (the LoRA rank)", r)
+    return int(r)  # type: ignore[call-overload]
 
 
 def _check_alpha(alpha: object) -> float:
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, Real)
-        or not math.isfinite(alpha)
-        or alpha <= 0
-    ):
-        raise ValueError(
-            f"alpha (the LoRA scale numerator) must be a finite number > 0, got {alpha!r}"
-        )
-    return alpha
+    POSITIVE("alpha (the LoRA scale numerator)", alpha)
+    return alpha  # type: ignore[return-value]
 
 
 def _check_dropout(dropout: object) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-    return float(dropout)
+    Check("must be a probability in [0, 1)", PROBABILITY.ok)("dropout", dropout)
+    return float(dropout)  # type: ignore[arg-type]
 
 
 def _check_init(init: object) -> str:

@@ -1,4 +1,4 @@
-"""Serving a LoRA adapter: merge/unmerge, save/load, hot-swap, mixed-adapter batches.
+"""Serving a LoRA adapter: merge/unmerge, hot-swap, mixed-adapter batches, latency.
 
 Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
 
@@ -7,9 +7,8 @@ Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
   gives the unmerged model's logits (``MergeCheck``) and raises if not.
 - ``merge_in_place`` / ``unmerge`` ~ ``merge_adapter`` / ``unmerge_adapter``: keep the wrapper;
   explicit, symmetric and guarded (PEFT only warns on a repeat; here a repeat raises).
-- ``save_adapter`` / ``load_adapter`` ~ ``save_pretrained`` / ``PeftModel.from_pretrained`` and
-  ``load_adapter``: the PEFT folder format (adapter_config.json + adapter_model.safetensors),
-  with the adapter's tensor shapes checked against the model *before* anything is loaded.
+- ``save_adapter`` / ``load_adapter`` (lorakit/adapters.py, re-exported here): the PEFT folder
+  format, checked against the model before anything is loaded.
 - ``AdapterBank`` ~ ``load_adapter`` + ``set_adapter`` (hot-swap) and PEFT's mixed-adapter
   batches, ``generate(..., adapter_names=[...])`` ("__base__" = no adapter for that row).
 - ``latency`` times greedy generation (merged vs base vs unmerged LoRA).
@@ -22,29 +21,34 @@ by ≈ 1e-4 whatever the adapter, so tolerances here are relative to the logit s
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .attach import has_adapter, is_peft
+from ._quiet import peft_quiet
+from .adapters import (  # noqa: F401  (re-exported: serve held the adapter files before)
+    BASE,
+    BIN_WEIGHTS_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    SavedAdapter,
+    check_adapter_fits,
+    load_adapter,
+    save_adapter,
+)
+from .attach import has_adapter, is_peft, require_peft
 from .models import generate_batch, restore_4bit_layout
-from .naming import adapter_key, tuner_layers
-
-BASE = "__base__"                      # PEFT's name for "no adapter" in a mixed batch
-CONFIG_NAME = "adapter_config.json"    # = peft.utils.CONFIG_NAME
-WEIGHTS_NAME = "adapter_model.safetensors"  # = peft.utils.SAFETENSORS_WEIGHTS_NAME
-BIN_WEIGHTS_NAME = "adapter_model.bin"      # older PEFT (torch.save) format
+from .naming import tuner_layers
 
 # Merge-check tolerance, relative to the largest |logit| of the unmerged model: rounding
 # W + ΔW to the weight dtype (float32 eps 1.2e-7, bfloat16 eps 7.8e-3) moves the logits by
 # ~3e-6 (fp32), ~3e-3 (fp16) and ~3e-2 (bf16) of their scale on SmolLM2.
+_REQUANTIZED = ".*4-bit linear may get different.*"   # PEFT's warning per re-quantized layer
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -89,12 +93,6 @@ class MergeCheck:
 
 
 # -- merge / unmerge -----------------------------------------------------------------------
-def _require_peft(model, what: str) -> None:
-    if not is_peft(model):
-        raise TypeError(f"{what} expects a PeftModel (from lk.attach or lk.load_adapter), got "
-                        f"{type(model).__name__}")
-
-
 def _lora_layers(peft_model) -> list[tuple[str, nn.Module]]:
     return tuner_layers(peft_model, lora_only=True)
 
@@ -116,7 +114,7 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     ``unmerge`` undoes it. Raises ``MergeStateError`` if the model is already merged (PEFT's
     ``merge_adapter`` would only warn). Returns how many layers were merged.
     """
-    _require_peft(peft_model, "merge_in_place")
+    require_peft(peft_model, "merge_in_place")
     if is_merged(peft_model):
         merged = sorted({a for _, m in _lora_layers(peft_model) for a in m.merged_adapters})
         raise MergeStateError(
@@ -130,9 +128,8 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
-    with warnings.catch_warnings():
-        if quantized:  # PEFT warns per layer; merge() reports the measured effect once
-            warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
+    # PEFT warns per layer on a quantized base; merge() reports the measured effect once
+    with peft_quiet(*([_REQUANTIZED] if quantized else [])):
         peft_model.merge_adapter(adapter_names=names)
     return sum(m.merged for _, m in _lora_layers(peft_model))
 
@@ -143,7 +140,7 @@ def unmerge(peft_model) -> int:
     Raises ``MergeStateError`` if nothing is merged. Returns how many layers were unmerged.
     In float32 the base weights come back up to one rounding per element (W + ΔW − ΔW).
     """
-    _require_peft(peft_model, "unmerge")
+    require_peft(peft_model, "unmerge")
     if not is_merged(peft_model):
         raise MergeStateError("nothing to unmerge: the adapter is not merged into the base "
                               "weights (lk.merge_in_place merges it)")
@@ -151,8 +148,7 @@ def unmerge(peft_model) -> int:
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*4-bit linear may get different.*")
+    with peft_quiet(_REQUANTIZED):
         peft_model.unmerge_adapter()
     return count
 
@@ -208,7 +204,7 @@ def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | N
     W + ΔW exactly: PEFT dequantizes, adds ΔW and re-quantizes. That is not an error here;
     the logit difference it causes is measured, reported in ``merge_check`` and warned about.
     """
-    _require_peft(peft_model, "merge")
+    require_peft(peft_model, "merge")
     if is_merged(peft_model):
         raise MergeStateError("the adapter is already merged in place (lk.merge_in_place); "
                               "call lk.unmerge(peft_model) first, then lk.merge(peft_model)")
@@ -264,195 +260,6 @@ def _weight_dtype(peft_model) -> torch.dtype:
     if base.weight.is_floating_point():
         return base.weight.dtype
     return getattr(base, "compute_dtype", None) or torch.float32
-
-
-# -- save / load ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SavedAdapter:
-    """What ``save_adapter`` wrote."""
-
-    path: Path
-    bytes: int                  # total size of the files on disk
-    files: tuple[str, ...]      # file names inside ``path``
-
-    @property
-    def megabytes(self) -> float:
-        return self.bytes / 1e6
-
-    def __str__(self) -> str:
-        return f"{self.path} ({', '.join(self.files)}; {self.megabytes:.2f} MB)"
-
-
-def save_adapter(peft_model, directory, adapter: str | None = None) -> SavedAdapter:
-    """Save one adapter in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
-
-    ``PeftModel.from_pretrained(base, directory)`` and ``lk.load_adapter`` both load it. Only the
-    adapter's own tensors are written (A, B, and DoRA's magnitude vector), never the base.
-    Unlike ``save_pretrained`` a non-default adapter name does not add a sub-folder.
-    """
-    _require_peft(peft_model, "save_adapter")
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    name = adapter or peft_model.active_adapter
-    if name not in peft_model.peft_config:
-        raise ValueError(f"unknown adapter {name!r}; this model has {list(peft_model.peft_config)}")
-    path = Path(directory).expanduser()
-    if path.is_file():
-        raise ValueError(f"{path} is a file; save_adapter needs a folder path")
-    state = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    config = copy.deepcopy(peft_model.peft_config[name])
-    config.inference_mode = True
-    if config.base_model_name_or_path is None:
-        base = peft_model.get_base_model()
-        config.base_model_name_or_path = getattr(base, "name_or_path", None) or None
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
-    config.save_pretrained(str(path))
-    files = (CONFIG_NAME, WEIGHTS_NAME)
-    return SavedAdapter(path, sum((path / f).stat().st_size for f in files), files)
-
-
-def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors in an adapter file, read without loading the data."""
-    weights = path / WEIGHTS_NAME
-    if weights.exists():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as err:  # SafetensorError: truncated, corrupt header, not safetensors
-            raise ValueError(
-                f"{weights} is not a readable safetensors file ({err}). It is probably "
-                "truncated or corrupt (an interrupted copy or download): save or copy the "
-                "adapter again.") from err
-    legacy = path / BIN_WEIGHTS_NAME
-    if legacy.exists():
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{legacy} cannot be read ({err}); it is probably truncated or "
-                             "corrupt: save or copy the adapter again.") from err
-        return {k: tuple(v.shape) for k, v in state.items()}
-    raise FileNotFoundError(
-        f"no {WEIGHTS_NAME} in {path} (found: {sorted(p.name for p in path.iterdir())}); a PEFT "
-        f"adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-
-
-def _module_dims(module: nn.Module) -> tuple[int, int] | None:
-    """(d_out, d_in) of a Linear-like module (also bitsandbytes' packed ones), or None."""
-    if hasattr(module, "get_base_layer"):
-        module = module.get_base_layer()
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return int(module.out_features), int(module.in_features)
-    if isinstance(module, nn.Embedding):  # lora_embedding_A: (r, num), B: (dim, r)
-        return module.embedding_dim, module.num_embeddings
-    return None
-
-
-def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
-    """Check an adapter folder against ``model`` before loading; return its tensor shapes.
-
-    Raises FileNotFoundError (no folder / no adapter_config.json / no weights), ValueError for
-    a corrupt weights file, for modules the model does not have (an adapter for another
-    architecture) and for shapes that do not match (naming the module and both shapes).
-    """
-    path = Path(directory).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"no adapter folder at {path}")
-    if not (path / CONFIG_NAME).exists():
-        raise FileNotFoundError(
-            f"no {CONFIG_NAME} in {path} (found: {sorted(p.name for p in path.iterdir())}). A "
-            f"PEFT adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}; save one with "
-            "lk.save_adapter(peft_model, folder) or peft_model.save_pretrained(folder).")
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / CONFIG_NAME} is not valid JSON ({err})") from err
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise ValueError(f"{path} holds a {config.get('peft_type')!r} adapter; lorakit loads "
-                         "LoRA adapters (peft_type 'LORA')")
-    shapes = _tensor_shapes(path)
-    lora = {k: s for k, s in shapes.items() if ".lora_" in k}
-    if not lora:
-        raise ValueError(f"{path} has no LoRA tensors (lora_A / lora_B); found {list(shapes)[:5]}")
-
-    base = model.get_base_model() if is_peft(model) else model
-    modules = dict(base.named_modules())
-    missing, mismatched = [], []
-    for key, shape in lora.items():
-        module_name, part = adapter_key(key)
-        module = modules.get(module_name)
-        if module is None:
-            missing.append(module_name)
-            continue
-        dims = _module_dims(module)
-        if dims is None:
-            continue
-        d_out, d_in = dims
-        want = {"A.weight": (1, d_in, "d_in"), "B.weight": (0, d_out, "d_out"),
-                "embedding_A": (1, d_in, "num_embeddings"),
-                "embedding_B": (0, d_out, "embedding_dim"),
-                "magnitude_vector": (0, d_out, "d_out"),
-                "magnitude_vector.weight": (0, d_out, "d_out")}.get(part)
-        if want and (len(shape) <= want[0] or shape[want[0]] != want[1]):
-            mismatched.append((module_name, type(module).__name__, d_out, d_in, part, shape,
-                               want[2]))
-    if missing:
-        names = list(dict.fromkeys(missing))
-        from .attach import find_targets
-
-        raise ValueError(
-            f"this adapter does not fit the model: it has weights for {len(names)} module(s) the "
-            f"model does not have, e.g. {names[0]!r}. It was trained for another architecture "
-            f"(target_modules={config.get('target_modules')}, base model "
-            f"{config.get('base_model_name_or_path')!r}). This model's Linear modules: "
-            f"{find_targets(base).names}")
-    if mismatched:
-        name, kind, d_out, d_in, part, shape, dim = mismatched[0]
-        raise ValueError(
-            f"this adapter does not fit the model: module {name!r} is {kind} with weight shape "
-            f"(d_out, d_in) = ({d_out}, {d_in}) here, but the adapter's lora_{part} has shape "
-            f"{shape}, which needs a different {dim}. The adapter was trained on a model with "
-            f"other layer sizes ({len(mismatched)} tensor(s) do not fit; base model "
-            f"{config.get('base_model_name_or_path')!r}).")
-    return shapes
-
-
-def load_adapter(model, directory, name: str = "default", *, trainable: bool = False):
-    """Load a PEFT-format adapter folder onto ``model`` and return the PeftModel.
-
-    ``model`` is a plain transformers model (a PeftModel is created, like
-    ``PeftModel.from_pretrained``) or a PeftModel (the adapter is added under ``name``, like
-    ``PeftModel.load_adapter``; the active adapter does not change). Works for folders written
-    by ``lk.save_adapter`` and by PEFT's ``save_pretrained``. The folder is checked first
-    (``check_adapter_fits``), so a wrong adapter leaves the model untouched. ``trainable=False``
-    loads it frozen, for inference.
-    """
-    if not isinstance(name, str) or not name or name == BASE:
-        raise ValueError(f"adapter name must be a non-empty string other than {BASE!r}, "
-                         f"got {name!r}")
-    if not is_peft(model) and has_adapter(model):
-        raise ValueError("this model's layers already carry a LoRA adapter: pass the PeftModel "
-                         "(what lk.attach returned) to add another adapter to it")
-    if is_peft(model) and name in model.peft_config:
-        raise ValueError(f"the model already has an adapter named {name!r} (adapters: "
-                         f"{list(model.peft_config)}); choose another name")
-    check_adapter_fits(model, directory)
-    path = str(Path(directory).expanduser())
-    from peft import PeftModel
-
-    with warnings.catch_warnings():
-        # PEFT compares base_model_name_or_path with the model's and warns on any difference
-        # (e.g. two cache folders of the same model); the shapes were checked above.
-        warnings.filterwarnings("ignore", message=".*base model.*")
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT vs v5
-        if is_peft(model):
-            model.load_adapter(path, adapter_name=name, is_trainable=trainable)
-            return model
-        return PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=trainable)
 
 
 # -- several adapters on one base ------------------------------------------------------------
@@ -556,8 +363,7 @@ class AdapterBank:
                                 f"LoraSettings fields or a peft LoraConfig, got "
                                 f"{type(source).__name__}")
             config.inference_mode = not trainable
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            with peft_quiet():
                 self._add_fresh(name, config)
         if self._active == BASE and len(self.names) == 1:
             self._active = name

@@ -11,9 +11,11 @@ Validation happens in ``__post_init__`` so a bad value is refused before anythin
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 Variant = Literal["lora", "rslora", "dora"]
 Init = Literal["default", "gaussian", "pissa", "olora"]
@@ -27,14 +29,69 @@ QUANTIZE: tuple[str, ...] = get_args(Quantize)
 _PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
+# --------------------------------------------------------------------------- validators
+# The one set of value checks lorakit uses: settings dataclasses name one per field
+# (``metadata={"check": ...}``), ``check_fields`` runs them in ``__post_init__``, and the CLI
+# turns the same rule into an argparse type (lorakit.settings.add_flags).
+
+
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule a value must follow: ``check(name, value)`` raises ValueError when it does not.
+
+    ``rule`` reads after the value's name: "steps must be a positive integer, got 0".
+    ``none_ok``: None is accepted too (an optional setting).
+    """
+
+    rule: str
+    ok: Callable[[Any], bool]
+    none_ok: bool = False
+
+    def __call__(self, name: str, value) -> None:
+        if value is None and self.none_ok:
+            return
+        if not self.ok(value):
+            extra = " or None" if self.none_ok else ""
+            raise ValueError(f"{name} {self.rule}{extra}, got {value!r}")
+
+    def or_none(self) -> Check:
+        """The same rule, also accepting None."""
+        return Check(self.rule, self.ok, none_ok=True)
+
+
+POSITIVE_INT = Check("must be a positive integer", lambda v: _is_int(v) and v > 0)
+NON_NEGATIVE_INT = Check("must be an integer ≥ 0", lambda v: _is_int(v) and v >= 0)
+INTEGER = Check("must be an integer", _is_int)
+POSITIVE = Check("must be a finite number > 0",
+                 lambda v: _is_number(v) and v > 0 and math.isfinite(v))
+NON_NEGATIVE = Check("must be a finite number ≥ 0",
+                     lambda v: _is_number(v) and v >= 0 and math.isfinite(v))
+PROBABILITY = Check("must be in [0, 1)", lambda v: _is_number(v) and 0.0 <= v < 1.0)
+NON_EMPTY_STR = Check("must be a non-empty string", lambda v: isinstance(v, str) and bool(v))
+
+
 def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer (1, 2, 4, 8, ...), got {value!r}")
+    POSITIVE_INT(name, value)
 
 
 def _positive_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    POSITIVE(name, value)
+
+
+def check_fields(settings) -> None:
+    """Run every field's ``metadata["check"]`` (labelled by ``metadata["label"]`` or its name)."""
+    for f in fields(settings):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f.metadata.get("label", f.name), getattr(settings, f.name))
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -53,17 +110,17 @@ def check_quantize(value) -> None:
 class LoraSettings:
     """What ``lk.attach`` needs to build a PEFT ``LoraConfig``."""
 
-    r: int = field(default=8, metadata={"help": (
+    r: int = field(default=8, metadata={"check": POSITIVE_INT, "label": "r (rank)", "help": (
         "Rank r of the update ΔW = (α/r)·B·A: A is (r, d_in), B is (d_out, r). "
         "Trainable parameters grow linearly with r.")})
-    alpha: float = field(default=16, metadata={"help": (
+    alpha: float = field(default=16, metadata={"check": POSITIVE, "help": (
         "Scale α: the update is multiplied by α/r (or α/√r for rsLoRA). "
         "A common choice is α = 2r.")})
     targets: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={"help": (
         "Names (suffixes) of the Linear modules that get an adapter, e.g. q_proj, v_proj; or "
         "'all-linear' (every Linear but the output head), or one regex string matched against "
         "full module names. lk.find_targets(model) lists the model's real names.")})
-    dropout: float = field(default=0.0, metadata={"help": (
+    dropout: float = field(default=0.0, metadata={"check": PROBABILITY, "help": (
         "Dropout on the adapter's input during training, in [0, 1). 0 disables it.")})
     variant: Variant = field(default="lora", metadata={"help": (
         "lora: scale α/r. rslora: scale α/√r, stable at large r (Kalajdzievski 2023). "
@@ -74,11 +131,7 @@ class LoraSettings:
         "vectors / a QR of W (the base weight is changed to compensate).")})
 
     def __post_init__(self):
-        _positive_int("r (rank)", self.r)
-        _positive_number("alpha", self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) \
-                or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_fields(self)
         targets = self.targets
         if not is_pattern(targets):
             targets = (targets,) if isinstance(targets, str) else tuple(targets)
@@ -121,6 +174,49 @@ def is_pattern(targets) -> bool:
                                          or bool(_REGEX_CHARS & set(targets)))
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``lk.train`` needs besides the model, tokenizer and task (one run's optimizer).
+
+    ``lk.train(model, tok, task, **settings.kwargs())`` runs with these values; the
+    TrainPanel's controls and the CLI's flags are built from these fields and their help.
+    """
+
+    steps: int = field(default=60, metadata={"check": POSITIVE_INT, "help": (
+        "Optimizer steps to train.")})
+    lr: float = field(default=2e-3, metadata={"check": POSITIVE, "help": (
+        "Peak AdamW learning rate (linear warm-up, then decay to 10%). LoRA usually likes "
+        "1e-4 … 3e-3.")})
+    batch_size: int = field(default=8, metadata={"check": POSITIVE_INT, "help": (
+        "Training examples per optimizer step.")})
+    loraplus_ratio: float | None = field(default=None, metadata={
+        "check": Check("must be > 0 (LoRA+ suggests 16)", POSITIVE.ok, none_ok=True), "help": (
+            "LoRA+ (Hayou et al. 2024): B's learning rate is this multiple of A's (the paper "
+            "uses 16). None: one learning rate for both.")})
+    weight_decay: float = field(default=0.0, metadata={"check": NON_NEGATIVE, "help": (
+        "AdamW weight decay on the adapter's parameters.")})
+    max_grad_norm: float | None = field(default=1.0, metadata={
+        "check": Check("must be > 0", POSITIVE.ok, none_ok=True), "help": (
+            "Clip the gradient's norm to this value before each step. None: no clipping.")})
+    warmup: int | None = field(default=None, metadata={
+        "check": NON_NEGATIVE_INT.or_none(), "help": (
+            "Linear warm-up steps. None: 10% of the steps, at most 10.")})
+    seed: int = field(default=0, metadata={"check": INTEGER, "help": (
+        "Seed of the data order and dropout (the global random state is left alone).")})
+
+    def __post_init__(self):
+        check_fields(self)
+
+    @property
+    def warmup_steps(self) -> int:
+        """``warmup``, or its default: 10% of the steps, at most 10."""
+        return min(10, self.steps // 10) if self.warmup is None else self.warmup
+
+    def kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments of ``lk.train``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def help_text(settings_cls, name: str) -> str:
     """The help text of one field (what widgets show as a tooltip)."""
     for f in fields(settings_cls):
@@ -137,28 +233,25 @@ class RecordSettings:
         "Which adapted modules to record. None: layer 0 and the last layer of each adapted "
         "type (e.g. q_proj, v_proj). Names may be full ('model.layers.0.self_attn.q_proj'), "
         "short ('layers.0.q_proj') or a bare type ('q_proj' = every layer of that type).")})
-    every: int = field(default=1, metadata={"help": (
+    every: int = field(default=1, metadata={"check": POSITIVE_INT, "help": (
         "Record a snapshot every this many optimizer steps (step 0 and the last step are "
         "always recorded).")})
-    max_frames: int = field(default=200, metadata={"help": (
+    max_frames: int = field(default=200, metadata={"check": POSITIVE_INT, "help": (
         "Most snapshots kept. When a new one would exceed it, every other snapshot is dropped "
         "and the stride doubles, so memory stays bounded and the frames stay evenly spaced.")})
-    display_size: int = field(default=64, metadata={"help": (
+    display_size: int = field(default=64, metadata={"check": POSITIVE_INT, "help": (
         "A, B and ΔW are kept block-averaged to at most this many rows/columns (float16) for "
         "heatmaps; norms and singular values are always computed at full size.")})
-    top_k: int = field(default=8, metadata={"help": (
+    top_k: int = field(default=8, metadata={"check": POSITIVE_INT, "help": (
         "How many of ΔW's largest singular values to keep per snapshot (at most r are non-zero).")})
     adapter: str = field(default="default", metadata={"help": (
         "Name of the PEFT adapter to record ('default' unless you added named adapters).")})
 
     def __post_init__(self):
-        _positive_int("every", self.every)
-        _positive_int("max_frames", self.max_frames)
+        check_fields(self)
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be at least 2 (step 0 and the latest step are "
                              f"always kept), got {self.max_frames!r}")
-        _positive_int("display_size", self.display_size)
-        _positive_int("top_k", self.top_k)
         if not isinstance(self.adapter, str) or not self.adapter:
             raise ValueError(f"adapter must be a non-empty adapter name, got {self.adapter!r}")
         if self.modules is not None:
@@ -168,3 +261,63 @@ class RecordSettings:
                     f"modules must be None or a non-empty list of module names such as "
                     f"['layers.0.q_proj'], got {self.modules!r}")
             object.__setattr__(self, "modules", modules)
+
+
+# --------------------------------------------------------------------------- CLI flags
+
+
+def _flag_type(f):
+    """An argparse ``type`` for field ``f``: parse the text, then apply the field's check."""
+    import argparse
+
+    parse = f.metadata.get("parse")
+    if parse is None:
+        kind = str(f.type)
+        parse = int if kind.startswith("int") else float if kind.startswith("float") else str
+    check = f.metadata.get("check")
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except (TypeError, ValueError) as err:
+            message = f"{check.rule}, got {text!r}" if check is not None else str(err)
+            raise argparse.ArgumentTypeError(message) from None
+        if check is not None and not check.ok(value):
+            raise argparse.ArgumentTypeError(f"{check.rule}, got {text!r}")
+        return value
+
+    convert.__name__ = f.name   # argparse names the type in some messages
+    return convert
+
+
+def add_flags(parser, settings_cls, names=None) -> None:
+    """Add one ``--flag`` per field of ``settings_cls`` (or of ``names``) to an argparse parser.
+
+    The flag is the field name with dashes (``batch_size`` -> ``--batch-size``), unless
+    ``metadata["flags"]`` names others; its type applies the field's ``check``, its help is the
+    field's help and its default the field's default. Optional metadata: ``choices`` (a tuple,
+    or a function returning one), ``parse`` (text -> value), ``metavar``, ``append`` (a
+    repeatable flag collecting a list).
+    """
+    import argparse
+
+    for f in fields(settings_cls):
+        if names is not None and f.name not in names:
+            continue
+        meta = f.metadata
+        flags = meta.get("flags") or ("--" + f.name.replace("_", "-"),)
+        kwargs: dict[str, Any] = {"dest": f.name,   # argparse formats help with %: escape it
+                                  "help": meta.get("help", "").replace("%", "%%")}
+        choices = meta.get("choices")
+        if choices is not None:
+            kwargs["choices"] = choices() if callable(choices) else choices
+        else:
+            kwargs["type"] = _flag_type(f)
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        if meta.get("append"):
+            kwargs.update(action="append", default=argparse.SUPPRESS)
+        else:
+            default = f.default
+            kwargs["default"] = ",".join(default) if isinstance(default, tuple) else default
+        parser.add_argument(*flags, **kwargs)

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attach import attach, attach_adalora, detach, is_adalora
-from .data import Task
-from .loss import answer_loss, model_loss  # noqa: F401  (answer_loss: public since 0.1)
+from .attach import is_adalora
+from .loss import answer_loss
 from .modelkind import check_trainable_kind
 from .models import restore_4bit_layout
 from .naming import is_lora_B_param
+from .settings import TrainSettings
+from .tasks import Task
 
 
 @dataclass
@@ -100,18 +101,16 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 1.0 - 0.9 * frac
 
 
-def _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm):
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0 (e.g. 2e-3), got {lr!r}")
-    if loraplus_ratio is not None and not loraplus_ratio > 0:
-        raise ValueError(f"loraplus_ratio must be > 0 (LoRA+ suggests 16), got {loraplus_ratio!r}")
-    if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
-        raise ValueError(f"warmup must be an integer ≥ 0, got {warmup!r}")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+def _check_trainable(model, task) -> list[torch.nn.Parameter]:
+    """The model's trainable parameters; raises when there are none or ``task`` is no Task."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: attach an adapter first, "
+                         "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
+                        f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    return params
 
 
 def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size: int = 8, *,
@@ -128,42 +127,34 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
             or a seq2seq model (prompt in the encoder, answer in the decoder). Other kinds
             raise ValueError naming these.
         tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
-        steps, lr, batch_size: optimizer steps, peak AdamW learning rate, examples per step.
+        steps, lr, batch_size, loraplus_ratio, weight_decay, max_grad_norm, warmup, seed: see
+            ``TrainSettings`` (help per field; ``lk.train(..., **settings.kwargs())``).
         recorder: an ``lk.Recorder``; gets ``on_step(0, None)`` before training,
             ``on_step(step, loss)`` after each step and ``on_end(step, loss)`` at the end.
             A recorder that already holds frames (a second ``train`` call to train longer)
             continues its step count instead of starting again at 0.
         callbacks: called with a ``StepInfo`` after each step; a truthy return stops training.
-        loraplus_ratio: LoRA+ — B's learning rate is this multiple of A's (paper: 16).
-        max_grad_norm: gradient clipping (None disables it). warmup: warm-up steps
-            (default: 10% of steps, at most 10). seed: data order and dropout.
         progress: show a tqdm progress bar with the live loss.
 
     Returns:
         ``TrainResult`` (losses, lrs, step times, tokens/s); the model is left in eval mode.
     """
-    _check(steps, lr, batch_size, loraplus_ratio, warmup, max_grad_norm)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: attach an adapter first, "
-                         "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])")
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
-                        f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    s = TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio,
+                      weight_decay=weight_decay, max_grad_norm=max_grad_norm, warmup=warmup,
+                      seed=seed)
+    params = _check_trainable(model, task)
     kind = task.check_kind(check_trainable_kind(model))
-    warmup = min(10, steps // 10) if warmup is None else warmup
     adalora = is_adalora(model)
-    device = params[0].device
-    groups = _param_groups(model, lr, weight_decay, loraplus_ratio)
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    base_lrs = [g["lr"] for g in groups]
-    result = TrainResult(steps_planned=steps)
-    batches = task.batches(tok, batch_size, seed=seed, kind=kind)
+    groups = _param_groups(model, s.lr, s.weight_decay, s.loraplus_ratio)
+    optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+    for g in optimizer.param_groups:  # the peak learning rate of each group (as torch's schedulers)
+        g.setdefault("initial_lr", g["lr"])
+    result = TrainResult(steps_planned=s.steps)
+    batches = task.batches(tok, s.batch_size, seed=s.seed, kind=kind)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, desc=f"training {task.name}", disable=not progress, leave=True)
-    step, loss_value = 0, None
+    bar = tqdm(total=s.steps, desc=f"training {task.name}", disable=not progress, leave=True)
     offset = (recorder.last_step or 0) if recorder is not None else 0
     if recorder is not None and recorder.last_step is None:
         recorder.on_step(0, None)
@@ -171,35 +162,14 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     model.train()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for step in range(1, steps + 1):
-                t0 = time.perf_counter()
-                factor = _lr_factor(step - 1, steps, warmup)
-                for g, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                    g["lr"] = base_lr * factor
-                batch = {k: v.to(device) for k, v in next(batches).items()}
-                loss = model_loss(model, batch)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise _diverged(step, f"loss is {loss_value}", lr, result)
-                loss.backward()
-                if max_grad_norm is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                    if not torch.isfinite(norm):
-                        raise _diverged(step, "the gradient is not finite", lr, result)
-                optimizer.step()
-                if adalora:  # prune singular values by their importance (needs the gradients)
-                    model.base_model.update_and_allocate(step)
-                optimizer.zero_grad(set_to_none=True)
-                result.losses.append(loss_value)
-                result.lrs.append(lr * factor)
-                result.tokens.append(int(batch["attention_mask"].sum()))
-                result.step_times.append(time.perf_counter() - t0)
+            torch.manual_seed(s.seed)
+            for step in range(1, s.steps + 1):
+                info = _step(model, optimizer, params, next(batches), step, s, result, adalora,
+                             kind)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+                bar.set_postfix(loss=f"{info.loss:.4f}")
                 if recorder is not None:
-                    recorder.on_step(offset + step, loss_value)
-                info = StepInfo(step, steps, loss_value, lr * factor, model)
+                    recorder.on_step(offset + step, info.loss)
                 if any([cb(info) for cb in callbacks]):
                     break
     except KeyboardInterrupt:
@@ -213,6 +183,36 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     return result
 
 
+def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
+          result: TrainResult, adalora: bool, kind: str = "causal_lm") -> StepInfo:
+    """One optimizer step (1-based ``step``); appends its numbers to ``result``."""
+    t0 = time.perf_counter()
+    factor = _lr_factor(step - 1, s.steps, s.warmup_steps)
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    device = params[0].device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    # causal LM: the model's own loss, head only at answer positions (lorakit.loss)
+    loss = answer_loss(model, batch) if kind == "causal_lm" else model(**batch).loss
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise _diverged(step, f"loss is {loss_value}", s.lr, result)
+    loss.backward()
+    if s.max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+        if not torch.isfinite(norm):
+            raise _diverged(step, "the gradient is not finite", s.lr, result)
+    optimizer.step()
+    if adalora:  # prune singular values by their importance (needs the gradients)
+        model.base_model.update_and_allocate(step)
+    optimizer.zero_grad(set_to_none=True)
+    result.losses.append(loss_value)
+    result.lrs.append(s.lr * factor)
+    result.tokens.append(int(batch["attention_mask"].sum()))
+    result.step_times.append(time.perf_counter() - t0)
+    return StepInfo(step, s.steps, loss_value, s.lr * factor, model)
+
+
 def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFiniteLossError:
     return NonFiniteLossError(
         f"training stopped at step {step}: {what}. The adapter keeps its weights from step "
@@ -220,56 +220,11 @@ def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFinite
         "gradient clipping (max_grad_norm=1.0).", result)
 
 
-# -- comparing variants on one budget -------------------------------------------------------
-VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa", "adalora")
+# -- moved: compare_variants lives in lorakit.experiments (it trains several adapters) ------
+def __getattr__(name: str):
+    """``lorakit.train.compare_variants`` etc.: their home is ``lorakit.experiments`` now."""
+    if name in ("VARIANT_NAMES", "VariantResult", "compare_variants"):
+        from . import experiments
 
-
-@dataclass
-class VariantResult:
-    """One variant trained by ``compare_variants``."""
-
-    name: str
-    trainable: int
-    losses: list[float] = field(repr=False)
-    accuracy: float
-    seconds: float
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1]
-
-
-def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_NAMES, *,
-                     r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-                     steps: int = 30, lr: float = 2e-3, batch_size: int = 8, eval_n: int = 20,
-                     loraplus_ratio: float = 16, seed: int = 0,
-                     progress: bool = False) -> list[VariantResult]:
-    """Train each variant with the same rank, targets, steps, lr and data; score each.
-
-    lora / rslora (α/√r) / dora (magnitude + direction) / pissa (init from W's top singular
-    vectors) go through ``lk.attach``; loraplus is plain LoRA with B's learning rate
-    ``loraplus_ratio`` × lr; adalora starts at rank 1.5·r and prunes to r on average. Each run
-    starts from the same base and the base model is given back unchanged at the end.
-    """
-    unknown = [v for v in variants if v not in VARIANT_NAMES]
-    if unknown or not variants:
-        raise ValueError(f"unknown variants {unknown or list(variants)}; choose from "
-                         f"{', '.join(VARIANT_NAMES)}")
-    _check(steps, lr, batch_size, loraplus_ratio, None, 1.0)
-    results = []
-    for name in variants:
-        if name == "adalora":
-            pm = attach_adalora(model, r, alpha, targets, total_step=steps, seed=seed)
-        else:
-            pm = attach(model, r, alpha, targets, seed=seed,
-                        variant=name if name in ("rslora", "dora") else "lora",
-                        init="pissa" if name == "pissa" else "default")
-        model = pm
-        trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
-        res = train(pm, tok, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                    loraplus_ratio=loraplus_ratio if name == "loraplus" else None,
-                    progress=progress)
-        acc = task.accuracy(pm, tok, n=eval_n)
-        results.append(VariantResult(name, trainable, res.losses, acc.score, res.elapsed))
-    detach(model)
-    return results
+        return getattr(experiments, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

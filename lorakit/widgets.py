@@ -49,7 +49,6 @@ import functools
 import html
 import sys
 import threading
-import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -66,15 +65,17 @@ except ImportError as e:  # pragma: no cover - exercised only without the viz ex
 import lorakit as lk
 
 from . import figures
-from .attach import has_adapter, is_peft, settings_of
-from .params import ParamCounts, TypeCount
-from .settings import VARIANTS, LoraSettings, check_choice, help_text
+from .adapters import BASE
+from .attach import is_peft, settings_of
+from .params import ParamCounts, projected_counts, shape_source
+from .settings import VARIANTS, LoraSettings, TrainSettings, check_choice, help_text
+from .tasks import Accuracy
 
 DisplayMode = Literal["auto", "widget", "static"]
 DISPLAY_MODES: tuple[str, ...] = get_args(DisplayMode)
 RANKS: tuple[int, ...] = tuple(2**i for i in range(9))   # the rank slider's stops, 1 … 256
 MAX_RANK = RANKS[-1]                                       # the rank box accepts any 1 … 256
-NO_ADAPTER = "(no adapter)"                                # AdapterPanel's base-model column
+NO_ADAPTER = BASE     # AdapterPanel's base-model column: AdapterBank's "no adapter" name
 _ERROR_COLOR = "#b00020"
 _WARN_COLOR = "#8a5300"
 
@@ -99,7 +100,7 @@ class DisplaySettings:
 _display = DisplaySettings()
 
 
-def set_display_mode(mode: str) -> str:
+def set_display_mode(mode: DisplayMode) -> str:
     """Set how panels built from now on draw figures: "auto", "widget" or "static".
 
     Returns the previous mode (to restore it). Panels already built keep their mode.
@@ -127,7 +128,7 @@ def figure_widget_available() -> bool:
     return go.FigureWidget.__module__ != "plotly.missing_anywidget"
 
 
-def resolve_display_mode(mode: str | None = None) -> str:
+def resolve_display_mode(mode: DisplayMode | None = None) -> str:
     """The concrete mode, "widget" or "static", for ``mode`` (None: the switch's value)."""
     mode = get_display_mode() if mode is None else DisplaySettings(mode).mode
     if mode == "auto":
@@ -341,14 +342,8 @@ class LoRAPanel(_Panel):
         self.targets_table = lk.find_targets(model)
         if not self.targets_table:
             raise ValueError("this model has no Linear module LoRA can target")
-        self._count_source = _count_source(model)
-        base = lk.count_params(model)
-        # Base parameters are the frozen part. A model lk.attach wrapped in place already has
-        # its base frozen and adapter trainable; a plain model has every parameter trainable.
-        adapted = has_adapter(model)
-        self._base_by_type = {k: (c.frozen if adapted else c.total)
-                              for k, c in base.by_type.items()}
-        self._base_total = base.frozen if adapted else base.total
+        self._base = lk.count_params(model)       # computed once; projected_counts reuses
+        self._source = shape_source(model)
         start = settings_of(model) or LoraSettings()
         names = self.targets_table.names
         checked = [t for t in start.targets if t in names] or [names[0]]
@@ -390,6 +385,11 @@ class LoRAPanel(_Panel):
             "adapter on this model.")
         self.peft_label = W.Label()
 
+        self._wire()
+        self.refresh()
+
+    def _wire(self) -> None:
+        """Connect the controls to their observers and lay the panel out (``self.widget``)."""
         self.rank_slider.observe(self._on_rank, "value")
         self.rank_text.observe(self._on_rank, "value")
         self.alpha_text.observe(self._on_alpha, "value")
@@ -410,7 +410,6 @@ class LoRAPanel(_Panel):
             self.count_label, self.scale_label, self.message, self.bar_view.widget,
             W.HBox([self.apply_button, self.peft_label]), self.error,
         ])
-        self.refresh()
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -493,13 +492,11 @@ class LoRAPanel(_Panel):
                 f"r = {r} is larger than min(d_in, d_out) = {limit} of {t.suffix} "
                 f"({shapes}, {t.count} modules): ΔW there cannot have rank above {limit}. "
                 f"Lower r to ≤ {limit} or uncheck {t.suffix}.")
-        # Trainable per module type from the analytic count; frozen = the base model's own.
-        lora = {t: lk.lora_param_count(self._count_source, r, [t], variant) for t in targets}
-        trainable = sum(lora.values())
-        self.counts = ParamCounts(
-            total=self._base_total + trainable, trainable=trainable, frozen=self._base_total,
-            by_type={k: TypeCount(lora.get(k, 0), n) for k, n in self._base_by_type.items()},
-            by_layer={})
+        # α does not change the count: an invalid α still shows what r and targets cost.
+        counted = self.settings or (LoraSettings(r=r, targets=targets, variant=variant)
+                                    if targets else None)
+        self.counts = projected_counts(self.model, counted, base=self._base,
+                                       source=self._source)
         self.count_label.value = str(self.counts)
         if self.settings is not None:
             rule = "α/√r, rsLoRA" if variant == "rslora" else "α/r"
@@ -544,30 +541,6 @@ class LoRAPanel(_Panel):
         return f"LoRAPanel({s}, targets={list(self.targets)}): {self.count_label.value}"
 
 
-def _count_source(model):
-    """What the slider path passes to ``lk.lora_param_count``: the model, or its config.
-
-    ``lora_param_count`` accepts both and gives the same answer when the config's Linear
-    shapes are the model's own (checked here, once). The config is used only then, and only
-    if it answers faster (llama-family configs are written out analytically: ~0.3 ms against
-    a few ms for walking the model's modules on every slider move).
-    """
-    config = getattr(model, "config", None)
-    try:
-        if config is None or lk.linear_modules(config) != lk.linear_modules(model):
-            return model
-    except Exception:                      # a config lorakit cannot read: count the model
-        return model
-    target = lk.linear_modules(model)[0].suffix
-
-    def seconds(source) -> float:
-        start = time.perf_counter()
-        lk.lora_param_count(source, 1, [target])
-        return time.perf_counter() - start
-
-    return config if seconds(config) < seconds(model) else model
-
-
 def _stop_below(r: int) -> int:
     """The largest slider stop ≤ r (the smallest stop for r < 1)."""
     return max([p for p in RANKS if p <= r] or [RANKS[0]])
@@ -583,8 +556,9 @@ class TrainPanel(_Panel):
         peft_model: the model to train (``lk.attach(...)`` or ``LoRAPanel.peft_model``).
         tok: its tokenizer. task: a ``Task`` or a built-in task name ("iso_dates").
         steps, lr, batch_size: the starting values of the controls (see ``lk.train``).
-        accuracy_n: held-out examples for accuracy; ``measure_accuracy``: measure it before
-            and after each run (the "Accuracy now" button measures on demand).
+        n: held-out examples for accuracy (``accuracy_n``: the name it had before).
+        measure_accuracy: measure it before and after each run (the "Accuracy now" button
+            measures on demand).
         callbacks: extra ``lk.train`` callbacks, called after the panel's own each step.
         background: the Train button trains in a thread, so the notebook stays responsive
             (Stop works while it runs). ``panel.train(block=True)`` always runs in the caller.
@@ -601,38 +575,40 @@ class TrainPanel(_Panel):
     """
 
     def __init__(self, peft_model, tok, task, *, steps: int = 20, lr: float = 2e-3,
-                 batch_size: int = 4, accuracy_n: int = 20, measure_accuracy: bool = True,
-                 callbacks=(), background: bool = True, display_mode: str | None = None):
+                 batch_size: int = 4, n: int = 20, measure_accuracy: bool = True,
+                 callbacks=(), background: bool = True, display_mode: str | None = None,
+                 accuracy_n: int | None = None):
         super().__init__(display_mode)
+        n = accuracy_n if accuracy_n is not None else n
         self.peft_model, self.tok = peft_model, tok
         self.task = lk.tasks.get(task) if isinstance(task, str) else task
         self.callbacks = list(callbacks)
         self.background = background
-        self.recorder = None
-        self.result = None
+        self.recorder: lk.Recorder | None = None
+        self.result: lk.TrainResult | None = None
         self.losses: list[float] = []
-        self.accuracy_before = self.accuracy_after = None
+        self.accuracy_before: Accuracy | None = None
+        self.accuracy_after: Accuracy | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
 
         self.steps_text = _tooltip(W.BoundedIntText(
             value=steps, min=1, max=100_000, description="steps", style=_wide(),
-            layout=W.Layout(width="11em")), "Optimizer steps to run.")
+            layout=W.Layout(width="11em")), help_text(TrainSettings, "steps"))
         self.lr_text = _tooltip(W.BoundedFloatText(
             value=lr, min=1e-7, max=1.0, step=1e-4, description="lr", style=_wide(),
-            layout=W.Layout(width="11em")), "Peak AdamW learning rate (linear warm-up, then "
-                                            "decay to 10%). LoRA usually likes 1e-4 … 3e-3.")
+            layout=W.Layout(width="11em")), help_text(TrainSettings, "lr"))
         self.batch_text = _tooltip(W.BoundedIntText(
             value=batch_size, min=1, max=256, description="batch", style=_wide(),
-            layout=W.Layout(width="10em")), "Examples per optimizer step.")
+            layout=W.Layout(width="10em")), help_text(TrainSettings, "batch_size"))
         self.accuracy_box = _tooltip(W.Checkbox(
             value=measure_accuracy, description="accuracy before/after", indent=False,
             layout=W.Layout(width="auto")),
             "Measure exact-match accuracy on held-out examples before and after each run "
             "(greedy generation: a few seconds per 10 examples on a CPU).")
         self.n_text = _tooltip(W.BoundedIntText(
-            value=min(accuracy_n, len(self.task.test)), min=1, max=len(self.task.test),
+            value=min(n, len(self.task.test)), min=1, max=len(self.task.test),
             description="n", style=_wide(), layout=W.Layout(width="8em")),
             "How many held-out examples the accuracy uses.")
         self.train_button = _tooltip(W.Button(
@@ -657,6 +633,10 @@ class TrainPanel(_Panel):
             "delta: ΔW = s·B·A; A: (r, d_in); B: (d_out, r); all: side by side.")
         self.evolution_view = FigureView("static")   # animations: FigureWidget has no frames
 
+        self._wire()
+
+    def _wire(self) -> None:
+        """Connect the buttons and pickers to their handlers and lay the panel out."""
         self.train_button.on_click(self._on_train)
         self.stop_button.on_click(self._on_stop)
         self.accuracy_button.on_click(self._on_accuracy)
@@ -681,6 +661,12 @@ class TrainPanel(_Panel):
     def loss_figure(self):
         """The loss chart: the live FigureWidget ("widget") or the last go.Figure shown."""
         return self.loss_view.widget if self.display_mode == "widget" else self.loss_view.figure
+
+    @property
+    def settings(self) -> TrainSettings:
+        """The ``TrainSettings`` the controls show (validated: a bad value raises here)."""
+        return TrainSettings(steps=self.steps_text.value, lr=self.lr_text.value,
+                             batch_size=self.batch_text.value)
 
     @property
     def evolution_figure(self) -> go.Figure | None:
@@ -755,8 +741,8 @@ class TrainPanel(_Panel):
                 self.recorder = lk.Recorder(self.peft_model)
             self.status.value = f"training {steps} steps…"
             self.result = lk.train(
-                self.peft_model, self.tok, self.task, steps=steps, lr=self.lr_text.value,
-                batch_size=self.batch_text.value, recorder=self.recorder,
+                self.peft_model, self.tok, self.task, **self.settings.kwargs(),
+                recorder=self.recorder,
                 callbacks=[self._on_step, *self.callbacks, self._stop_requested],
                 progress=False)
             done = self.result.steps_done
@@ -809,7 +795,7 @@ class TrainPanel(_Panel):
         if self.recorder is None or not len(self.recorder) or not self.module_dropdown.value:
             return
         self.evolution_view.show(figures.matrix_evolution(
-            self.recorder.recording, self.module_dropdown.value,
+            self.recorder.to_recording(), self.module_dropdown.value,
             which=self.which_buttons.value))
 
     def __repr__(self) -> str:
@@ -907,22 +893,21 @@ class AdapterPanel(_Panel):
 
 @contextlib.contextmanager
 def _active_adapter(model, adapter):
-    """Run with ``adapter`` active (NO_ADAPTER: disabled; None: the model as it is)."""
+    """Run with ``adapter`` active through ``AdapterBank.use`` (``NO_ADAPTER``: the base
+    model; None: the model as it is); the active adapter and requires_grad flags come back."""
     if adapter is None:
         yield
         return
+    from .serve import AdapterBank
+
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    previous = model.active_adapter
+    bank = AdapterBank(model)
+    previous = bank.active
     try:
-        if adapter == NO_ADAPTER:
-            with model.disable_adapter():
-                yield
-        else:
-            model.set_adapter(adapter)
-            yield
+        bank.use(adapter)
+        yield
     finally:
-        if model.active_adapter != previous:
-            model.set_adapter(previous)
+        bank.use(previous)
         for n, p in model.named_parameters():   # set_adapter marks the adapter trainable
             p.requires_grad_(flags[n])
 

@@ -197,3 +197,38 @@ def test_full_vs_lora_on_one_layer_restores_the_model(fresh):
     assert an.best_rank_r(res.delta_lora, 8).error < 1e-6 * max(1.0, norm)
     assert -1 <= res.cosine <= 1 and 0 <= res.subspace_right <= 1 and 0 <= res.subspace_left <= 1
     assert "energy of ΔW_full in its top-r" in str(res)
+
+
+def test_base_weight_of_a_4bit_model(tmp_path):
+    """base_weight dequantizes a bitsandbytes 4-bit base (it used to raise ImportError), also
+    after an eval-mode forward that may repack the weight for the CPU."""
+    pytest.importorskip("bitsandbytes")
+    import warnings
+
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    full = LlamaForCausalLM(cfg)
+    full.save_pretrained(tmp_path)
+    W = full.model.layers[1].self_attn.q_proj.weight.detach().clone()       # (64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = AutoModelForCausalLM.from_pretrained(
+            tmp_path, quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=torch.float32), device_map={"": "cpu"})
+    pm = lk.attach(q, r=2, targets=["q_proj"], seed=0)
+    with torch.no_grad():
+        pm(input_ids=torch.tensor([[1, 2, 3]]))          # eval forward: may repack on CPU
+    w = an.base_weight(pm, "layers.1.q_proj")
+    assert w.shape == W.shape and w.dtype.is_floating_point
+    # NF4 keeps each weight within ~ one quantization step of its block's scale
+    assert (w.float() - W).abs().max() < 0.25 * W.abs().max()
+    assert torch.corrcoef(torch.stack([w.float().flatten(), W.flatten()]))[0, 1] > 0.99

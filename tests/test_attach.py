@@ -124,7 +124,7 @@ def test_variants_reach_peft(fresh, variant):
     (dict(r=0), "r \\(rank\\) must be a positive integer"),
     (dict(r=2.5), "r \\(rank\\) must be a positive integer"),
     (dict(r=True), "r \\(rank\\) must be a positive integer"),
-    (dict(alpha=0), "alpha must be a number > 0"),
+    (dict(alpha=0), "alpha must be a finite number > 0"),
     (dict(dropout=1.0), "dropout must be in \\[0, 1\\)"),
     (dict(dropout=-0.1), "dropout must be in \\[0, 1\\)"),
     (dict(targets=["query"]), "Linear modules are: q_proj, k_proj, v_proj, o_proj, gate_proj"),

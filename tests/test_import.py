@@ -10,3 +10,51 @@ def test_import_lorakit_does_not_import_views():
             "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+# --------------------------------------------------------------------------- code shape (#14)
+# Read as text/AST: these catch a regression of the refactor the moment it is written.
+
+import ast  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+PACKAGE = Path(__file__).resolve().parent.parent / "lorakit"
+SOURCES = {p.stem: p.read_text("utf-8") for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def _imports(source: str) -> set[str]:
+    """The lorakit modules a source imports (``from .x import``, ``from . import x``), leaving
+    out a module ``__getattr__`` (the lazy aliases for names that moved elsewhere)."""
+    tree = ast.parse(source)
+    aliases = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__"]
+    skip = {id(n) for a in aliases for n in ast.walk(a)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in skip:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+    return found
+
+
+def test_no_function_over_70_lines_and_a_short_cli():
+    long = [f"{name}.{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for name, src in SOURCES.items() for n in ast.walk(ast.parse(src))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > 70]
+    assert long == []
+    assert len(SOURCES["cli"].splitlines()) <= 300
+
+
+def test_the_peft_prefix_lives_in_naming_only():
+    assert [name for name, src in SOURCES.items() if "base_model.model." in src] == ["naming"]
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("analysis", {"train", "attach", "serve", "experiments"}),   # measures; never trains
+    ("naming", {"attach", "serve", "record", "train", "widgets", "figures"}),
+    ("settings", {"attach", "train", "serve", "record", "params"}),
+])
+def test_dependency_arrows_point_one_way(module, forbidden):
+    assert _imports(SOURCES[module]) & forbidden == set()
+

@@ -112,7 +112,7 @@ def test_free_rank_entry_and_alpha_link(smol):
     panel.alpha_text.value = 5.0             # an explicit α from code wins over the link
     assert not panel.link_box.value and panel.alpha_text.value == 5.0
     panel.alpha_text.value = 0.0
-    assert panel.apply_button.disabled and "alpha must be a number &gt; 0" in panel.message.value
+    assert panel.apply_button.disabled and "alpha must be a finite number &gt; 0" in panel.message.value
     panel.variant_buttons.value = "rslora"
     panel.alpha_text.value = 8.0
     assert panel.scale_label.value.startswith("ΔW = 4·B·A") and "α/√r" in \
