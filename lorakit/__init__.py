@@ -5,6 +5,8 @@ lives). The core never imports plotly or ipywidgets; figures and widgets load th
 used.
 """
 
+# first: raises ImportError (found vs needed) if transformers/PEFT are below lorakit's floors
+from . import _compat  # noqa: F401, I001
 from . import tasks
 from .attach import attach, attach_adalora, detach, find_target_parameters, find_targets
 from .experiments import compare_variants
@@ -29,7 +31,7 @@ __version__ = "0.1.0"
 # View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
 _LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli", "tour",
-                 "experiments", "adapters"}
+                 "experiments", "adapters", "notebook"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
@@ -37,6 +39,7 @@ _LAZY_NAMES = {
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
     "save_adapter": "adapters", "load_adapter": "adapters", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
+    "setup_notebook": "notebook", "show": "notebook",
 }
 
 

@@ -362,6 +362,12 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
     _check_suffix(p, (".png",), "export_png")
     for name, v in (("width", width), ("height", height), ("scale", scale)):
         POSITIVE.or_none()(name, v)
+    return _write_atomic(p, png_bytes(fig, width, height, scale, frame=frame))
+
+
+def png_bytes(fig, width: int | None = None, height: int | None = None, scale: float = 2, *,
+              frame: int | str | None = None) -> bytes:
+    """The PNG that ``export_png`` writes, as bytes (same arguments, same requirements)."""
     figure = still(_as_figure(fig), frame)
     try:
         import kaleido
@@ -380,7 +386,7 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
         raise RuntimeError(f"kaleido could not render the PNG with the browser {browser!r}: "
                            f"{type(e).__name__}: {e}. {_INSTALL}") from e
     png_size(data)                                     # a PNG, or ValueError before writing
-    return _write_atomic(p, data)
+    return data
 
 
-__all__ = ["export_html", "export_png", "find_browser", "png_size", "still"]
+__all__ = ["export_html", "export_png", "find_browser", "png_bytes", "png_size", "still"]
