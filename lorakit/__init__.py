@@ -8,7 +8,7 @@ used.
 # first: raises ImportError (found vs needed) if transformers/PEFT are below lorakit's floors
 from . import _compat  # noqa: F401, I001
 from . import tasks
-from .attach import attach, attach_adalora, detach, find_targets
+from .attach import attach, attach_adalora, detach, find_target_parameters, find_targets
 from .experiments import compare_variants
 from .models import generate, load_model
 from .params import (
@@ -63,6 +63,6 @@ __all__ = [
     "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
     "Recorder", "Recording", "Task", "TrainResult", "TrainSettings", "attach", "attach_adalora",
     "builtin_config", "compare_variants", "count_params",
-    "detach", "estimate", "find_targets", "generate", "linear_modules", "load_model",
+    "detach", "estimate", "find_target_parameters", "find_targets", "generate", "linear_modules", "load_model",
     "lora_param_count", "tasks", "train",
 ]

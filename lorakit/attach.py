@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ._quiet import peft_quiet
-from .naming import matches_target, strip_prefix, tuner_layers
-from .params import LinearInfo, linear_modules
-from .settings import Init, LoraSettings, Variant
+from .naming import WRAPPER_PARTS, matches_target, split_path, strip_prefix, tuner_layers
+from .params import LinearInfo, _model_linears, linear_modules, targeted
+from .settings import Init, LoraSettings, Variant, is_pattern
 
 ADAPTER = "default"
 
@@ -96,6 +96,8 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
     while others do.
     """
     infos = linear_modules(model, include_output=True)  # PEFT can wrap lm_head if named
+    if is_pattern(targets):
+        return {targets: _check_pattern(model, targets)}
     hits = {t: sum(matches_target(i.name, t) for i in infos) for t in targets}
     names = ", ".join(find_targets(model).names) or "(none)"
     others = {strip_prefix(n): type(m).__name__
@@ -122,6 +124,56 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
     return hits
 
 
+def _check_pattern(model: nn.Module, targets: str) -> int:
+    """How many modules ``"all-linear"`` or a regex picks; ValueError if none."""
+    infos, head = _model_linears(model)
+    hit = targeted(infos, targets, head)
+    if hit:
+        return len(hit)
+    if targets.lower() == "all-linear":
+        only = f" (its only Linear is the output head {head.name!r})" if head else ""
+        raise ValueError(f"targets='all-linear' finds no Linear module in this model{only}; "
+                         "PEFT leaves the output head out. Name the modules to adapt instead.")
+    examples = ", ".join(repr(i.name) for i in infos[:4]) or "(none)"
+    raise ValueError(f"the regex targets {targets!r} match no Linear module (PEFT matches the "
+                     f"whole module name, re.fullmatch). Real names look like: {examples}; "
+                     f"suffixes: {', '.join(find_targets(model).names) or '(none)'}")
+
+
+def find_target_parameters(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Weights inside the blocks that are not Linear modules, by their path in the block: what
+    PEFT's ``target_parameters`` can adapt (Mixtral's ``mlp.experts.gate_up_proj``
+    ``(E, 2·I, d)``, its router ``mlp.gate.weight``). Norms and biases are left out."""
+    linear = {i.name for i in linear_modules(model, include_output=True)}
+    found: dict[str, tuple[int, ...]] = {}
+    for name, p in model.named_parameters():
+        name = strip_prefix(name)
+        module, _, last = name.rpartition(".")
+        path = split_path(name)
+        if (path.index is None or module in linear or p.ndim < 2 or "norm" in name
+                or not set(name.split(".")).isdisjoint(WRAPPER_PARTS)):
+            continue
+        found.setdefault(path.path, tuple(p.shape))
+    return found
+
+
+def check_target_parameters(model: nn.Module, names) -> list[str]:
+    """Validate PEFT ``target_parameters`` (e.g. MoE experts' ``mlp.experts.gate_up_proj``).
+
+    Each name must match the end of a parameter's name; ValueError lists what
+    ``find_target_parameters`` offers (the weights only ``target_parameters`` can reach).
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    params = [n for n, _ in model.named_parameters()]
+    missing = [t for t in names if not isinstance(t, str) or not any(
+        n == t or n.endswith("." + t) for n in params)]
+    if missing:
+        offer = list(find_target_parameters(model))
+        raise ValueError(f"target_parameters {missing} match no parameter of this model; "
+                         f"weights outside Linear modules: {offer or '(none)'}")
+    return names
+
+
 def is_peft(model) -> bool:
     from peft import PeftModel
 
@@ -142,7 +194,8 @@ def has_adapter(model: nn.Module) -> bool:
 
 def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
            dropout: float = 0.0, variant: Variant = "lora", init: Init = "default", *,
-           replace: bool = True, seed: int | None = None, allow_large_r: bool = False):
+           replace: bool = True, seed: int | None = None, allow_large_r: bool = False,
+           task_type: str | None = "auto", target_parameters=None):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
 
     Args:
@@ -155,6 +208,12 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
         seed: makes A's random init reproducible without touching the global RNG.
         allow_large_r: permit r > min(d_in, d_out) of a targeted module (refused by default:
             the update cannot have that rank there, and the memory is wasted).
+        task_type: PEFT's task type; "auto" picks it from the model (``modelkind``): CAUSAL_LM,
+            SEQ_CLS / TOKEN_CLS (the classification head becomes trainable through PEFT's
+            ``modules_to_save`` and is counted by ``count_params``), SEQ_2_SEQ_LM,
+            FEATURE_EXTRACTION, or None (a plain PeftModel, e.g. a vision backbone).
+        target_parameters: PEFT's ``target_parameters``, for weights that are parameters
+            rather than Linear modules, e.g. Mixtral's ``["mlp.experts.gate_up_proj"]``.
 
     Everything is validated before the model is changed: a bad value leaves it as it was.
     The adapter's memory is estimated first and refused if it cannot fit; and any failure
@@ -166,7 +225,15 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
     # Checked before PEFT is even imported: a refusal is immediate.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     check_targets(base, settings.targets)
-    _check_rank_and_memory(base, settings, allow_large_r)
+    if target_parameters is not None:
+        target_parameters = check_target_parameters(base, target_parameters)
+    if task_type == "auto":
+        from .modelkind import peft_task_type
+
+        task_type = peft_task_type(base)
+    infos, head = _model_linears(base)
+    hits = targeted(infos, settings.targets, head)
+    _check_rank_and_memory(base, settings, allow_large_r, hits)
     if has_adapter(base) and not replace:
         raise ValueError("this model already has a LoRA adapter; pass replace=True to "
                          "swap it for the new settings, or lk.detach(model) first")
@@ -174,37 +241,39 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
 
     from .guards import Transaction
 
-    targeted = [base.get_submodule(i.name).weight for i in linear_modules(base)
-                if any(matches_target(i.name, t) for t in settings.targets)]
+    rewrites = settings.init in ("pissa", "olora")  # these rewrite the base weights
     old = getattr(base, "_lorakit_state", {}).get("saved_weights", {})
     rewritten = [base.get_submodule(n).weight for n in old]
-    rewritten += targeted if settings.init in ("pissa", "olora") else []
+    rewritten += [base.get_submodule(i.name).weight for i in hits] if rewrites else []
     with Transaction(model, weights=rewritten):  # all or nothing, the old adapter included
         if has_adapter(base):
             base = detach(model)
         requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-        saved = {}
-        if settings.init in ("pissa", "olora"):  # these rewrite the base weights: keep originals
-            saved = {i.name: base.get_submodule(i.name).weight.detach().clone()
-                     for i in linear_modules(base)
-                     if any(matches_target(i.name, t) for t in settings.targets)}
+        saved = ({i.name: base.get_submodule(i.name).weight.detach().clone() for i in hits}
+                 if rewrites else {})  # the originals, put back by detach
         with torch.random.fork_rng(devices=[]), peft_quiet():
             if seed is not None:
                 torch.manual_seed(seed)
-            peft_model = get_peft_model(base, settings.to_peft_config())
+            peft_model = get_peft_model(base, settings.to_peft_config(task_type,
+                                                                      target_parameters))
         # Kept on the base model, which both the PeftModel and the user's variable reach.
         base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,
                                "saved_weights": saved}
     return peft_model
 
 
-def _check_rank_and_memory(base: nn.Module, settings: LoraSettings, allow_large_r: bool) -> None:
+def _check_rank_and_memory(base: nn.Module, settings: LoraSettings, allow_large_r: bool,
+                           hits: list[LinearInfo] | None = None) -> None:
     """Refuse r > min(d_in, d_out) (unless allowed) and an adapter that cannot fit in memory,
-    both before anything is allocated; the messages give the adapter's size."""
+    both before anything is allocated; the messages give the adapter's size. ``hits``: the
+    targeted Linear layers (found from ``settings.targets`` when not given)."""
     from .guards import check_memory, format_bytes
 
-    hits = [i for i in linear_modules(base, include_output=True)
-            if any(matches_target(i.name, t) for t in settings.targets)]
+    if hits is None:
+        infos, head = _model_linears(base)
+        hits = targeted(infos, settings.targets, head)
+    if not hits:
+        return
     weight = next(base.parameters(), None)
     dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
     size = torch.finfo(dtype).bits // 8
@@ -248,9 +317,14 @@ def detach(model) -> nn.Module:
     if any(getattr(m, "merged", False) for _, m in layers):
         raise ValueError("this adapter is merged into the base weights; unmerge it first "
                          "(peft_model.unmerge_adapter()) or keep the merged model")
-    for name, layer in layers:  # put each wrapped layer's original module back in its place
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    originals = [(n, m.get_base_layer()) for n, m in layers] + [
+        (n, m.original_module) for n, m in base.named_modules()
+        if isinstance(m, AuxiliaryTrainingWrapper)]      # modules_to_save (a classifier head)
+    for name, original in originals:  # put each wrapped module's original back in its place
         parent, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, child, layer.get_base_layer())
+        setattr(base.get_submodule(parent) if parent else base, child, original)
     for attr in ("peft_config", "_hf_peft_config_loaded"):
         if attr in base.__dict__:
             delattr(base, attr)

@@ -270,11 +270,17 @@ class LocalRunner:
     def batch(self, global_batch: dict, device) -> dict:
         return {k: v.to(device) for k, v in global_batch.items()}
 
-    def loss(self, batch: dict, global_batch: dict) -> tuple[torch.Tensor, float, int]:
-        """(loss to backpropagate, the step's loss as a float, non-padding tokens)."""
-        from .train import answer_loss
+    kind = "causal_lm"  # the model kind being trained (lorakit.modelkind)
 
-        loss = answer_loss(self.model, batch)
+    def loss(self, batch: dict, global_batch: dict) -> tuple[torch.Tensor, float, int]:
+        """(loss to backpropagate, the step's loss as a float, non-padding tokens).
+
+        A causal LM: the model's own loss with the head only at answer positions
+        (``lorakit.loss.answer_loss``); other kinds: ``model(**batch).loss``."""
+        from .loss import answer_loss
+
+        loss = (answer_loss(self.model, batch) if self.kind == "causal_lm"
+                else self.model(**batch).loss)
         return loss, loss.item(), int(global_batch["attention_mask"].sum())
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -423,7 +423,8 @@ def _check_hub_name(name: str) -> None:
                       f"hub cache, and {why}. {_HUB_HINT}")
 
 
-def chat_prompt_ids(tok, user: str, system: str | None = None) -> list[int]:
+def chat_prompt_ids(tok, user: str, system: str | None = None,
+                    prompt_format: str = "auto") -> list[int]:
     """Token ids of ``chat_prompt(tok, user, system)`` with the user's text taken literally.
 
     The template's own markers stay special tokens; a ``<|im_start|>`` typed inside ``user``
@@ -433,9 +434,10 @@ def chat_prompt_ids(tok, user: str, system: str | None = None) -> list[int]:
 
     texts = [t for t in (user, system) if t]
     if not any(has_special_text(tok, t) for t in texts):
-        return tok(chat_prompt(tok, user, system), add_special_tokens=False)["input_ids"]
+        return tok(chat_prompt(tok, user, system, prompt_format),
+                   add_special_tokens=False)["input_ids"]
     marks = ["\u241fLORAKIT-USER\u241f", "\u241fLORAKIT-SYSTEM\u241f"]
-    rendered = chat_prompt(tok, marks[0], marks[1] if system else None)
+    rendered = chat_prompt(tok, marks[0], marks[1] if system else None, prompt_format)
     ids: list[int] = []
     for i, piece in enumerate(re.split(f"({re.escape(marks[0])}|{re.escape(marks[1])})",
                                        rendered)):
@@ -453,8 +455,26 @@ def context_length(model) -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def chat_prompt(tok, user: str, system: str | None = None) -> str:
-    """The chat-formatted prompt text for one user message, ending where the reply starts."""
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def plain_prompt(user: str, system: str | None = None) -> str:
+    """The prompt for a model without a chat template: ``[system]\n\n{user}\nAnswer: ``."""
+    return (f"{system}\n\n" if system else "") + f"{user}\nAnswer: "
+
+
+def chat_prompt(tok, user: str, system: str | None = None, prompt_format: str = "auto") -> str:
+    """The chat-formatted prompt text for one user message, ending where the reply starts.
+
+    ``prompt_format``: "chat" uses the tokenizer's chat template, "plain" ``plain_prompt``,
+    "auto" (default) the template when the tokenizer has one, else plain text (base models).
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; allowed: "
+                         f"{', '.join(map(repr, PROMPT_FORMATS))}")
+    if prompt_format == "plain" or (prompt_format == "auto"
+                                    and not getattr(tok, "chat_template", None)):
+        return plain_prompt(user, system)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}]
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -462,8 +482,8 @@ def chat_prompt(tok, user: str, system: str | None = None) -> str:
 
 @torch.no_grad()
 def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
-                   system: str | None = None, chat: bool = True,
-                   **generate_kwargs) -> tuple[list[str], int]:
+                   system: str | None = None, chat: bool = True, *,
+                   prompt_format: str = "auto", **generate_kwargs) -> tuple[list[str], int]:
     """Greedy replies for a list of prompts and how many tokens were generated per row.
 
     The prompts are wrapped in the chat template (unless ``chat=False``) and left-padded into
@@ -473,7 +493,8 @@ def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
     from .guards import literal_ids
 
     # User text is literal: a "<|im_start|>" typed in a prompt is text, not a special token.
-    rows = [chat_prompt_ids(tok, p, system) if chat else literal_ids(tok, p) for p in prompts]
+    rows = [chat_prompt_ids(tok, p, system, prompt_format) if chat else literal_ids(tok, p)
+            for p in prompts]
     longest = max((len(r) for r in rows), default=0)
     context = context_length(model)
     if context is not None and longest + max_new_tokens > context:
@@ -493,17 +514,20 @@ def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
     enc = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tok.pad_token_id, **generate_kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
+    # a decoder-only model returns prompt + reply; an encoder-decoder (T5) the reply alone
+    new = out if model.config.is_encoder_decoder else out[:, enc["input_ids"].shape[1]:]
     replies = [r.strip() for r in tok.batch_decode(new, skip_special_tokens=True)]
     return replies, new.shape[1]
 
 
 def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
-             system: str | None = None, chat: bool = True, **generate_kwargs):
+             system: str | None = None, chat: bool = True, *, prompt_format: str = "auto",
+             **generate_kwargs):
     """Greedy replies for a prompt or a batch of prompts (left-padded), decoded without
     special tokens: a string for a string, a list for a list. Extra keyword arguments go to
     ``model.generate`` (see ``generate_batch``)."""
     single = isinstance(prompts, str)
     replies, _ = generate_batch(model, tok, [prompts] if single else list(prompts),
-                                max_new_tokens, system, chat, **generate_kwargs)
+                                max_new_tokens, system, chat, prompt_format=prompt_format,
+                                **generate_kwargs)
     return replies[0] if single else replies

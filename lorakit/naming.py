@@ -15,9 +15,12 @@ Names, for SmolLM2 (Llama) with an adapter attached::
 
 ``split_path("model.layers.3.self_attn.q_proj")`` gives ``ModulePath(stack="model.layers",
 index=3, path="self_attn.q_proj")``; outside the blocks ``stack`` and ``index`` are None and
-``path`` is the whole name. To teach lorakit another block layout (``block.N``, encoder and
-decoder stacks), extend ``split_path``: short names, layer indices and the Recorder's default
-choice all follow from it.
+``path`` is the whole name. ``split_path`` knows ``layers.N``, ``layer.N``, ``h.N``, ``block.N`` and ``blocks.N``;
+a model with several stacks (T5's encoder and decoder) gets ``encoder.layers.N`` /
+``decoder.layers.N`` short names and distinct block numbers (``layer_numbers``), and modules
+that share a last name part inside one block are told apart by their path (``block_kinds``:
+GPT-2's ``attn.c_proj`` and ``mlp.c_proj``). Short names, layer numbers and the Recorder's
+default choice all follow from these.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ ADAPTER_PARAM_PARTS = frozenset({*ADAPTER_LAYER_NAMES, "modules_to_save"})
 TYPE_SKIP_PARTS = WRAPPER_PARTS | {"original_module", "modules_to_save"}
 
 # The lists of transformer blocks: "layers.N" (Llama), "layer.N" (BERT), "h.N" (GPT-2),
-# "blocks.N". The first match in a name wins.
-_BLOCK_RE = re.compile(r"^(?:(?P<stack>.*?)\.)??(?P<list>layers|layer|h|blocks)\.(?P<index>\d+)"
-                       r"(?:\.(?P<path>.*))?$")
+# "block.N" (T5: "encoder.block.N", "decoder.block.N"), "blocks.N". The first match in a name
+# wins (T5's "block.0.layer.1.…" is block 0; "layer.1" is inside it).
+_BLOCK_RE = re.compile(
+    r"^(?:(?P<stack>.*?)\.)??(?P<list>layers|layer|h|blocks|block)\.(?P<index>\d+)"
+    r"(?:\.(?P<path>.*))?$")
 
 
 class ModulePath(NamedTuple):
@@ -84,6 +89,73 @@ def short_name(name: str) -> str:
     name = strip_prefix(name)
     index = layer_index(name)
     return f"layers.{index}.{module_kind(name)}" if index is not None else name
+
+
+def layer_numbers(names: Iterable[str]) -> dict[str, int | None]:
+    """Block numbers that stay distinct across stacks: stacks are numbered in model order
+    (T5: encoder blocks 0..L-1, then decoder blocks L..2L-1); one stack: the block index.
+    Keys are the names without PEFT's prefix."""
+    paths = {strip_prefix(n): split_path(n) for n in names}
+    sizes: dict[str, int] = {}
+    for p in paths.values():
+        if p.stack is not None:
+            sizes[p.stack] = max(sizes.get(p.stack, 0), p.index + 1)
+    offsets, total = {}, 0
+    for stack, size in sizes.items():
+        offsets[stack], total = total, total + size
+    return {n: None if p.stack is None else offsets[p.stack] + p.index for n, p in paths.items()}
+
+
+def _suffix(path: str, k: int) -> str:
+    return ".".join(path.split(".")[-k:])
+
+
+def block_kinds(names: Iterable[str]) -> dict[str, str]:
+    """Each module's kind: its path inside the block, cut to the fewest trailing parts that tell
+    apart the modules of one block. ``q_proj`` for Llama; GPT-2's two ``c_proj`` become
+    ``attn.c_proj`` and ``mlp.c_proj``; T5's decoder ``q`` become ``SelfAttention.q`` and
+    ``EncDecAttention.q`` (and so does the encoder's, to keep one kind per role)."""
+    paths = {strip_prefix(n): split_path(n) for n in names}
+    blocks: dict[tuple, dict[str, list[str]]] = {}
+    for p in paths.values():
+        key = (p.stack, p.index) if p.stack is not None else (None, p.path)
+        blocks.setdefault(key, {}).setdefault(module_kind(p.path), []).append(p.path)
+    depth: dict[str, int] = {}
+    for by_kind in blocks.values():
+        for kind, block_paths in by_kind.items():
+            unique = set(block_paths)
+            k = 1
+            while len({_suffix(q, k) for q in unique}) < len(unique):
+                k += 1
+            depth[kind] = max(depth.get(kind, 1), k)
+    return {n: _suffix(p.path, depth[module_kind(p.path)]) for n, p in paths.items()}
+
+
+def _stack_labels(stacks: list[str]) -> dict[str, str]:
+    """"layers" for a single stack; "encoder.layers" / "decoder.layers" (else the stack's full
+    name) when a model has several."""
+    if len(stacks) <= 1:
+        return dict.fromkeys(stacks, "layers")
+    labels = {}
+    for stack in stacks:
+        parts = stack.split(".")
+        role = next((r for r in ("encoder", "decoder") if r in parts), None)
+        labels[stack] = f"{role}.layers" if role else stack
+    if len(set(labels.values())) < len(labels):
+        return {s: s for s in stacks}
+    return labels
+
+
+def short_names(names: Iterable[str]) -> dict[str, str]:
+    """Short names for a set of modules: ``{stack}.{i}.{kind}`` inside blocks (``layers.0.q_proj``;
+    ``layers.0.attn.c_proj``; ``decoder.layers.1.EncDecAttention.q``), else the full name."""
+    names = [strip_prefix(n) for n in names]
+    kinds = block_kinds(names)
+    paths = {n: split_path(n) for n in names}
+    labels = _stack_labels(list(dict.fromkeys(p.stack for p in paths.values()
+                                              if p.stack is not None)))
+    return {n: n if p.stack is None else f"{labels[p.stack]}.{p.index}.{kinds[n]}"
+            for n, p in paths.items()}
 
 
 def matches_target(name: str, target: str) -> bool:
@@ -145,8 +217,11 @@ def lora_linears(model: nn.Module, adapter: str = "default") -> dict[str, tuple[
             continue
         if getattr(lora_A[adapter], "weight", None) is None or lora_A[adapter].weight.ndim != 2:
             continue  # embedding / conv adapters keep their factors elsewhere
-        full = strip_prefix(full)
-        found.append((short_name(full), full, module))
+        if type(module).__name__ == "ParamWrapper":
+            continue  # target_parameters (MoE experts): r·E factors, one ΔW per expert
+        found.append((strip_prefix(full), module))
+    shorts = short_names(full for full, _ in found)
+    found = [(shorts[full], full, module) for full, module in found]
     counts: dict[str, int] = {}
     for short, _, _ in found:
         counts[short] = counts.get(short, 0) + 1
@@ -154,10 +229,13 @@ def lora_linears(model: nn.Module, adapter: str = "default") -> dict[str, tuple[
 
 
 def _first_and_last(available: Mapping[str, str]) -> list[str]:
-    """Layer 0 and the last layer of each module kind (short name -> full name), model order."""
+    """The first and the last block of each module kind (``block_kinds``: ``attn.c_proj`` and
+    ``mlp.c_proj`` are two kinds) in each stack (T5's encoder and decoder), model order."""
+    kinds = block_kinds(available.values())
+    role = {n: (split_path(f).stack, kinds[strip_prefix(f)]) for n, f in available.items()}
     chosen = []
-    for kind in dict.fromkeys(module_kind(f) for f in available.values()):
-        same = [n for n, f in available.items() if module_kind(f) == kind]
+    for key in dict.fromkeys(role.values()):
+        same = [n for n in available if role[n] == key]
         blocks = [n for n in same if layer_index(available[n]) is not None] or same
         chosen += [min(blocks, key=lambda n: layer_index(available[n]) or 0),
                    max(blocks, key=lambda n: layer_index(available[n]) or 0)]
@@ -234,6 +312,7 @@ def same_module(name: str, full_name: str) -> bool:
 
 
 __all__ = ["ADAPTER_LAYER_NAMES", "ADAPTER_PARAM_PARTS", "PEFT_PREFIX", "ModulePath",
-           "adapter_key", "find_layer", "find_linear", "is_adapter_param", "is_lora_B_param", "layer_index",
+           "adapter_key", "block_kinds", "layer_numbers", "short_names",
+           "find_layer", "find_linear", "is_adapter_param", "is_lora_B_param", "layer_index",
            "lora_linears", "matches_target", "module_kind", "param_type", "select_layers",
            "short_name", "split_path", "strip_prefix", "tuner_layers"]

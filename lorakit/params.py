@@ -29,6 +29,7 @@ LM (or, without ``architectures``, when the family is a decoder), else of ``Auto
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -40,13 +41,14 @@ from .naming import (
     WRAPPER_PARTS,
     is_adapter_param,
     layer_index,
+    layer_numbers,
     matches_target,
     module_kind,
     param_type,
     strip_prefix,
     tuner_layers,
 )
-from .settings import LoraSettings, Quantize, Variant, check_quantize
+from .settings import LoraSettings, Quantize, Variant, check_quantize, is_pattern
 
 MB = 10**6   # sizes are reported in decimal units: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes
 GB = 10**9
@@ -75,6 +77,19 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight (d_in, d_out)
         return module.weight.shape[0], module.nf
     return None
+
+
+def targeted(linears: list[LinearInfo], targets, head: LinearInfo | None = None
+             ) -> list[LinearInfo]:
+    """The modules PEFT wraps for ``targets``: a list of names (``matches_target``),
+    ``"all-linear"`` (every Linear but the output ``head``) or a regex string (PEFT's
+    ``re.fullmatch`` on the full module name)."""
+    if is_pattern(targets):
+        if targets.lower() == "all-linear":
+            return [i for i in linears if i is not head]
+        pattern = re.compile(targets)
+        return [i for i in linears if pattern.fullmatch(i.name)]
+    return [i for i in linears if any(matches_target(i.name, t) for t in targets)]
 
 
 def _is_config(obj) -> bool:
@@ -360,12 +375,13 @@ def count_params(model: nn.Module) -> ParamCounts:
     by_type: dict[str, list[int]] = {}
     by_layer: dict[int | None, list[int]] = {}
     trainable = total = 0
+    numbers = layer_numbers(n for n, _ in model.named_parameters())  # T5: enc, then dec
     for name, p in model.named_parameters():
         n = _numel(p)
         name = strip_prefix(name)
         slot = 0 if p.requires_grad else 1
         by_type.setdefault(param_type(name), [0, 0])[slot] += n
-        by_layer.setdefault(layer_index(name), [0, 0])[slot] += n
+        by_layer.setdefault(numbers[name], [0, 0])[slot] += n
         total += n
         trainable += n if p.requires_grad else 0
     layers = sorted(k for k in by_layer if k is not None) + (
@@ -380,12 +396,13 @@ def count_params(model: nn.Module) -> ParamCounts:
 # LoRA size without wrapping
 # --------------------------------------------------------------------------------------------
 
-def _lora_size(linears, settings: LoraSettings) -> int:
+def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) -> int:
     dora = settings.variant == "dora"
-    hit = [i for i in linears if any(matches_target(i.name, t) for t in settings.targets)]
+    hit = targeted(linears, settings.targets, head)
     if not hit:
         names = ", ".join(dict.fromkeys(i.suffix for i in linears)) or "(none)"
-        raise ValueError(f"no Linear module matches targets {list(settings.targets)}. "
+        shown = settings.targets if is_pattern(settings.targets) else list(settings.targets)
+        raise ValueError(f"no Linear module matches targets {shown!r}. "
                          f"This model's Linear modules are: {names}")
     # A: (r, d_in) + B: (d_out, r) per module; DoRA adds the magnitude m: (d_out,)
     return sum(settings.r * (i.in_features + i.out_features) + (i.out_features if dora else 0)
@@ -406,7 +423,8 @@ def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),
         ValueError: bad r / targets / variant (``LoraSettings``), or no target matches.
     """
     settings = LoraSettings(r=r, targets=targets, variant=variant)
-    return _lora_size(_shapes(model_or_config)[0], settings)
+    linears, head = _shapes(model_or_config)[:2]
+    return _lora_size(linears, settings, head)
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,7 +672,7 @@ def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
         name = (getattr(cfg, "name_or_path", "") or getattr(cfg, "model_type", "")
                 or type(source).__name__)
     linears, head, total = _shapes(source)
-    lora = _lora_size(linears, settings)
+    lora = _lora_size(linears, settings, head)
     fmt = quantize or "nf4"
     quantized = [i for i in linears if i.layer is not None and i is not head]
     n_q = sum(i.in_features * i.out_features for i in quantized)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import read_factors, wrapped_hint
-from .naming import layer_index, lora_linears, module_kind, same_module, select_layers
+from .naming import block_kinds, layer_numbers, lora_linears, same_module, select_layers
 from .settings import RecordSettings
 
 FORMAT_VERSION = 1  # of the saved file; bump when the layout changes
@@ -396,12 +396,14 @@ class Recorder:
                 f"first (lk.attach(model, ...))"))
         names = select_layers({n: full for n, (full, _) in available.items()},
                               self.settings.modules)
+        fulls = [full for full, _ in available.values()]
+        kinds, numbers = block_kinds(fulls), layer_numbers(fulls)  # attn.c_proj ≠ mlp.c_proj
         self._targets = []
         for n in names:
             full, layer = available[n]
             (r, d_in), d_out = layer.lora_A[adapter].weight.shape, \
                 layer.lora_B[adapter].weight.shape[0]
-            self._targets.append(_Target(layer, n, full, module_kind(full), layer_index(full),
+            self._targets.append(_Target(layer, n, full, kinds[full], numbers[full],
                                          (int(r), int(d_in), int(d_out))))
         self._model = peft_model  # searched for FSDP1 units when the factors are sharded
         self._keeps: bool | None = None  # False on ranks other than 0 (they keep no frames)

@@ -164,20 +164,25 @@ def default_probe(model, batch: int = 2, seq: int = 16) -> torch.Tensor:
 
 def _model_inputs(model, probe) -> dict[str, torch.Tensor]:
     device = next(model.parameters()).device
-    if probe is None:
-        probe = default_probe(model)
+    if probe is None:  # per model kind: ids, + decoder ids (T5), or pixel values (ViT)
+        from .modelkind import default_inputs
+
+        probe = default_inputs(model)
     if isinstance(probe, torch.Tensor):
         probe = {"input_ids": probe if probe.ndim == 2 else probe[None]}
-    if not isinstance(probe, Mapping) or "input_ids" not in probe:
+    keep = ("input_ids", "attention_mask", "decoder_input_ids", "pixel_values")
+    if not isinstance(probe, Mapping) or not any(k in probe for k in keep):
         raise TypeError("probe must be token ids (batch, seq) or a tokenizer output with "
-                        f"input_ids, got {type(probe).__name__}")
-    keep = ("input_ids", "attention_mask")
+                        f"input_ids (pixel_values for an image model), got {type(probe).__name__}")
     return {k: probe[k].to(device) for k in keep if k in probe}
 
 
 @torch.no_grad()
 def _logits(model, inputs) -> torch.Tensor:
-    return model(**inputs).logits.float()   # (batch, seq, vocab)
+    """The main output: logits (batch, seq, vocab), else last_hidden_state (encoders)."""
+    from .modelkind import main_output
+
+    return main_output(model(**inputs)).float()
 
 
 def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | None = None):

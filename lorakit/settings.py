@@ -123,8 +123,9 @@ class LoraSettings:
         "Scale α: the update is multiplied by α/r (or α/√r for rsLoRA). "
         "A common choice is α = 2r.")})
     targets: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={"help": (
-        "Names (suffixes) of the Linear modules that get an adapter, e.g. q_proj, v_proj. "
-        "lk.find_targets(model) lists the model's real names.")})
+        "Names (suffixes) of the Linear modules that get an adapter, e.g. q_proj, v_proj; or "
+        "'all-linear' (every Linear but the output head), or one regex string matched against "
+        "full module names. lk.find_targets(model) lists the model's real names.")})
     dropout: float = field(default=0.0, metadata={"check": PROBABILITY, "help": (
         "Dropout on the adapter's input during training, in [0, 1). 0 disables it.")})
     variant: Variant = field(default="lora", metadata={"help": (
@@ -138,7 +139,9 @@ class LoraSettings:
     def __post_init__(self):
         check_fields(self)
         _positive_number("alpha", self.alpha, MAX_ALPHA)
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        targets = self.targets
+        if not is_pattern(targets):
+            targets = (targets,) if isinstance(targets, str) else tuple(targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(
                 f"targets must be a non-empty list of module names such as ['q_proj', "
@@ -152,16 +155,30 @@ class LoraSettings:
         """The factor multiplying B·A: α/r, or α/√r for rsLoRA."""
         return self.alpha / (self.r ** 0.5 if self.variant == "rslora" else self.r)
 
-    def to_peft_config(self):
-        """The equivalent ``peft.LoraConfig`` (task type CAUSAL_LM)."""
+    def to_peft_config(self, task_type: str | None = "CAUSAL_LM", target_parameters=None):
+        """The equivalent ``peft.LoraConfig`` (``task_type``: PEFT's, see lorakit.modelkind)."""
         from peft import LoraConfig
 
+        extra = {"target_parameters": list(target_parameters)} if target_parameters else {}
         return LoraConfig(
-            r=int(self.r), lora_alpha=self.alpha, target_modules=list(self.targets),
-            lora_dropout=float(self.dropout), bias="none", task_type="CAUSAL_LM",
+            r=int(self.r), lora_alpha=self.alpha, lora_dropout=float(self.dropout),
+            target_modules=self.targets if is_pattern(self.targets) else list(self.targets),
+            bias="none", task_type=task_type, **extra,
             use_rslora=self.variant == "rslora", use_dora=self.variant == "dora",
             init_lora_weights=_PEFT_INIT[self.init],
         )
+
+
+_REGEX_CHARS = set("*+?|()[]{}^$\\")
+
+
+def is_pattern(targets) -> bool:
+    """True for PEFT's string target forms: ``"all-linear"`` or a regex (``.*\\.(q|v)_proj``).
+
+    A plain name such as ``"q_proj"`` or ``"self_attn.q_proj"`` is a one-name list instead.
+    """
+    return isinstance(targets, str) and (targets.lower() == "all-linear"
+                                         or bool(_REGEX_CHARS & set(targets)))
 
 
 @dataclass(frozen=True)

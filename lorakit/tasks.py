@@ -61,31 +61,54 @@ class Task:
     test: list[Example]
     system: str | None = None      # optional system message (None: the template's default)
     max_new_tokens: int = 24       # enough for the longest answer plus the end-of-turn token
+    prompt_format: str = "auto"    # "chat", "plain" (no template), "auto": chat if there is one
 
     def __post_init__(self):
         for split in ("train", "test"):
             if not getattr(self, split):
                 raise ValueError(f"task {self.name!r} has no {split} examples")
+        from .models import PROMPT_FORMATS
+        from .settings import check_choice
+
+        check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
+
+    kinds = ("causal_lm", "seq2seq")  # model kinds (lorakit.modelkind) this task can train
+
+    def check_kind(self, kind: str) -> str:
+        """``kind`` if this task can train that model kind, else a ValueError saying which."""
+        if kind not in self.kinds:
+            raise ValueError(
+                f"task {self.name!r} is a {type(self).__name__} for {' / '.join(self.kinds)} "
+                f"models; a {kind} model needs a classification task (lk.tasks.get('sentiment') "
+                "or lk.tasks.from_labels(...))" if kind == "seq_cls" else
+                f"task {self.name!r} cannot train a {kind} model; it trains "
+                f"{' / '.join(self.kinds)} models")
+        return kind
 
     # -- formatting ---------------------------------------------------------------------
     def prompt_text(self, tok, prompt: str) -> str:
         """The chat-formatted prompt, ending where the assistant's reply starts."""
         from .models import chat_prompt
 
-        return chat_prompt(tok, prompt, self.system)
+        return chat_prompt(tok, prompt, self.system, self.prompt_format)
 
-    def encode(self, tok, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    def encode(self, tok, examples: Sequence[Example],
+               kind: str = "causal_lm") -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``, ``attention_mask`` and ``labels``: (batch, seq).
 
         Prompt and answer are tokenized separately and concatenated, so the answer's tokens are
-        exactly those greedy generation must produce after the prompt.
+        exactly those greedy generation must produce after the prompt. For a seq2seq model
+        (``kind="seq2seq"``) the prompt is the encoder's input and the labels are the answer
+        alone (the model shifts them into its decoder inputs).
         """
+        if kind == "seq2seq":
+            return self._encode_seq2seq(tok, examples)
         from .guards import literal_ids
         from .models import chat_prompt_ids
 
         rows = []
         for ex in examples:  # user text is literal: "<|im_end|>" in it is text, not a token
-            p = chat_prompt_ids(tok, ex.prompt, self.system)
+            p = chat_prompt_ids(tok, ex.prompt, self.system, self.prompt_format)
             a = literal_ids(tok, ex.answer) + [tok.eos_token_id]
             rows.append((p, a))
         seq = max(len(p) + len(a) for p, a in rows)
@@ -100,7 +123,21 @@ class Task:
             mask[i, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def batches(self, tok, batch_size: int, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def _encode_seq2seq(self, tok, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        from .guards import literal_ids
+        from .models import chat_prompt_ids
+
+        # user text is literal, as in ``encode``
+        prompts = [chat_prompt_ids(tok, ex.prompt, self.system, self.prompt_format)
+                   for ex in examples]
+        answers = [literal_ids(tok, ex.answer) + [tok.eos_token_id] for ex in examples]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        enc = _pad(prompts, pad)
+        return {"input_ids": enc, "attention_mask": (_pad(prompts, -1) != -1).long(),
+                "labels": _pad(answers, IGNORE_INDEX)}
+
+    def batches(self, tok, batch_size: int, seed: int = 0,
+                kind: str = "causal_lm") -> Iterator[dict[str, torch.Tensor]]:
         """Endless shuffled training batches (a new permutation each epoch, seeded)."""
         rng = random.Random(seed)
         order: list[int] = []
@@ -110,7 +147,7 @@ class Task:
                 rng.shuffle(perm)
                 order += perm
             take, order = order[:batch_size], order[batch_size:]
-            yield self.encode(tok, [self.train[i] for i in take])
+            yield self.encode(tok, [self.train[i] for i in take], kind)
 
     # -- evaluation ---------------------------------------------------------------------
     def check(self, reply: str, answer: str) -> bool:
@@ -123,8 +160,6 @@ class Task:
 
         ``n=None`` scores the whole split; ``n`` must otherwise be a positive integer.
         """
-        from .models import generate
-
         check_choice("split", split, ("train", "test"))
         POSITIVE_INT.or_none()("n", n)  # None: the whole split
         POSITIVE_INT("batch_size", batch_size)
@@ -135,18 +170,37 @@ class Task:
         try:
             for i in range(0, len(examples), batch_size):
                 chunk = examples[i:i + batch_size]
-                replies = generate(model, tok, [e.prompt for e in chunk],
-                                   max_new_tokens=self.max_new_tokens, system=self.system)
+                replies = self._replies(model, tok, chunk)
                 rows += [(e.prompt, e.answer, r) for e, r in zip(chunk, replies, strict=True)]
         finally:
             model.train(was_training)
         correct = sum(self.check(reply, answer) for _, answer, reply in rows)
         return Accuracy(correct, len(rows), rows)
 
+    def _replies(self, model, tok, chunk: Sequence[Example]) -> list[str]:
+        """Greedy replies to ``chunk``'s prompts, formatted as in training."""
+        from .models import generate
+
+        # formatted by generate (chat template or plain), the user's text taken literally
+        return generate(model, tok, [e.prompt for e in chunk], max_new_tokens=self.max_new_tokens,
+                        system=self.system, prompt_format=self.prompt_format)
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Right-pad lists of ids into one (batch, longest) tensor."""
+    out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
 
 def from_pairs(name: str, pairs: Sequence[tuple[str, str]], *, test_fraction: float = 0.2,
-               seed: int = 0, system: str | None = None, description: str = "") -> Task:
-    """Make a task from your own (prompt, answer) pairs, split into train/test by ``seed``."""
+               seed: int = 0, system: str | None = None, description: str = "",
+               prompt_format: str = "auto") -> Task:
+    """Make a task from your own (prompt, answer) pairs, split into train/test by ``seed``.
+
+    ``prompt_format``: "auto" (the chat template if the tokenizer has one, else plain text),
+    "chat" or "plain" (``Prompt\nAnswer: `` for base models without a chat template)."""
     pairs = list(pairs)
     if len(pairs) < 2:
         raise ValueError(f"a task needs at least 2 (prompt, answer) pairs, got {len(pairs)}")
@@ -163,7 +217,7 @@ def from_pairs(name: str, pairs: Sequence[tuple[str, str]], *, test_fraction: fl
     examples = [Example(p, a) for p, a in pairs]
     longest = max(len(a) for _, a in pairs)
     return Task(name, description, examples[n_test:], examples[:n_test], system=system,
-                max_new_tokens=min(256, 8 + longest))
+                max_new_tokens=min(256, 8 + longest), prompt_format=prompt_format)
 
 
 # -- built-in generators -----------------------------------------------------------------
@@ -210,9 +264,18 @@ def _json_person(seed: int, n_train: int, n_test: int) -> Task:
                 examples[n_test:], examples[:n_test], max_new_tokens=32)
 
 
+from .owndata import (  # noqa: E402, F401  (built on Task; re-exported: lk.tasks.from_file)
+    ClassificationTask,
+    _sentiment,
+    from_dataset,
+    from_file,
+    from_labels,
+)
+
 _BUILTIN: dict[str, Callable[[int, int, int], Task]] = {
     "iso_dates": _iso_dates,
     "json_person": _json_person,
+    "sentiment": _sentiment,
 }
 
 

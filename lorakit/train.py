@@ -28,15 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .attach import has_adapter, is_adalora
 from .distributed import runner as _runner
 from .guards import exclusive
+from .loss import answer_loss  # noqa: F401  (lk.train.answer_loss, as before)
+from .modelkind import check_trainable_kind
 from .models import restore_4bit_layout
 from .naming import is_lora_B_param
 from .settings import TrainSettings
-from .tasks import IGNORE_INDEX, Task
+from .tasks import Task
 
 
 @dataclass
@@ -88,28 +89,6 @@ class NonFiniteLossError(RuntimeError):
         self.result = result
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens (labels != -100).
-
-    Equal to ``model(**batch).loss`` but the output layer runs only where a label is learned:
-    for a short answer after a long chat prompt this skips most of the (vocab × d) projection.
-    hidden: (batch, seq, d) -> h: (n_answer, d) -> logits: (n_answer, vocab).
-    """
-    if is_adalora(model):  # AdaLoRA adds its orthogonality penalty inside PeftModel.forward
-        return model(**batch).loss
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    backbone = getattr(base, "base_model", None)
-    if head is None or backbone is None or backbone is base:
-        return model(**batch).loss
-    hidden = backbone(input_ids=batch["input_ids"],
-                      attention_mask=batch["attention_mask"]).last_hidden_state
-    targets = batch["labels"][:, 1:]                  # token t+1 is predicted at position t
-    learned = targets != IGNORE_INDEX                 # (batch, seq-1)
-    logits = head(hidden[:, :-1][learned])            # (n_answer, vocab)
-    return F.cross_entropy(logits.float(), targets[learned])
-
-
 def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float | None):
     """A and the rest at ``lr``; with LoRA+, B at ``lr * loraplus_ratio``."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -157,7 +136,11 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     """Train the model's trainable parameters (the LoRA adapter) on ``task``.
 
     Args:
-        model: a PeftModel from ``lk.attach`` (any model with trainable parameters works).
+        model: a PeftModel from ``lk.attach`` (any model with trainable parameters works):
+            a causal LM (loss = the model's own on the answer tokens, ``lorakit.loss``), a
+            sequence classifier (a classification task such as ``lk.tasks.get("sentiment")``)
+            or a seq2seq model (prompt in the encoder, answer in the decoder). Other kinds
+            raise ValueError naming these.
         tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
         steps, lr, batch_size, loraplus_ratio, weight_decay, max_grad_norm, warmup, seed: see
             ``TrainSettings`` (help per field; ``lk.train(..., **settings.kwargs())``).
@@ -181,6 +164,7 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                       weight_decay=weight_decay, max_grad_norm=max_grad_norm, warmup=warmup,
                       seed=seed)
     params = _check_trainable(model, task, full_finetune)
+    kind = task.check_kind(check_trainable_kind(model))
     if recorder is not None:
         recorder.check_model(model)
     if s.batch_size > len(task.train):
@@ -188,11 +172,11 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
                       f"training examples; using batch_size={len(task.train)}", stacklevel=2)
         s = dataclasses.replace(s, batch_size=len(task.train))
     with exclusive(model):
-        return _run(model, tok, task, s, params, recorder, callbacks, progress)
+        return _run(model, tok, task, s, params, recorder, callbacks, progress, kind)
 
 
 def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
-         progress: bool) -> TrainResult:
+         progress: bool, kind: str = "causal_lm") -> TrainResult:
     """The loop of ``train`` (its arguments checked)."""
     adalora = is_adalora(model)
     groups = _param_groups(model, s.lr, s.weight_decay, s.loraplus_ratio)
@@ -200,10 +184,11 @@ def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
     for g in optimizer.param_groups:  # the peak learning rate of each group (as torch's schedulers)
         g.setdefault("initial_lr", g["lr"])
     result = TrainResult(steps_planned=s.steps)
-    batches = task.batches(tok, s.batch_size, seed=s.seed)
+    batches = task.batches(tok, s.batch_size, seed=s.seed, kind=kind)
     # several processes: accelerate, each rank its rows of the global batch (distributed.py)
     run = _runner(model, optimizer, s.batch_size, params[0].device)
     optimizer = run.optimizer
+    run.kind = kind  # causal LM: answer-positions loss; other kinds: the model's own
 
     from tqdm.auto import tqdm
 

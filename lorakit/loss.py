@@ -1,0 +1,57 @@
+"""The training loss of each model kind, equal to the model's own ``model(**batch).loss``.
+
+Causal LMs (``answer_loss``): only answer positions need the (vocab × d) output projection,
+so the model is run with transformers' ``logits_to_keep`` set to the positions that predict an
+answer token. The model's own forward then applies everything it does to its logits (Gemma-2's
+final soft-capping ``c·tanh(z/c)``, Cohere's ``logit_scale``, Granite's ``1/logits_scaling``,
+...), so the loss is the model's own, only cheaper. Models whose forward has no
+``logits_to_keep`` fall back to ``model(**batch).loss`` (exact, full vocabulary projection).
+
+Sequence classifiers and seq2seq models: ``model(**batch).loss`` (the head is small, the
+decoder only sees the answer).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions t whose next token t+1 is learned in any row: a 1-D index tensor."""
+    learned = (labels[:, 1:] != IGNORE_INDEX).any(dim=0)      # (seq-1,)
+    return learned.nonzero().flatten()
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels != -100).
+
+    Equal to ``model(**batch).loss``, but the output layer runs only at answer positions:
+    ``logits: (batch, n_pos, vocab)`` with ``n_pos`` the positions that predict an answer token
+    in some row, instead of ``(batch, seq, vocab)``.
+    """
+    from .attach import is_adalora
+    from .modelkind import takes
+
+    labels = batch["labels"]
+    if is_adalora(model) or not takes(model, "logits_to_keep"):
+        return model(**batch).loss  # AdaLoRA adds its orthogonality penalty in forward
+    keep = answer_positions(labels).to(labels.device)
+    if keep.numel() == 0:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep).logits      # (batch, n_pos, vocab)
+    targets = labels[:, keep + 1]                             # token t+1 is predicted at t
+    learned = targets != IGNORE_INDEX
+    return F.cross_entropy(logits[learned].float(), targets[learned])
+
+
+def model_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss ``lk.train`` minimises for this model kind (see the module docstring)."""
+    from .modelkind import model_kind
+
+    if model_kind(model) == "causal_lm":
+        return answer_loss(model, batch)
+    return model(**batch).loss
