@@ -38,7 +38,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from .export import _INSTALL, _as_figure, _check_suffix, _writable, find_browser, still
+from .export import _INSTALL, _as_figure, _check_suffix, _need_kaleido, _writable, still
 
 GIF_MAX_FPS = 50          # GIF delays are in 1/100 s; browsers slow down anything faster
 MP4_MAX_FPS = 60
@@ -91,17 +91,6 @@ def _check_size(width, height) -> tuple[int, int]:
             raise ValueError(f"{name} must be a whole number of pixels from {MIN_SIDE} to "
                              f"{top}, got {v!r}")
     return w, h
-
-
-def _need_kaleido():
-    try:
-        import kaleido
-    except ImportError as e:
-        raise ImportError(f"kaleido is not installed. {_INSTALL}") from e
-    browser = find_browser()
-    if browser is None:
-        raise RuntimeError(f"no Chrome/Chromium browser found. {_INSTALL}")
-    return kaleido, browser
 
 
 def _need_pillow():

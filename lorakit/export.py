@@ -363,12 +363,8 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
     return _write_atomic(p, png_bytes(fig, width, height, scale, frame=frame))
 
 
-def png_bytes(fig, width: int | None = None, height: int | None = None, scale: float = 2, *,
-              frame: int | str | None = None) -> bytes:
-    """The PNG that ``export_png`` writes, as bytes (same arguments, same requirements)."""
-    for name, v in (("width", width), ("height", height), ("scale", scale)):
-        POSITIVE.or_none()(name, v)
-    figure = still(_as_figure(fig), frame)
+def _need_kaleido():
+    """(the kaleido module, a Chrome/Chromium path), or an error that says what to install."""
     try:
         import kaleido
     except ImportError as e:
@@ -376,6 +372,16 @@ def png_bytes(fig, width: int | None = None, height: int | None = None, scale: f
     browser = find_browser()
     if browser is None:
         raise RuntimeError(f"no Chrome/Chromium browser found. {_INSTALL}")
+    return kaleido, browser
+
+
+def png_bytes(fig, width: int | None = None, height: int | None = None, scale: float = 2, *,
+              frame: int | str | None = None) -> bytes:
+    """The PNG that ``export_png`` writes, as bytes (same arguments, same requirements)."""
+    for name, v in (("width", width), ("height", height), ("scale", scale)):
+        POSITIVE.or_none()(name, v)
+    figure = still(_as_figure(fig), frame)
+    kaleido, browser = _need_kaleido()
     layout = figure.layout
     opts = dict(format="png", width=width or layout.width or 700,
                 height=height or layout.height or 500, scale=scale)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._html import write_atomic  # noqa: F401  (one atomic write: lorakit._html)
 from .naming import strip_prefix
 
 _COPIED = (dict, list, set)
@@ -233,22 +234,3 @@ def check_adapter_config(config: dict, path, shapes: dict[str, tuple[int, ...]])
                 "again, or fix r in the config. The model is unchanged.")
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it; errors name
-    ``path`` (the user's file), never the temporary one."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise PermissionError(f"cannot write {str(path)!r}: {err.strerror}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
