@@ -116,3 +116,13 @@ def gguf_ties_embeddings(path) -> bool:
 
 
 check_versions()  # at `import lorakit` (its __init__ imports this module first)
+
+
+def modules_to_save_wrappers() -> tuple[type, ...]:
+    """PEFT's wrapper classes of ``modules_to_save`` (a classifier head): PEFT ≥ 0.15 has the
+    base class ``AuxiliaryTrainingWrapper``; PEFT 0.13–0.14 only ``ModulesToSaveWrapper``.
+    Each keeps the wrapped module as ``original_module``."""
+    from peft.utils import other
+
+    names = ("AuxiliaryTrainingWrapper", "ModulesToSaveWrapper")
+    return tuple(c for c in (getattr(other, n, None) for n in names) if c is not None)

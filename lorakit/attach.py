@@ -317,11 +317,11 @@ def detach(model) -> nn.Module:
     if any(getattr(m, "merged", False) for _, m in layers):
         raise ValueError("this adapter is merged into the base weights; unmerge it first "
                          "(peft_model.unmerge_adapter()) or keep the merged model")
-    from peft.utils.other import AuxiliaryTrainingWrapper
+    from ._compat import modules_to_save_wrappers
 
     originals = [(n, m.get_base_layer()) for n, m in layers] + [
         (n, m.original_module) for n, m in base.named_modules()
-        if isinstance(m, AuxiliaryTrainingWrapper)]      # modules_to_save (a classifier head)
+        if isinstance(m, modules_to_save_wrappers())]  # modules_to_save (a classifier head)
     for name, original in originals:  # put each wrapped module's original back in its place
         parent, _, child = name.rpartition(".")
         setattr(base.get_submodule(parent) if parent else base, child, original)
