@@ -99,6 +99,10 @@ _REVIEWS = ["The {t} was {a}.", "This {t} is {a}!", "What a {a} {t}.", "Honestly
             "My new {t} feels {a}.", "I found the {t} {a}."]
 
 
+# distinct reviews the generator can make (thing × template × adjective of either sign)
+SENTIMENT_MAX = len(_THINGS) * len(_REVIEWS) * (len(_GOOD) + len(_BAD))
+
+
 def _sentiment(seed: int, n_train: int, n_test: int) -> ClassificationTask:
     rng = random.Random(seed)
     combos = [(t, a, f, label) for t in _THINGS for f in _REVIEWS

@@ -299,8 +299,13 @@ def get(name: str, *, seed: int = 0, n_train: int = 400, n_test: int = 100) -> T
         raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(names())}")
     POSITIVE_INT("n_train", n_train)
     POSITIVE_INT("n_test", n_test)
-    if n_train + n_test > MAX_EXAMPLES[name]:
+    most = MAX_EXAMPLES.get(name)
+    if most is None:  # a generator defined outside this module (owndata: sentiment)
+        from . import owndata
+
+        most = getattr(owndata, f"{name.upper()}_MAX")
+    if n_train + n_test > most:
         raise ValueError(
-            f"task {name!r} has at most {MAX_EXAMPLES[name]:,} distinct examples; "
+            f"task {name!r} has at most {most:,} distinct examples; "
             f"n_train + n_test = {n_train + n_test:,} is more. Ask for fewer.")
     return _BUILTIN[name](seed, n_train, n_test)
