@@ -415,7 +415,7 @@ class Recorder:
         import weakref
 
         base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-        self._model = weakref.ref(base)
+        self._base_ref = weakref.ref(base)
         self._steps: list[int] = []
         self._losses: list[float | None] = []
         self._stride = self.settings.every
@@ -428,16 +428,14 @@ class Recorder:
         made before it would go on recording the old, detached ones. ``model`` defaults to the
         model the Recorder was made for.
         """
-        base = self._model() if model is None else (
+        base = self._base_ref() if model is None else (
             model.get_base_model() if hasattr(model, "get_base_model") else model)
         if base is None:  # the model is gone: nothing to compare with
             return
+        # by identity, not by name: FSDP1 wraps blocks (names change), the layers stay
+        present = {id(m) for m in base.modules()}
         for t in self._targets:
-            try:
-                current = base.get_submodule(t.full_name)
-            except AttributeError:
-                current = None
-            if current is not t.layer:
+            if id(t.layer) not in present:
                 raise ValueError(
                     f"this Recorder records {t.name!r}, which is no longer the model's adapter "
                     "layer (the model was re-attached or detached since the Recorder was made, "
