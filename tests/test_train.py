@@ -1,6 +1,7 @@
 """lk.train on the real SmolLM2: loss, determinism, LoRA+, Ctrl-C, NaN, errors, accuracy."""
 
 import importlib
+import sys
 
 import pytest
 import torch
@@ -109,7 +110,8 @@ def test_nan_loss_stops_naming_step_and_keeps_finite_weights(peft_pair, monkeypa
         loss = real(model, batch)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_mod, "answer_loss", poisoned)
+    # the step's loss comes from lorakit.loss (train re-exports it for readers)
+    monkeypatch.setattr(sys.modules["lorakit.loss"], "answer_loss", poisoned)
     after_2 = {}
     rec = lk.Recorder(pm)
     with pytest.raises(NonFiniteLossError, match="stopped at step 3: loss is nan") as err:
