@@ -554,6 +554,7 @@ class LoRAPanel(_Panel):
             peft_model = lk.attach(self.model, r=s.r, alpha=s.alpha, targets=list(s.targets),
                                    dropout=s.dropout, variant=s.variant, seed=self.seed)
         self.peft_model = peft_model
+        self._base = lk.count_params(self.model)   # now wrapped in place: the base is frozen
         trainable, total = peft_model.get_nb_trainable_parameters()
         self.verified = (int(trainable), int(total))
         self._applied = s
