@@ -160,7 +160,7 @@ def test_missing_tools_say_what_to_install(anim, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install Pillow"):
         lk.export_gif(anim, tmp_path / "a.gif")
     monkeypatch.delitem(sys.modules, "PIL")
-    monkeypatch.setattr(animate, "find_browser", lambda: None)
+    monkeypatch.setattr(export, "find_browser", lambda: None)  # export._need_kaleido looks it up
     with pytest.raises(RuntimeError, match="no Chrome/Chromium.*apt-get install chromium"):
         lk.export_gif(anim, tmp_path / "a.gif")
     with pytest.raises(RuntimeError, match="no Chrome/Chromium"):
@@ -229,7 +229,7 @@ def test_pack_bad_input_raises_before_creating_anything(small, tmp_path, monkeyp
     for bad in (dict(html="pdf"), dict(fps=0), dict(size=(10, 10)), dict(max_frames=1)):
         with pytest.raises(ValueError):
             lk.export_pack(small, tmp_path / "p", **bad)
-    monkeypatch.setattr(animate, "find_browser", lambda: None)
+    monkeypatch.setattr(export, "find_browser", lambda: None)
     with pytest.raises(RuntimeError, match="no Chrome/Chromium"):
         lk.export_pack(small, tmp_path / "p")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
