@@ -21,6 +21,10 @@ from __future__ import annotations
 import math
 import re
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: the lowest versions lorakit is tested with (``make test-lowest``); pyproject.toml says the same
 MIN_VERSIONS = {"transformers": "4.46.3", "peft": "0.13.2"}
@@ -118,7 +122,7 @@ def gguf_ties_embeddings(path) -> bool:
 check_versions()  # at `import lorakit` (its __init__ imports this module first)
 
 
-def modules_to_save_wrappers() -> tuple[type, ...]:
+def modules_to_save_wrappers() -> tuple[type[torch.nn.Module], ...]:
     """PEFT's wrapper classes of ``modules_to_save`` (a classifier head): PEFT ≥ 0.15 has the
     base class ``AuxiliaryTrainingWrapper``; PEFT 0.13–0.14 only ``ModulesToSaveWrapper``.
     Each keeps the wrapped module as ``original_module``."""
