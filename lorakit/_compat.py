@@ -130,3 +130,30 @@ def modules_to_save_wrappers() -> tuple[type[torch.nn.Module], ...]:
 
     names = ("AuxiliaryTrainingWrapper", "ModulesToSaveWrapper")
     return tuple(c for c in (getattr(other, n, None) for n in names) if c is not None)
+
+
+def set_adapter_frozen(peft_model, name: str) -> None:
+    """Make adapter ``name`` active with its weights frozen (for generating or merging).
+
+    Newer PEFT says so with ``set_adapter(name, inference_mode=True)``; older PEFT's
+    ``set_adapter`` has no such argument and marks the adapter trainable, so the adapter's own
+    parameters are frozen here afterwards (the same ones ``inference_mode`` freezes).
+    """
+    import inspect
+
+    if "inference_mode" in inspect.signature(peft_model.set_adapter).parameters:
+        peft_model.set_adapter(name, inference_mode=True)
+        return
+    peft_model.set_adapter(name)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, BaseTunerLayer):
+            for attr in module.adapter_layer_names:
+                layers = getattr(module, attr, {})
+                if name in layers:
+                    layers[name].requires_grad_(False)
+        elif isinstance(module, modules_to_save_wrappers()):
+            saved = getattr(module, "modules_to_save", {})
+            if name in saved:
+                saved[name].requires_grad_(False)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._compat import set_adapter_frozen
 from ._quiet import peft_quiet
 from .adapters import (  # noqa: F401  (re-exported: serve held the adapter files before)
     BASE,
@@ -213,7 +214,7 @@ def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | N
         if adapter not in peft_model.peft_config:
             raise ValueError(f"unknown adapter {adapter!r}; this model has "
                              f"{list(peft_model.peft_config)}")
-        peft_model.set_adapter(adapter, inference_mode=True)
+        set_adapter_frozen(peft_model, adapter)
     was_training = peft_model.training
     peft_model.eval()
     inputs = _model_inputs(peft_model, probe)
@@ -404,7 +405,7 @@ class AdapterBank:
             self.model.base_model.disable_adapter_layers()
         else:
             self.model.base_model.enable_adapter_layers()
-            self.model.set_adapter(name, inference_mode=True)
+            set_adapter_frozen(self.model, name)
         self._active = name
 
     def _check_batch(self, prompts, adapters) -> tuple[list[str], list[str]]:

@@ -105,6 +105,35 @@ def test_rslora_without_peft_keeping_the_flag_is_read_from_the_scaling():
     assert _compat.uses_rslora(Peft013Layer(), "b") is False
 
 
+def _two_adapters():
+    from peft import LoraConfig
+
+    pm = lk.attach(_tiny(), r=4, alpha=4, targets=["q_proj"], seed=0)
+    pm.add_adapter("other", LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj"]))
+    for name, p in pm.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+    return pm
+
+
+def _other_grads(pm):
+    return {n: p.requires_grad for n, p in pm.named_parameters() if ".other." in n}
+
+
+@pytest.mark.parametrize("old_peft", [False, True])
+def test_set_adapter_frozen_activates_and_freezes_on_either_peft(monkeypatch, old_peft):
+    """PEFT 0.13's ``set_adapter`` has no ``inference_mode`` and leaves the adapter trainable;
+    the bridge freezes it either way (the AdapterPanel's generate broke on PEFT 0.13)."""
+    pm = _two_adapters()
+    if old_peft:                             # the installed PEFT, seen through 0.13's signature
+        original = pm.set_adapter
+        monkeypatch.setattr(pm, "set_adapter", lambda adapter_name: original(adapter_name))
+    _compat.set_adapter_frozen(pm, "other")
+    grads = _other_grads(pm)
+    assert pm.active_adapter == "other" and len(grads) == 4      # A and B of 2 layers
+    assert not any(grads.values())
+
+
 def test_embedded_gguf_has_tied_embeddings():
     assert _compat.gguf_ties_embeddings(lk.models.embedded_gguf())
 

@@ -224,15 +224,20 @@ def test_error_in_callback_is_shown_in_the_panel(smol, monkeypatch):
 _RED = widgets._ERROR_COLOR
 
 
+def _tip(widget) -> str:
+    """The hover text on ipywidgets 8 (``tooltip``) or 7.7.1 (``description_tooltip``)."""
+    return widget.tooltip if widget.has_trait("tooltip") else widget.description_tooltip
+
+
 def test_tooltips_and_self_display(smol):
     model, _ = smol
     panel = lk.LoRAPanel(model, display_mode="static")
-    assert panel.rank_text.tooltip == help_text(LoraSettings, "r")    # ipywidgets 8 trait
-    assert panel.alpha_text.tooltip == help_text(LoraSettings, "alpha")
-    assert panel.variant_buttons.tooltip == help_text(LoraSettings, "variant")
-    assert panel.dropout_slider.tooltip == help_text(LoraSettings, "dropout")
-    assert panel.target_boxes["k_proj"].tooltip.startswith("k_proj: 30 modules, d_in→d_out "
-                                                           "576→192.")
+    assert _tip(panel.rank_text) == help_text(LoraSettings, "r")
+    assert _tip(panel.alpha_text) == help_text(LoraSettings, "alpha")
+    assert _tip(panel.variant_buttons) == help_text(LoraSettings, "variant")
+    assert _tip(panel.dropout_slider) == help_text(LoraSettings, "dropout")
+    assert _tip(panel.target_boxes["k_proj"]).startswith("k_proj: 30 modules, d_in→d_out "
+                                                         "576→192.")
     bundle = panel._repr_mimebundle_()
     view = bundle["application/vnd.jupyter.widget-view+json"]
     assert view["model_id"] == panel.widget.model_id
