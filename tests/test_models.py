@@ -52,7 +52,7 @@ def test_cache_env_override_converts_once_and_heals_a_truncated_file(tmp_path, m
     assert models.cache_dir() == tmp_path / "cache"
     folder = models.embedded_model_dir(progress=False)
     assert folder.parent == tmp_path / "cache"
-    assert folder.name == f"smollm2-135m-instruct-v2-transformers{_compat.transformers_major_minor()}"
+    assert folder.name == f"smollm2-135m-instruct-v3-transformers{_compat.transformers_major_minor()}"
     weights = folder / "model.safetensors"
     assert weights.stat().st_size > 400e6  # float32 weights
     assert not list(folder.parent.glob(".*"))  # no half-written or old folder left
@@ -80,7 +80,7 @@ def _fake_cache(tmp_path, monkeypatch, **stamp_changes):
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
     gguf = models.embedded_gguf()
     stamp = {**models._stamp_for(gguf), **stamp_changes}
-    folder = tmp_path / f"smollm2-135m-instruct-v2-transformers{stamp['transformers']}"
+    folder = tmp_path / f"smollm2-135m-instruct-v3-transformers{stamp['transformers']}"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     files = {"config.json": 2}
