@@ -26,7 +26,8 @@ __version__ = "0.1.0"
 
 # View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
-_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli"}
+_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli",
+                 "explorers"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
@@ -34,6 +35,7 @@ _LAZY_NAMES = {
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
     "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
+    "DeltaScaleExplorer": "explorers", "PhiGridExplorer": "explorers",
 }
 
 
