@@ -4,6 +4,8 @@
 plotly or ipywidgets; figures and widgets load them when first used.
 """
 
+# first: raises ImportError (found vs needed) if transformers/PEFT are below lorakit's floors
+from . import _compat  # noqa: F401, I001
 from . import data as tasks
 from .attach import attach, attach_adalora, detach, find_targets
 from .data import Task
@@ -27,7 +29,7 @@ __version__ = "0.1.0"
 # View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
 _LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli",
-                 "explorers"}
+                 "notebook", "explorers"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
@@ -35,6 +37,7 @@ _LAZY_NAMES = {
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
     "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
+    "setup_notebook": "notebook", "show": "notebook",
     "DeltaScaleExplorer": "explorers", "PhiGridExplorer": "explorers",
 }
 

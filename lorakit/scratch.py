@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._compat import uses_rslora
+
 __all__ = ["LoRAGrads", "NumpyLoRA", "LoRALinear", "apply_lora", "lora_scaling"]
 
 InitName = Literal["kaiming", "gaussian"]
@@ -389,7 +391,7 @@ class LoRALinear(nn.Module):
             r=peft_layer.r[adapter],
             alpha=peft_layer.lora_alpha[adapter],
             dropout=drop.p if isinstance(drop, nn.Dropout) else 0.0,
-            use_rslora=getattr(peft_layer, "use_rslora", {}).get(adapter, False),
+            use_rslora=uses_rslora(peft_layer, adapter),
         )
         if not math.isclose(layer.scaling, peft_layer.scaling[adapter], rel_tol=1e-12):
             raise ValueError(

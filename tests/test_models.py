@@ -1,12 +1,15 @@
 """load_model: the embedded SmolLM2, its cache, paths, 4-bit, and the errors that guide."""
 
 import importlib.util
+import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import lorakit as lk
-from lorakit import models
+from lorakit import _compat, models
 
 
 def test_embedded_model_answers_paris(smol):
@@ -43,15 +46,133 @@ def test_cache_folder_is_reused(smol, monkeypatch):
     assert models.embedded_model_dir() == folder
 
 
-def test_cache_env_override_converts_once(tmp_path, monkeypatch):
+def test_cache_env_override_converts_once_and_heals_a_truncated_file(tmp_path, monkeypatch,
+                                                                     capsys):
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
     assert models.cache_dir() == tmp_path / "cache"
     folder = models.embedded_model_dir(progress=False)
     assert folder.parent == tmp_path / "cache"
-    assert (folder / "model.safetensors").stat().st_size > 400e6  # float32 weights
-    assert not list(folder.parent.glob(".convert-*"))  # no half-written folder left
+    assert folder.name == f"smollm2-135m-instruct-v2-transformers{_compat.transformers_major_minor()}"
+    weights = folder / "model.safetensors"
+    assert weights.stat().st_size > 400e6  # float32 weights
+    assert not list(folder.parent.glob(".*"))  # no half-written or old folder left
+    stamp = json.loads((folder / "lorakit-stamp.json").read_text())
+    assert stamp["files"]["model.safetensors"] == weights.stat().st_size
+    assert stamp["transformers"] == _compat.transformers_major_minor()
+    assert stamp["conversion"] == models._CACHE_FORMAT
+    # a half-written weights file (a killed copy, a full disk): rebuilt once, with a notice
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2)
+    capsys.readouterr()
     model, tok = lk.load_model(progress=False)
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and "rebuilding the cached model" in notice[0], notice
+    assert f"{size // 2:,} bytes" in notice[0]
+    assert weights.stat().st_size == size
+    assert sum(p.numel() for p in model.parameters()) == models.EMBEDDED_PARAMS
     assert model.config.vocab_size == 49152
+
+
+def _fake_cache(tmp_path, monkeypatch, **stamp_changes):
+    """A cache folder whose stamp says ``stamp_changes`` (no real weights), and its path."""
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
+    gguf = models.embedded_gguf()
+    stamp = {**models._stamp_for(gguf), **stamp_changes}
+    folder = tmp_path / f"smollm2-135m-instruct-v2-transformers{stamp['transformers']}"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    files = {"config.json": 2}
+    (folder / "lorakit-stamp.json").write_text(json.dumps({**models._stamp_for(gguf),
+                                                           **stamp_changes, "files": files}))
+    return folder
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"conversion": "1"}, "stamped"),
+    ({"gguf_bytes": 1}, "stamped"),
+])
+def test_mismatched_stamp_is_rebuilt_with_a_notice(tmp_path, monkeypatch, capsys, change, reason):
+    folder = _fake_cache(tmp_path, monkeypatch, **change)
+    assert reason in models._cache_problem(folder, models._stamp_for(models.embedded_gguf()))
+    converted = []
+    monkeypatch.setattr(models, "_convert", lambda *a: converted.append(a[1]))
+    assert models.embedded_model_dir(progress=False) == folder
+    assert converted == [folder]
+    assert "rebuilding the cached model" in capsys.readouterr().err
+
+
+def test_damaged_stamp_and_files_are_noticed(tmp_path, monkeypatch):
+    folder = _fake_cache(tmp_path, monkeypatch)
+    expected = models._stamp_for(models.embedded_gguf())
+    assert models._cache_problem(folder, expected) is None
+    (folder / "config.json").write_text("{ }")                        # 3 bytes, 2 written
+    assert models._cache_problem(folder, expected) == "damaged (config.json: 3 bytes, 2 bytes written)"
+    (folder / "lorakit-stamp.json").write_text('{"gguf": ')              # half-written stamp
+    assert models._cache_problem(folder, expected) == "damaged (unreadable stamp)"
+    (folder / "lorakit-stamp.json").unlink()
+    assert models._cache_problem(folder, expected) == "incomplete (no stamp)"
+    assert models._cache_problem(tmp_path / "nothing", expected) == "missing"
+
+
+def test_a_failed_rebuild_names_the_folder_and_how_to_clear_it(tmp_path, monkeypatch):
+    folder = _fake_cache(tmp_path, monkeypatch, conversion="1")
+    import transformers
+
+    def broken(*a, **k):
+        raise ValueError("cannot parse this GGUF")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", broken)
+    with pytest.raises(models.ModelCacheError) as err:
+        lk.load_model(progress=False)
+    msg = str(err.value)
+    assert str(folder) in msg and f"rm -rf '{folder}'" in msg and "LORAKIT_CACHE" in msg
+    assert "cannot parse this GGUF" in msg
+    assert (folder / "config.json").exists()                       # the old folder is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]   # no temp folder left
+
+
+def test_read_only_cache_folder_is_a_clear_error(tmp_path, monkeypatch):
+    if os.geteuid() == 0:               # root writes anywhere but where the kernel forbids it
+        cache = Path("/sys/lorakit-cache")
+    else:
+        cache = tmp_path / "ro"
+        cache.mkdir()
+        cache.chmod(0o555)
+    monkeypatch.setenv("LORAKIT_CACHE", str(cache))
+    import transformers
+
+    def no_conversion(*a, **k):
+        raise AssertionError("converted although the cache cannot be written")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_conversion)
+    with pytest.raises(models.ModelCacheError, match="LORAKIT_CACHE") as err:
+        lk.load_model(progress=False)
+    assert f"cache folder {cache} is not writable" in str(err.value)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_verify_embedded_rejects_untied_wrong_size_and_nan(smol):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2)
+    with pytest.raises(ValueError, match="not tied"):
+        models.verify_embedded(LlamaForCausalLM(LlamaConfig(**config, tie_word_embeddings=False)))
+    with pytest.raises(ValueError, match="expected 134,515,008"):
+        models.verify_embedded(LlamaForCausalLM(LlamaConfig(**config, tie_word_embeddings=True)))
+    model, _ = smol
+    models.verify_embedded(model)
+    w = model.model.layers[3].mlp.up_proj.weight
+    keep = w[0, 0].item()
+    with torch.no_grad():
+        w[0, 0] = float("nan")
+    try:
+        with pytest.raises(ValueError, match="non-finite weights in .*layers.3.mlp.up_proj"):
+            models.verify_embedded(model)
+    finally:
+        with torch.no_grad():
+            w[0, 0] = keep
 
 
 def test_local_path_loads(smol, tmp_path):

@@ -1,0 +1,98 @@
+"""Differences between the supported versions of transformers and PEFT, in one place.
+
+lorakit supports transformers ≥ ``MIN_VERSIONS["transformers"]`` and PEFT ≥
+``MIN_VERSIONS["peft"]`` (the floors in pyproject.toml; ``make test-lowest`` runs the tests on
+exactly these). What changed between the floors and today's releases, and how lorakit bridges it:
+
+* ``from_pretrained(dtype=...)``: transformers 4.56 renamed ``torch_dtype`` to ``dtype``
+  (the old name is deprecated there, the new one a ``TypeError`` before): ``dtype_kwargs``.
+* ``use_rslora``: PEFT ≥ 0.14 keeps a per-adapter dict ``layer.use_rslora``; PEFT 0.13 only
+  folds it into ``layer.scaling[adapter] = alpha / sqrt(r)``: ``uses_rslora``.
+* GGUF conversion of a model with tied embeddings (SmolLM2: no ``output.weight`` tensor in the
+  GGUF): transformers 4.x leaves ``tie_word_embeddings`` at the Llama default False and
+  initialises ``lm_head`` randomly; ``gguf_ties_embeddings`` tells the loader to tie them.
+
+``check_versions()`` runs at ``import lorakit``; it reads installed versions from package
+metadata, so it imports neither transformers nor PEFT.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib.metadata import PackageNotFoundError, version
+
+#: the lowest versions lorakit is tested with (``make test-lowest``); pyproject.toml says the same
+MIN_VERSIONS = {"transformers": "4.46.3", "peft": "0.13.2"}
+
+
+def _parse(v: str) -> tuple[int, ...]:
+    """(major, minor, micro) of a version string; ``4.57.0.dev0`` -> (4, 57, 0), ``5.0.0rc1``
+    -> (5, 0, 0)."""
+    nums = [int(n) for n in re.match(r"\d+(?:\.\d+){0,2}", v.strip()).group().split(".")] \
+        if re.match(r"\d", v.strip()) else []
+    return tuple(nums + [0] * (3 - len(nums)))
+
+
+def installed(name: str) -> str | None:
+    """The installed version of ``name`` (distribution name), or None."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def check_versions(found: dict[str, str | None] | None = None) -> None:
+    """Raise ImportError naming the version found and needed if transformers/PEFT are too old.
+
+    ``found`` (for tests) maps a name to its version; default: what is installed.
+    """
+    for name, need in MIN_VERSIONS.items():
+        have = found[name] if found is not None else installed(name)
+        if have is None:
+            raise ImportError(f"lorakit needs {name}>={need}, which is not installed: "
+                              f"pip install '{name}>={need}'")
+        if _parse(have) < _parse(need):
+            raise ImportError(f"lorakit needs {name}>={need}, found {name} {have}. Upgrade it: "
+                              f"pip install -U '{name}>={need}' (then restart the kernel)")
+
+
+def transformers_version() -> tuple[int, ...]:
+    return _parse(installed("transformers") or "0")
+
+
+def transformers_major_minor() -> str:
+    """``"4.46"``, ``"5.24"``: what the model cache is stamped with."""
+    major, minor, _ = transformers_version()
+    return f"{major}.{minor}"
+
+
+def dtype_kwargs(dtype) -> dict:
+    """``from_pretrained`` keyword for the weight dtype: ``dtype`` (≥ 4.56) or ``torch_dtype``."""
+    return {"dtype": dtype} if transformers_version() >= (4, 56, 0) else {"torch_dtype": dtype}
+
+
+def uses_rslora(layer, adapter: str) -> bool:
+    """Whether PEFT's LoRA ``layer`` scales ``adapter`` by ``alpha / sqrt(r)`` (rsLoRA).
+
+    PEFT ≥ 0.14: ``layer.use_rslora[adapter]``. PEFT 0.13 stores only the resulting
+    ``layer.scaling``; rsLoRA is the case where that equals ``alpha / sqrt(r)`` and not
+    ``alpha / r`` (at r = 1 both rules agree, and so does the answer).
+    """
+    flags = getattr(layer, "use_rslora", None)
+    if isinstance(flags, dict) and adapter in flags:
+        return bool(flags[adapter])
+    r, alpha = layer.r[adapter], layer.lora_alpha[adapter]
+    scaling = layer.scaling[adapter]
+    return r > 1 and math.isclose(scaling, alpha / math.sqrt(r), rel_tol=1e-6)
+
+
+def gguf_ties_embeddings(path) -> bool:
+    """True when the GGUF at ``path`` has token embeddings but no separate output matrix."""
+    from gguf import GGUFReader
+
+    names = {t.name for t in GGUFReader(str(path)).tensors}
+    return "token_embd.weight" in names and "output.weight" not in names
+
+
+check_versions()  # at `import lorakit` (its __init__ imports this module first)
