@@ -28,12 +28,15 @@ __version__ = "0.1.0"
 
 # View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
 # lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
+# Slides and handouts: lk.export_gif / export_mp4 / export_svg / export_pdf / export_pack.
 _LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli",
-                 "notebook", "explorers"}
+                 "animate", "pack", "notebook", "explorers"}
 _LAZY_NAMES = {
     "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
     "set_display_mode": "widgets", "get_display_mode": "widgets",
     "export_html": "export", "export_png": "export",
+    "export_gif": "animate", "export_mp4": "animate", "export_svg": "animate",
+    "export_pdf": "animate", "export_pack": "pack",
     "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
     "save_adapter": "serve", "load_adapter": "serve", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
