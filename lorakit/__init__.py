@@ -43,6 +43,7 @@ _LAZY_NAMES = {
     "save_adapter": "adapters", "load_adapter": "adapters", "AdapterBank": "serve",
     "latency": "serve", "MergeCheck": "serve",
     "setup_notebook": "notebook", "show": "notebook",
+    "DeltaScaleExplorer": "explorers", "PhiGridExplorer": "explorers",
 }
 
 

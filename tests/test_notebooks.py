@@ -26,8 +26,8 @@ def _cells(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"]
 
 
-def test_all_eight_tutorials_exist():
-    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(8)], NOTEBOOKS
+def test_all_nine_tutorials_exist():
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(9)], NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
