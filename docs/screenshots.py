@@ -34,13 +34,11 @@ def main() -> int:
     print(f"{path.name}: {path.stat().st_size:,} bytes, {len(evolution.frames)} frames")
     shots = {
         "param_bars.png": lk.figures.param_bars(lk.count_params(pm)),
-        "delta_evolution.png": (evolution, -1),
         "loss_curve.png": lk.figures.loss_curve(result),
         "norms.png": lk.figures.norms_over_time(recording),
     }
     for name, fig in shots.items():
-        fig, frame = fig if isinstance(fig, tuple) else (fig, None)
-        path = lk.export_png(fig, HERE / name, frame=frame, **SIZE)
+        path = lk.export_png(fig, HERE / name, **SIZE)
         print(f"{path.name}: {path.stat().st_size:,} bytes")
     print(f"iso_dates accuracy {before} → {after} after {result.steps_done} steps")
     return 0

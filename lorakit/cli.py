@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
+from typing import TypeVar
 
 from .settings import add_flags
 from .tour import (  # noqa: F401  (re-exported: lorakit.cli's names before lorakit.tour)
@@ -26,6 +27,8 @@ from .tour import (  # noqa: F401  (re-exported: lorakit.cli's names before lora
     tour_report,
 )
 from .train import NonFiniteLossError
+
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +79,29 @@ def _busy_hint(settings: TourSettings) -> str | None:
             f"if the tour runs slowly, try --threads 1")
 
 
+def usage_error(parser: argparse.ArgumentParser, err: ValueError) -> int:
+    """Print ``err`` as argparse's usage error and return its exit status (2)."""
+    try:
+        parser.error(str(err))
+    except SystemExit as exit_:
+        return int(exit_.code or 2)
+    return 2
+
+
+def run_guarded(command: str, work: Callable[[], T]) -> tuple[T | None, int]:
+    """Run ``work()`` for ``lorakit <command>``: ``(value, 0)``, or ``(None, code)`` after one
+    clear line on stderr: 130 when interrupted, 1 for what a user can fix (a missing file, a
+    bad value, a missing package, a diverging run)."""
+    try:
+        return work(), 0
+    except KeyboardInterrupt:
+        print(f"lorakit {command}: interrupted", file=sys.stderr, flush=True)
+        return None, 130
+    except (OSError, ValueError, ImportError, NonFiniteLossError) as err:
+        print(f"lorakit {command}: error: {err}", file=sys.stderr, flush=True)
+        return None, 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``lorakit`` console script. Returns the exit code (0 on success, 2 on bad flags)."""
     parser = build_parser()
@@ -93,22 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             settings = TourSettings(**options)
         except ValueError as err:     # what the option types cannot see alone
-            try:
-                parser.error(str(err))
-            except SystemExit as exit_:
-                return int(exit_.code or 2)
+            return usage_error(parser, err)
         _print(f"lorakit tour: {', '.join(f'{k}={v}' for k, v in asdict(settings).items())}")
         hint = _busy_hint(settings)
         if hint:
             _print(hint)
-        try:
-            tour = run_tour(settings, log=_print)
-        except KeyboardInterrupt:
-            print("lorakit tour: interrupted", file=sys.stderr, flush=True)
-            return 130
-        except (OSError, ValueError, ImportError, NonFiniteLossError) as err:
-            print(f"lorakit tour: error: {err}", file=sys.stderr, flush=True)
-            return 1
+        tour, code = run_guarded("tour", lambda: run_tour(settings, log=_print))
+        if tour is None:
+            return code
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in tour.timings.items())
         _print(f"wall time per phase: {phases}; total {tour.wall_seconds:.1f} s")
         _print(f"accuracy {tour.correct_before}/{tour.eval_total} → "

@@ -199,29 +199,19 @@ def run_train(cmd: TrainCommand, ts: TrainSettings, log: Callable[[str], object]
 
 def main(args, parser) -> int:
     """``lorakit train`` from parsed ``args``; returns the exit code."""
-    import sys
-
-    from .train import NonFiniteLossError
+    from .cli import run_guarded, usage_error
 
     try:
         cmd, ts = settings_from_args(args)
     except ValueError as err:
-        try:
-            parser.error(str(err))
-        except SystemExit as exit_:
-            return int(exit_.code or 2)
+        return usage_error(parser, err)
     try:
-        run_train(cmd, ts, log=lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print("lorakit train: interrupted", file=sys.stderr, flush=True)
-        return 130
-    except (OSError, ValueError, ImportError, NonFiniteLossError) as err:
-        print(f"lorakit train: error: {err}", file=sys.stderr, flush=True)
-        return 1
+        _, code = run_guarded("train", lambda: run_train(
+            cmd, ts, log=lambda line: print(line, flush=True)))
     finally:
         if os.environ.get("WORLD_SIZE", "1") != "1":
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-    return 0
+    return code

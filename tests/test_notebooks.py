@@ -77,6 +77,21 @@ def test_readme_screenshots_are_real_pngs():
         assert len(data) <= 300_000, f"{image}: {len(data):,} bytes"
 
 
+def test_readme_shows_the_delta_w_evolution_as_an_animated_gif():
+    """Issue #15: the README shows the training animation itself, not a still of it."""
+    from PIL import Image
+
+    gifs = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.gif)\)", README)
+    assert "docs/delta_evolution.gif" in gifs, gifs
+    data = (ROOT / "docs/delta_evolution.gif").read_bytes()
+    assert data[:6] in (b"GIF87a", b"GIF89a") and len(data) <= 3_000_000, len(data)
+    with Image.open(ROOT / "docs/delta_evolution.gif") as gif:
+        assert gif.n_frames >= 10
+        first = gif.convert("RGB").tobytes()
+        gif.seek(gif.n_frames - 1)
+        assert gif.convert("RGB").tobytes() != first        # ΔW visibly changes over training
+
+
 # ---------------------------------------------------------------- #13: exercises, explorers
 
 
