@@ -96,10 +96,12 @@ def test_readme_shows_the_delta_w_evolution_as_an_animated_gif():
 
 
 def _exercises(path: Path) -> list[tuple[dict, dict]]:
-    """(guess cell, hidden solution cell) pairs after the "## Exercises" heading."""
+    """(guess cell, hidden solution cell) pairs after the "## Exercises" heading (or the first
+    "### Exercise 1" heading)."""
     cells = _cells(path)
     start = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
-                  and "".join(c["source"]).startswith("## Exercises")), None)
+                  and "".join(c["source"]).startswith(("## Exercises", "### Exercise 1"))),
+                 None)
     if start is None:
         return []
     code = [c for c in cells[start:] if c["cell_type"] == "code"]
@@ -132,9 +134,19 @@ def test_exercises_predict_then_run(path):
             path.name, name, outs)
 
 
-def test_at_least_five_notebooks_end_with_exercises():
+def test_at_least_eight_notebooks_end_with_exercises():
     with_exercises = [p.stem[:2] for p in NOTEBOOKS if _exercises(p)]
-    assert {"00", "01", "02", "03", "04"} <= set(with_exercises), with_exercises
+    assert len(with_exercises) >= 8, with_exercises
+
+
+WIDGET = re.compile(r"lk\.(?:explorers\.)?\w+(?:Explorer|Panel)\(")
+
+
+def test_at_least_six_notebooks_use_a_widget():
+    """Issue #13: widgets where a knob teaches (a panel or an explorer), in ≥ 6 notebooks."""
+    using = [p.stem[:2] for p in NOTEBOOKS if any(
+        c["cell_type"] == "code" and WIDGET.search("".join(c["source"])) for c in _cells(p))]
+    assert len(using) >= 6, using
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
