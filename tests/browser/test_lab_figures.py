@@ -67,10 +67,11 @@ def run_all(page, lab, name: str) -> None:
     page.locator(f"{PANEL} .jp-Notebook .jp-Cell").first.wait_for(timeout=30_000)
     page.locator("li.lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
-    # done: every code cell has an execution count, none is queued or running ([*])
+    # done: every code cell has an execution count, none is queued or running ([*]); an
+    # exercise's solution cell has its input hidden and shows an empty prompt
     page.wait_for_function(
         f"""() => {{ const p = [...document.querySelectorAll('{PANEL} .jp-CodeCell .jp-InputPrompt')]
-                     .map(e => e.textContent.trim());
+                     .map(e => e.textContent.trim()).filter(t => t !== '');
                    return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }}""",
         timeout=600_000, polling=1000)
 
