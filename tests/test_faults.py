@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 
 import lorakit as lk
 from lorakit.attach import has_adapter
@@ -47,15 +48,7 @@ def tok():
 
 
 def make_tiny(tok, hidden=64, seed=0, context=256):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        config = LlamaConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=2 * hidden,
-                             vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                             max_position_embeddings=context)
-        return LlamaForCausalLM(config).eval()
+    return tiny_llama(tok, hidden=hidden, seed=seed, context=context).eval()
 
 
 @pytest.fixture
@@ -116,6 +109,15 @@ def raises(kind, phrase, fn, *args, **kwargs):
     return info.value
 
 
+def refused(model, kind, phrase, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` raises ``kind`` matching ``phrase``, and ``model`` is exactly as
+    before the call (what every refusal below must show)."""
+    before = snap(model)
+    error = raises(kind, phrase, fn, *args, **kwargs)
+    assert_intact(model, before)
+    return error
+
+
 def fail_after(monkeypatch, target, attr, calls, exc=None):
     """Make ``target.attr`` raise ``exc`` (default: a MemoryError) on its ``calls``-th call:
     a failure half-way."""
@@ -161,9 +163,7 @@ BAD_ATTACH = [
 
 def _attach_case(label, kwargs, phrase):
     def test(tiny):
-        before = snap(tiny)
-        raises(ValueError, phrase, lk.attach, tiny, **kwargs)
-        assert_intact(tiny, before)
+        refused(tiny, ValueError, phrase, lk.attach, tiny, **kwargs)
 
     test.__name__ = "test_attach_refuses_" + re.sub(r"\W+", "_", label.split(" ")[0]).strip("_")
     return case(f"attach({label})", f"ValueError: {phrase.replace(chr(92), '')}",
@@ -213,17 +213,13 @@ def test_attach_memory_estimate_refuses_before_allocating(tiny):
 @case("attach(replace=False) on a model that has an adapter", "ValueError: already has a LoRA "
       "adapter", "the old adapter: weights, layers, requires_grad")
 def test_attach_replace_false_keeps_old_adapter(pm):
-    before = snap(pm)
-    raises(ValueError, "already has a LoRA adapter", lk.attach, pm, r=2, replace=False)
-    assert_intact(pm, before)
+    refused(pm, ValueError, "already has a LoRA adapter", lk.attach, pm, r=2, replace=False)
 
 
 @case("re-attach with a bad value (r=-1) over a trained adapter", "ValueError: r (rank) must "
       "be a positive integer", "the old adapter and its trained weights")
 def test_reattach_bad_value_keeps_old_adapter(pm):
-    before = snap(pm)
-    raises(ValueError, "positive integer", lk.attach, pm, r=-1)
-    assert_intact(pm, before)
+    refused(pm, ValueError, "positive integer", lk.attach, pm, r=-1)
 
 
 @case("out of memory half-way through attach (3rd layer)", "MemoryError (re-raised)",
@@ -281,17 +277,13 @@ def test_pissa_failure_restores_base_weights(tiny, monkeypatch):
 @case("attach_adalora(total_step=0)", "ValueError: AdaLoRA needs total_step > tinit + tfinal",
       "model untouched")
 def test_adalora_bad_steps(tiny):
-    before = snap(tiny)
-    raises(ValueError, "total_step > tinit", lk.attach_adalora, tiny, total_step=0)
-    assert_intact(tiny, before)
+    refused(tiny, ValueError, "total_step > tinit", lk.attach_adalora, tiny, total_step=0)
 
 
 @case("detach on a model without an adapter", "ValueError: this model has no LoRA adapter",
       "model untouched")
 def test_detach_without_adapter(tiny):
-    before = snap(tiny)
-    raises(ValueError, "has no LoRA adapter", lk.detach, tiny)
-    assert_intact(tiny, before)
+    refused(tiny, ValueError, "has no LoRA adapter", lk.detach, tiny)
 
 
 # -- load_adapter / AdapterBank -------------------------------------------------------------
@@ -305,65 +297,53 @@ def _edit_config(folder: Path, **changes):
 @case("load_adapter from a folder that does not exist", "FileNotFoundError: no adapter folder "
       "at PATH", "model untouched")
 def test_load_missing_folder(tiny, tmp_path):
-    before = snap(tiny)
-    raises(FileNotFoundError, "no adapter folder", lk.serve.load_adapter, tiny, tmp_path / "x")
-    assert_intact(tiny, before)
+    refused(tiny, FileNotFoundError, "no adapter folder", lk.serve.load_adapter,
+            tiny, tmp_path / "x")
 
 
 @case("load_adapter from a folder without adapter_config.json", "FileNotFoundError: no "
       "adapter_config.json in PATH (found: …)", "model untouched")
 def test_load_no_config(plain, saved):
     (saved / "adapter_config.json").unlink()
-    before = snap(plain)
-    raises(FileNotFoundError, "no adapter_config.json in .*found", lk.serve.load_adapter,
-           plain, saved)
-    assert_intact(plain, before)
+    refused(plain, FileNotFoundError, "no adapter_config.json in .*found", lk.serve.load_adapter,
+            plain, saved)
 
 
 @case("adapter_config.json that is not JSON", "ValueError: … is not valid JSON",
       "model untouched")
 def test_load_bad_json(plain, saved):
     (saved / "adapter_config.json").write_text("{r: 4")
-    before = snap(plain)
-    raises(ValueError, "not valid JSON", lk.serve.load_adapter, plain, saved)
-    assert_intact(plain, before)
+    refused(plain, ValueError, "not valid JSON", lk.serve.load_adapter, plain, saved)
 
 
 @case('adapter_config.json with "r": "4" (a string)', "ValueError: PATH/adapter_config.json: "
       "r='4' must be a positive integer", "model untouched, no PEFT TypeError")
 def test_load_string_rank(plain, saved):
     _edit_config(saved, r="4")
-    before = snap(plain)
-    raises(ValueError, "adapter_config.json: r='4' must be a positive integer",
-           lk.serve.load_adapter, plain, saved)
-    assert_intact(plain, before)
+    refused(plain, ValueError, "adapter_config.json: r='4' must be a positive integer",
+            lk.serve.load_adapter, plain, saved)
 
 
 @case("adapter_config.json says r=8, weights have r=4", "ValueError: … says r=8, but the "
       "weights' … has 4 rows", "model unwrapped, no dead adapter name")
 def test_load_rank_mismatch(plain, saved):
     _edit_config(saved, r=8)
-    before = snap(plain)
-    raises(ValueError, "says r=8, but the weights", lk.serve.load_adapter, plain, saved)
-    assert_intact(plain, before)
+    refused(plain, ValueError, "says r=8, but the weights", lk.serve.load_adapter, plain, saved)
 
 
 @case("adapter_config.json with lora_alpha=Infinity", "ValueError: lora_alpha=inf must be a "
       "finite number", "model untouched")
 def test_load_infinite_alpha(plain, saved):
     _edit_config(saved, lora_alpha=float("inf"))
-    before = snap(plain)
-    raises(ValueError, "lora_alpha=inf must be a finite", lk.serve.load_adapter, plain, saved)
-    assert_intact(plain, before)
+    refused(plain, ValueError, "lora_alpha=inf must be a finite", lk.serve.load_adapter,
+            plain, saved)
 
 
 @case("adapter_config.json of another PEFT type (PREFIX_TUNING)", "ValueError: lorakit loads "
       "LoRA adapters", "model untouched")
 def test_load_other_peft_type(plain, saved):
     _edit_config(saved, peft_type="PREFIX_TUNING")
-    before = snap(plain)
-    raises(ValueError, "lorakit loads LoRA adapters", lk.serve.load_adapter, plain, saved)
-    assert_intact(plain, before)
+    refused(plain, ValueError, "lorakit loads LoRA adapters", lk.serve.load_adapter, plain, saved)
 
 
 @case("truncated adapter_model.safetensors", "ValueError: PATH/adapter_model.safetensors is "
@@ -371,35 +351,29 @@ def test_load_other_peft_type(plain, saved):
 def test_load_truncated_weights(plain, saved):
     w = saved / "adapter_model.safetensors"
     w.write_bytes(w.read_bytes()[:-100])
-    before = snap(plain)
-    raises(ValueError, "adapter_model.safetensors is not a readable safetensors",
-           lk.serve.load_adapter, plain, saved)
-    assert_intact(plain, before)
+    refused(plain, ValueError, "adapter_model.safetensors is not a readable safetensors",
+            lk.serve.load_adapter, plain, saved)
 
 
 @case("adapter trained for other layer sizes (hidden 32 vs 64)", "ValueError: this adapter "
       "does not fit the model: module … has weight shape …", "model untouched")
 def test_load_wrong_architecture(tok, saved):
     other = make_tiny(tok, hidden=32)
-    before = snap(other)
-    raises(ValueError, "does not fit the model", lk.serve.load_adapter, other, saved)
-    assert_intact(other, before)
+    refused(other, ValueError, "does not fit the model", lk.serve.load_adapter, other, saved)
 
 
 @case("load_adapter(name='__base__')", "ValueError: adapter name must be … other than "
       "'__base__'", "model untouched")
 def test_load_reserved_name(plain, saved):
-    before = snap(plain)
-    raises(ValueError, "other than '__base__'", lk.serve.load_adapter, plain, saved, "__base__")
-    assert_intact(plain, before)
+    refused(plain, ValueError, "other than '__base__'", lk.serve.load_adapter,
+            plain, saved, "__base__")
 
 
 @case("load_adapter with a name the PeftModel already has", "ValueError: already has an "
       "adapter named 'default'", "adapters and weights unchanged")
 def test_load_duplicate_name(pm, saved):
-    before = snap(pm)
-    raises(ValueError, "already has an adapter named 'default'", lk.serve.load_adapter, pm, saved)
-    assert_intact(pm, before)
+    refused(pm, ValueError, "already has an adapter named 'default'", lk.serve.load_adapter,
+            pm, saved)
 
 
 @case("PEFT fails half-way while loading onto a plain model", "RuntimeError (re-raised)",
@@ -443,9 +417,7 @@ def test_bank_add_bad_folder(pm, saved):
       "adapter named", "bank and model untouched")
 def test_bank_add_duplicate(pm):
     bank = lk.AdapterBank(pm)
-    before = snap(pm)
-    raises(ValueError, "already has an adapter named", bank.add, "default", {"r": 2})
-    assert_intact(pm, before)
+    refused(pm, ValueError, "already has an adapter named", bank.add, "default", {"r": 2})
 
 
 @case("AdapterBank.add(name, {'alpha': inf})", "ValueError: alpha must be a finite number > 0",
@@ -464,10 +436,8 @@ def test_bank_add_huge_rank(pm):
     from peft import LoraConfig
 
     bank = lk.AdapterBank(pm)
-    before = snap(pm)
-    raises(ValueError, "would need about", bank.add, "x",
-           LoraConfig(r=10**6, target_modules=["q_proj"]))
-    assert_intact(pm, before)
+    refused(pm, ValueError, "would need about", bank.add, "x",
+            LoraConfig(r=10**6, target_modules=["q_proj"]))
 
 
 @case("out of memory half-way through AdapterBank.add (fresh adapter)", "MemoryError "
@@ -500,9 +470,7 @@ def test_bank_first_add_memory_error(tiny, monkeypatch):
       "LoraSettings, …", "bank and model untouched")
 def test_bank_add_bad_source(pm):
     bank = lk.AdapterBank(pm)
-    before = snap(pm)
-    raises(TypeError, "source must be an adapter folder", bank.add, "x", 42)
-    assert_intact(pm, before)
+    refused(pm, TypeError, "source must be an adapter folder", bank.add, "x", 42)
 
 
 # -- save_adapter and other writers ---------------------------------------------------------
@@ -647,9 +615,8 @@ def _train(model, tok, task, **kw):
 @case("train a model with no adapter (forgot lk.attach)", "ValueError: the model has no LoRA "
       "adapter … pass full_finetune=True", "base weights untouched (it used to fine-tune all)")
 def test_train_without_adapter(tiny, tok, task):
-    before = snap(tiny)
-    raises(ValueError, "no LoRA adapter.*full_finetune=True", _train, tiny, tok, task, steps=1)
-    assert_intact(tiny, before)
+    refused(tiny, ValueError, "no LoRA adapter.*full_finetune=True", _train,
+            tiny, tok, task, steps=1)
 
 
 @case("train(full_finetune=True) on a model with no adapter", "none: trains the whole model "
@@ -780,10 +747,8 @@ def test_stale_recorder_refused(pm, tok, task):
     rec.on_step(0, None)
     frames = len(rec.recording)
     pm2 = lk.attach(pm, r=2, seed=0)
-    before = snap(pm2)
-    raises(ValueError, "no longer the model's adapter layer", _train, pm2, tok, task, steps=1,
-           recorder=rec)
-    assert_intact(pm2, before)
+    refused(pm2, ValueError, "no longer the model's adapter layer", _train, pm2, tok, task, steps=1,
+            recorder=rec)
     assert len(rec.recording) == frames
 
 
@@ -800,9 +765,7 @@ BAD_TRAIN = [
 
 def _train_case(label, kwargs, phrase):
     def test(pm, tok, task):
-        before = snap(pm)
-        raises(ValueError, phrase, _train, pm, tok, task, **kwargs)
-        assert_intact(pm, before)
+        refused(pm, ValueError, phrase, _train, pm, tok, task, **kwargs)
 
     test.__name__ = f"test_train_refuses_{label.split('=')[0]}_{len(CASES)}"
     return case(f"train({label})", f"ValueError: {phrase}", "adapter bit-identical")(test)
@@ -816,9 +779,7 @@ for _label, _kw, _phrase in BAD_TRAIN:
 @case("train(task='iso_dates') (a name, not a Task)", "TypeError: task must be a lorakit Task",
       "adapter bit-identical")
 def test_train_task_not_task(pm, tok):
-    before = snap(pm)
-    raises(TypeError, "task must be a lorakit Task", _train, pm, tok, "iso_dates", steps=1)
-    assert_intact(pm, before)
+    refused(pm, TypeError, "task must be a lorakit Task", _train, pm, tok, "iso_dates", steps=1)
 
 
 @case("batch_size larger than the training examples", "UserWarning (once): batch_size=64 is "
@@ -849,17 +810,13 @@ def test_interrupt_keeps_weights(pm, tok, task):
 @case("Recorder on a model without an adapter", "ValueError: this model has no LoRA Linear "
       "layers", "model untouched")
 def test_recorder_without_adapter(tiny):
-    before = snap(tiny)
-    raises(ValueError, "no LoRA Linear layers", lk.Recorder, tiny)
-    assert_intact(tiny, before)
+    refused(tiny, ValueError, "no LoRA Linear layers", lk.Recorder, tiny)
 
 
 @case("Recorder(modules=['nope'])", "ValueError: no LoRA layer matches ['nope']. Recordable "
       "names …", "model untouched")
 def test_recorder_unknown_module(pm):
-    before = snap(pm)
-    raises(ValueError, "no LoRA layer matches", lk.Recorder, pm, modules=["nope"])
-    assert_intact(pm, before)
+    refused(pm, ValueError, "no LoRA layer matches", lk.Recorder, pm, modules=["nope"])
 
 
 @case("Recorder(every=0)", "ValueError: every must be a positive integer", "model untouched")
@@ -913,17 +870,13 @@ def test_task_unknown_name():
 @case("task.accuracy(n=0)", "ValueError: n must be a positive integer or None",
       "model untouched (it used to score everything)")
 def test_accuracy_n_zero(pm, tok, task):
-    before = snap(pm)
-    raises(ValueError, "n must be a positive integer or None", task.accuracy, pm, tok, n=0)
-    assert_intact(pm, before)
+    refused(pm, ValueError, "n must be a positive integer or None", task.accuracy, pm, tok, n=0)
 
 
 @case("task.accuracy(split='valid')", "ValueError: unknown split 'valid'; allowed: 'train', "
       "'test'", "model untouched")
 def test_accuracy_unknown_split(pm, tok, task):
-    before = snap(pm)
-    raises(ValueError, "unknown split 'valid'", task.accuracy, pm, tok, split="valid")
-    assert_intact(pm, before)
+    refused(pm, ValueError, "unknown split 'valid'", task.accuracy, pm, tok, split="valid")
 
 
 @case("tasks.from_pairs with an empty answer", "ValueError: pair 1 must be (prompt, answer), two "
@@ -983,9 +936,7 @@ def test_generate_prompt_literal(tiny, tok, monkeypatch):
       "is N tokens … exceeds the model's context length of 256 tokens", "refused before "
       "generating (it used to run minutes and return '')")
 def test_overlong_prompt_refused(tiny, tok):
-    before = snap(tiny)
-    raises(ValueError, "context length of 256 tokens", lk.generate, tiny, tok, "word " * 300)
-    assert_intact(tiny, before)
+    refused(tiny, ValueError, "context length of 256 tokens", lk.generate, tiny, tok, "word " * 300)
 
 
 # -- loading models -------------------------------------------------------------------------
