@@ -4,6 +4,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 
 import lorakit as lk
 
@@ -62,16 +63,9 @@ def tiny_recording(smol, one_thread):
     """61 frames (steps 0..60) of a real LoRA run (r=8 on q, v) on a tiny Llama whose hidden
     size is 64, so ΔW is exactly 64 × 64; SmolLM2's tokenizer, lk.train, a real lk.Recorder.
     Shared by the export tests and the browser animation test (trained once per session)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tok = smol
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        config = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=128,
-                             vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-        pm = lk.attach(LlamaForCausalLM(config), r=8, alpha=16,
-                       targets=["q_proj", "v_proj"], seed=0)
+    pm = lk.attach(tiny_llama(tok, layers=1), r=8, alpha=16, targets=["q_proj", "v_proj"],
+                   seed=0)
     rec = lk.Recorder(pm, every=1)
     with one_thread():
         lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=60, lr=2e-3, batch_size=4,

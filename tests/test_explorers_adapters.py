@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 
 import lorakit as lk
 from lorakit import analysis
@@ -18,20 +19,13 @@ PROMPTS = ["Convert to ISO date: May 1, 2020", "What is the capital of France?"]
 
 @pytest.fixture
 def tiny(smol):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _, tok = smol
-    with torch.random.fork_rng(devices=[]):
+    pm = lk.attach(tiny_llama(tok), r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(0)
-        config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=128,
-                             vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-        pm = lk.attach(LlamaForCausalLM(config), r=4, alpha=8, targets=["q_proj", "v_proj"],
-                       seed=0)
-        with torch.no_grad():
-            for name, p in pm.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 3.0)           # a large update: replies must change with it
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 3.0)               # a large update: replies must change with it
     return pm, tok
 
 
