@@ -1,12 +1,25 @@
 """Shared fixtures: the real embedded SmolLM2 (loaded from the cached safetensors folder)."""
 
+import copy
+import os
 from contextlib import contextmanager
 
 import pytest
 import torch
 from tiny_models import tiny_llama
+from workers import worker_threads
 
 import lorakit as lk
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (make test): this worker's share of the cores, as torch threads here
+    and, through OMP_NUM_THREADS, in what it starts (nbval's kernels, CLI subprocesses)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        n = worker_threads(int(workers), len(os.sched_getaffinity(0)))
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        torch.set_num_threads(n)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,10 +37,19 @@ def smol():
     return lk.load_model(progress=False)
 
 
-@pytest.fixture
-def fresh():
-    """A fresh (model, tok) for tests that attach, train or otherwise change the model."""
+@pytest.fixture(scope="session")
+def _pristine():
+    """A (model, tok) that no test touches: ``fresh`` copies it."""
     return lk.load_model(progress=False)
+
+
+@pytest.fixture
+def fresh(_pristine):
+    """A fresh (model, tok) for tests that attach, train or otherwise change the model: a deep
+    copy of a model loaded once per session, equal to a new ``lk.load_model()`` (checked by
+    test_models) and several times faster to make."""
+    model, tok = _pristine
+    return copy.deepcopy(model), tok
 
 
 @pytest.fixture(scope="session")

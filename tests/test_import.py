@@ -67,3 +67,14 @@ def test_architecture_doc_names_every_module():
     missing = [p.name for p in sorted((root / "lorakit").glob("*.py"))
                if p.name != "__init__.py" and f"`{p.name}`" not in doc]
     assert not missing, f"docs/architecture.md does not mention {missing}"
+
+
+def test_each_xdist_worker_gets_its_share_of_the_cores():
+    import os
+
+    import torch
+    from workers import worker_threads
+
+    assert [worker_threads(2, 2), worker_threads(2, 16), worker_threads(4, 2)] == [1, 8, 1]
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):       # make test: this worker's share
+        assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
