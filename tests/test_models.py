@@ -229,3 +229,16 @@ def test_nf4_load_is_really_4bit():
     assert q.weight.quant_state.nested  # double quantization
     assert lk.count_params(model).total == 134_515_008  # true count, not packed bytes
     assert "Paris" in lk.generate(model, tok, "What is the capital of France?")
+
+
+def test_fresh_fixture_equals_a_new_load_and_shares_nothing(fresh, _pristine):
+    """conftest's ``fresh`` (a deep copy of one loaded model) is what ``lk.load_model()`` gives."""
+    model, _ = fresh
+    new, _ = lk.load_model(progress=False)
+    got, want = model.state_dict(), new.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert model.config.to_dict() == new.config.to_dict() and model.training == new.training
+    assert model.lm_head.weight is model.model.embed_tokens.weight      # the tie survives
+    pristine = _pristine[0]
+    assert all(p.data_ptr() != q.data_ptr()
+               for p, q in zip(model.parameters(), pristine.parameters(), strict=True))
