@@ -55,3 +55,38 @@ def model_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if model_kind(model) == "causal_lm":
         return answer_loss(model, batch)
     return model(**batch).loss
+
+
+def answer_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example of a causal-LM ``batch``: its answer's mean token cross-entropy, and whether
+    greedy decoding would reproduce the answer exactly.
+
+    One forward pass (no generation loop, no gradient). Returns ``(loss, exact)``, each of shape
+    ``(batch,)``: ``loss[i]`` the mean cross-entropy over row i's answer tokens (labels != -100),
+    ``exact[i]`` True when every answer token is the model's top choice given the prompt and
+    the answer before it (teacher forcing), which is when greedy decoding emits exactly those
+    tokens, the end-of-answer token included. The answer-token weighted mean of ``loss`` is
+    ``answer_loss`` (up to rounding).
+    """
+    from .modelkind import takes
+
+    labels = batch["labels"]
+    if not (labels[:, 1:] != IGNORE_INDEX).any(dim=1).all():
+        raise ValueError("answer_scores: a row of the batch has no answer tokens (all labels are "
+                         f"{IGNORE_INDEX}); every example needs an answer to score")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    keep = answer_positions(labels).to(labels.device)        # position t predicts token t+1
+    with torch.no_grad():
+        if takes(model, "logits_to_keep"):                   # the output layer only where needed
+            logits = model(**inputs, logits_to_keep=keep).logits.float()
+        else:
+            logits = model(**inputs).logits[:, keep].float()
+    targets = labels[:, keep + 1]
+    learned = targets != IGNORE_INDEX
+    # flat (rows × positions, vocab): the layout answer_loss uses (a (batch, vocab, positions)
+    # layout rounds differently, by ~1e-4 on CPU)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.clamp(min=0).flatten(),
+                         reduction="none").view(targets.shape)
+    loss = (ce * learned).sum(dim=1) / learned.sum(dim=1)
+    exact = ((logits.argmax(dim=-1) == targets) | ~learned).all(dim=1)
+    return loss, exact

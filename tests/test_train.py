@@ -34,6 +34,35 @@ def test_answer_loss_equals_transformers_loss(peft_pair):
         assert answer_loss(pm, batch).item() == pytest.approx(pm(**batch).loss.item(), abs=1e-5)
 
 
+def test_answer_scores_per_example_loss_and_greedy_exact_match(smol):
+    from lorakit.loss import answer_scores
+
+    model, tok = smol
+    batch = TASK.encode(tok, TASK.train[:4])
+    loss, exact = answer_scores(model, batch)
+    n = (batch["labels"][:, 1:] != -100).sum(dim=1)
+    assert loss.shape == exact.shape == (4,)
+    with torch.no_grad():   # the answer-token weighted mean is the batch's answer loss
+        assert (loss * n).sum() / n.sum() == pytest.approx(answer_loss(model, batch).item(),
+                                                           abs=1e-5)
+    # an answer that is the model's own greedy continuation: exact; one token changed: not
+    one = TASK.encode(tok, TASK.test[:1])
+    start = int((one["labels"][0] != -100).nonzero()[0])
+    prompt = one["input_ids"][:, :start]
+    full = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                          max_new_tokens=5, pad_token_id=tok.pad_token_id)[0]
+    ids = torch.stack([full, full])
+    labels = ids.clone()
+    labels[:, :start] = -100
+    greedy = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    assert answer_scores(model, greedy)[1].tolist() == [True, True]
+    wrong = {k: v.clone() for k, v in greedy.items()}
+    wrong["labels"][1, -1] = wrong["input_ids"][1, -1] = (int(ids[1, -1]) + 1) % 1000
+    assert answer_scores(model, wrong)[1].tolist() == [True, False]
+    with pytest.raises(ValueError, match="no answer tokens"):
+        answer_scores(model, {**greedy, "labels": torch.full_like(labels, -100)})
+
+
 def test_training_lowers_loss_and_is_deterministic(fresh):
     model, tok = fresh
     runs = []
