@@ -58,6 +58,15 @@ def test_notebook_opening_cells(path):
     assert len(params) == 1 and params[0]["cell_type"] == "code"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_links_to_other_notebooks_resolve(path):
+    """A markdown link ``](NN_name.ipynb)`` in a tutorial names a tutorial that exists."""
+    for cell in _cells(path):
+        if cell["cell_type"] == "markdown":
+            for link in re.findall(r"\]\(([^)/:]+\.ipynb)\)", "".join(cell["source"])):
+                assert (path.parent / link).is_file(), f"{path.name} links to {link}"
+
+
 def test_readme_lists_every_notebook_with_badges():
     for path in NOTEBOOKS:
         row = next((line for line in README.splitlines()
