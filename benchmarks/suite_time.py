@@ -6,9 +6,10 @@ already wrote a JUnit XML file (e.g. the CI entry point on a fresh clone):
 
     python benchmarks/suite_time.py                     # runs pytest -m "not gpu" itself
     PYTEST_ARGS="--junitxml=/tmp/suite.xml" bash .ci/run
-    python benchmarks/suite_time.py --junit /tmp/suite.xml [--wall SECONDS]
+    python benchmarks/suite_time.py --junit /tmp/suite.xml [--wall SECONDS] [--workers N]
 
-``--wall`` adds the end-to-end wall time of that run (set-up included) to the section.
+``--workers`` says how many pytest-xdist workers that run had (make test: 2). ``--wall`` adds
+the end-to-end wall time of that run (set-up included) to the section.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from _results import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_suite(junit: Path) -> float:
+def run_suite(junit: Path, workers: int) -> float:
+    """pytest as ``make test`` runs it (``workers`` pytest-xdist workers, one file each)."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "-m", "not gpu", "-q",
-                    f"--junitxml={junit}"], cwd=ROOT, check=False)
+    subprocess.run([sys.executable, "-m", "pytest", "-m", "not gpu", "-q", "-n", str(workers),
+                    "--dist", "loadfile", f"--junitxml={junit}"], cwd=ROOT, check=False)
     return time.perf_counter() - t
 
 
@@ -61,19 +63,29 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--junit", type=Path, help="summarise this JUnit XML instead of running")
     p.add_argument("--wall", type=float, help="end-to-end wall seconds of that run")
+    p.add_argument("--workers", type=int, default=2,
+                   help="pytest-xdist workers of the run (make test: 2; 0 = one process)")
     args = p.parse_args(argv)
     wall = args.wall
     if args.junit is None:
         args.junit = Path(tempfile.mkdtemp()) / "suite.xml"
-        wall = run_suite(args.junit)
+        wall = run_suite(args.junit, args.workers)
     counts, per_file, cases = summarise(args.junit)
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     notebooks = sorted((k, v) for k, v in per_file.items() if k.startswith("notebooks/"))
     nb_total = sum(v for _, v in notebooks)
+    busy = sum(s for s, _ in cases)
+    how = (f"on {args.workers} pytest-xdist workers (one test file or notebook each at a time, "
+           "each with its share of the cores as torch threads)" if args.workers
+           else "in one process")
     lines = ["## Whole test suite (`make test`: pytest + nbval, `gpu` tests skipped)", "",
-             f"- pytest: **{counts['time'] / 60:.1f} min** ({counts['time']:.0f} s) for "
-             f"{counts['tests']} items: {passed} passed, {counts['skipped']} skipped, "
-             f"{counts['failures']} failed, {counts['errors']} errors (target ≤ 17 min)."]
+             f"- pytest wall time: **{counts['time'] / 60:.1f} min** ({counts['time']:.0f} s) "
+             f"for {counts['tests']} items, {how}: {passed} passed, {counts['skipped']} skipped, "
+             f"{counts['failures']} failed, {counts['errors']} errors (target ≤ 17 min).",
+             f"- the items' own times add up to {busy:.0f} s ({busy / 60:.1f} min)."
+             + (" With two workers on two cores each item runs slower than it would alone "
+                "(one thread instead of two, memory shared): the times below are as measured in "
+                "this run." if args.workers else "")]
     if wall:
         lines.append(f"- end to end, set-up included: **{wall / 60:.1f} min** ({wall:.0f} s).")
     lines += [f"- the {len(notebooks)} notebooks under nbval: {nb_total:.0f} s in all.", "",
