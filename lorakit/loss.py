@@ -38,14 +38,27 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     labels = batch["labels"]
     if is_adalora(model) or not takes(model, "logits_to_keep"):
         return model(**batch).loss  # AdaLoRA adds its orthogonality penalty in forward
-    keep = answer_positions(labels).to(labels.device)
-    if keep.numel() == 0:
+    if answer_positions(labels).numel() == 0:
         return model(**batch).loss
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep).logits      # (batch, n_pos, vocab)
-    targets = labels[:, keep + 1]                             # token t+1 is predicted at t
+    logits, targets = _answer_logits(model, batch)
     learned = targets != IGNORE_INDEX
     return F.cross_entropy(logits[learned].float(), targets[learned])
+
+
+def _answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` at the positions that predict an answer token in some row:
+    ``logits (batch, n_pos, vocab)``, ``targets (batch, n_pos)`` (-100 where a row learns
+    nothing). The output layer runs only there when the model takes ``logits_to_keep``."""
+    from .modelkind import takes
+
+    labels = batch["labels"]
+    keep = answer_positions(labels).to(labels.device)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if takes(model, "logits_to_keep"):
+        logits = model(**inputs, logits_to_keep=keep).logits
+    else:
+        logits = model(**inputs).logits[:, keep]
+    return logits, labels[:, keep + 1]                        # token t+1 is predicted at t
 
 
 def model_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -68,20 +81,13 @@ def answer_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     tokens, the end-of-answer token included. The answer-token weighted mean of ``loss`` is
     ``answer_loss`` (up to rounding).
     """
-    from .modelkind import takes
-
     labels = batch["labels"]
     if not (labels[:, 1:] != IGNORE_INDEX).any(dim=1).all():
         raise ValueError("answer_scores: a row of the batch has no answer tokens (all labels are "
                          f"{IGNORE_INDEX}); every example needs an answer to score")
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    keep = answer_positions(labels).to(labels.device)        # position t predicts token t+1
     with torch.no_grad():
-        if takes(model, "logits_to_keep"):                   # the output layer only where needed
-            logits = model(**inputs, logits_to_keep=keep).logits.float()
-        else:
-            logits = model(**inputs).logits[:, keep].float()
-    targets = labels[:, keep + 1]
+        logits, targets = _answer_logits(model, batch)
+    logits = logits.float()
     learned = targets != IGNORE_INDEX
     # flat (rows × positions, vocab): the layout answer_loss uses (a (batch, vocab, positions)
     # layout rounds differently, by ~1e-4 on CPU)
