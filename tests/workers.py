@@ -6,3 +6,40 @@ def worker_threads(workers: int, cores: int) -> int:
     at least one. Two processes with two threads each on two cores were 3-10x slower than one
     thread each (see ``one_thread``)."""
     return max(1, cores // max(1, workers))
+
+
+# Seconds each long test file or notebook took in one make test run (2026-12-02, two workers,
+# one torch thread each; benchmarks/suite_time.py). Only the order matters: make test hands
+# the files to its two workers longest first (``longest_first``), so that no long notebook
+# starts last and runs alone while the other worker idles (list scheduling, LPT). Files not
+# listed take under a minute and follow in collection order. Measured tail: the stored run
+# (ordered by pytest-xdist by number of tests) had one worker idle for ~65 s at the end.
+FILE_SECONDS = {
+    "notebooks/07_variants.ipynb": 424,
+    "tests/test_cli.py": 323,
+    "notebooks/06_what_lora_learns.ipynb": 248,
+    "notebooks/03_train_and_watch.ipynb": 201,
+    "notebooks/08_practical.ipynb": 186,
+    "notebooks/05_merge_swap_serve.ipynb": 178,
+    "notebooks/04_qlora.ipynb": 165,
+    "tests/test_qlora.py": 156,
+    "tests/test_readme.py": 132,
+    "tests/browser/test_lab_figures.py": 125,
+    "notebooks/00_start_here.ipynb": 118,
+    "tests/test_models.py": 76,
+    "tests/test_widgets.py": 65,
+}
+
+
+def longest_first(nodeids: list[str]) -> list[int]:
+    """The order (indices into ``nodeids``) that runs whole files longest first by
+    ``FILE_SECONDS``: a stable sort, so each file's tests stay together and in their order."""
+    first: dict[str, int] = {}
+    for i, nodeid in enumerate(nodeids):
+        first.setdefault(nodeid.split("::")[0], i)
+
+    def key(i: int) -> tuple[int, int, int]:
+        path = nodeids[i].split("::")[0]
+        return -FILE_SECONDS.get(path, 0), first[path], i
+
+    return sorted(range(len(nodeids)), key=key)
