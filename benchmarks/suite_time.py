@@ -7,6 +7,7 @@ already wrote a JUnit XML file (e.g. the CI entry point on a fresh clone):
     python benchmarks/suite_time.py                     # runs pytest -m "not gpu" itself
     PYTEST_ARGS="--junitxml=/tmp/suite.xml" bash .ci/run
     python benchmarks/suite_time.py --junit /tmp/suite.xml [--wall SECONDS] [--workers N]
+        [--note TEXT ...]
 
 ``--workers`` says how many pytest-xdist workers that run had (make test: 2). ``--wall`` adds
 the end-to-end wall time of that run (set-up included) to the section.
@@ -31,10 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_suite(junit: Path, workers: int) -> float:
-    """pytest as ``make test`` runs it (``workers`` pytest-xdist workers, one file each)."""
+    """pytest as ``make test`` runs it (``workers`` pytest-xdist workers, one file each, the
+    longest files first)."""
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pytest", "-m", "not gpu", "-q", "-n", str(workers),
-                    "--dist", "loadfile", f"--junitxml={junit}"], cwd=ROOT, check=False)
+                    "--dist", "loadfile", "--no-loadscope-reorder", f"--junitxml={junit}"],
+                   cwd=ROOT, check=False)
     return time.perf_counter() - t
 
 
@@ -65,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--wall", type=float, help="end-to-end wall seconds of that run")
     p.add_argument("--workers", type=int, default=2,
                    help="pytest-xdist workers of the run (make test: 2; 0 = one process)")
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="a bullet of context for the section (repeatable), e.g. an earlier run")
     args = p.parse_args(argv)
     wall = args.wall
     if args.junit is None:
@@ -88,6 +93,7 @@ def main(argv=None) -> int:
                 "this run." if args.workers else "")]
     if wall:
         lines.append(f"- end to end, set-up included: **{wall / 60:.1f} min** ({wall:.0f} s).")
+    lines += [f"- {note}" for note in args.note]
     lines += [f"- the {len(notebooks)} notebooks under nbval: {nb_total:.0f} s in all.", "",
               "| notebook | nbval s |", "|---|---|"]
     lines += [f"| `{k}` | {v:.0f} |" for k, v in notebooks]
@@ -95,6 +101,10 @@ def main(argv=None) -> int:
     lines += [f"| {s:.0f} | `{name}` |" for s, name in cases[:10]]
     write_section("suite_time", "\n".join(lines))
     print("\n".join(lines))
+    print("\nFILE_SECONDS for tests/workers.py (files of a minute or more, this run):")
+    for k, v in sorted(per_file.items(), key=lambda kv: -kv[1]):
+        if v >= 60:
+            print(f'    "{k}": {v:.0f},')
     return 0 if counts["failures"] == counts["errors"] == 0 else 1
 
 

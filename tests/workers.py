@@ -8,26 +8,28 @@ def worker_threads(workers: int, cores: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-# Seconds each long test file or notebook took in one make test run (2026-12-02, two workers,
-# one torch thread each; benchmarks/suite_time.py). Only the order matters: make test hands
-# the files to its two workers longest first (``longest_first``), so that no long notebook
-# starts last and runs alone while the other worker idles (list scheduling, LPT). Files not
-# listed take under a minute and follow in collection order. Measured tail: the stored run
-# (ordered by pytest-xdist by number of tests) had one worker idle for ~65 s at the end.
+# Seconds each long test file or notebook took in one make test run (2026-12-02, fresh clone,
+# two workers, one torch thread each; benchmarks/suite_time.py prints this table for a run).
+# Only the order matters: make test hands the files to its two workers longest first
+# (``longest_first``), so that no long notebook starts last and runs alone while the other
+# worker idles (list scheduling, LPT). Files not listed take under a minute and follow in
+# collection order. In pytest-xdist's own order (by number of tests per file) one worker idled
+# at the end: 20.8 min; this order: 20.2 min, 23 s above half the item time
+# (benchmarks/RESULTS.md, "Whole test suite").
 FILE_SECONDS = {
-    "notebooks/07_variants.ipynb": 424,
-    "tests/test_cli.py": 323,
-    "notebooks/06_what_lora_learns.ipynb": 248,
-    "notebooks/03_train_and_watch.ipynb": 201,
-    "notebooks/08_practical.ipynb": 186,
-    "notebooks/05_merge_swap_serve.ipynb": 178,
-    "notebooks/04_qlora.ipynb": 165,
-    "tests/test_qlora.py": 156,
-    "tests/test_readme.py": 132,
-    "tests/browser/test_lab_figures.py": 125,
-    "notebooks/00_start_here.ipynb": 118,
-    "tests/test_models.py": 76,
-    "tests/test_widgets.py": 65,
+    "notebooks/07_variants.ipynb": 371,
+    "tests/test_cli.py": 256,
+    "notebooks/06_what_lora_learns.ipynb": 220,
+    "notebooks/08_practical.ipynb": 164,
+    "notebooks/05_merge_swap_serve.ipynb": 160,
+    "notebooks/03_train_and_watch.ipynb": 156,
+    "notebooks/04_qlora.ipynb": 143,
+    "tests/test_readme.py": 128,
+    "tests/test_qlora.py": 117,
+    "notebooks/00_start_here.ipynb": 106,
+    "tests/browser/test_lab_figures.py": 92,
+    "tests/test_models.py": 57,
+    "tests/test_widgets.py": 54,
 }
 
 
