@@ -12,7 +12,7 @@ def worker_threads(workers: int, cores: int) -> int:
 # two workers, one torch thread each; benchmarks/suite_time.py prints this table for a run).
 # Only the order matters: make test hands the files to its two workers longest first
 # (``longest_first``), so that no long notebook starts last and runs alone while the other
-# worker idles (list scheduling, LPT). Files not listed take under a minute and follow in
+# worker idles (list scheduling, LPT). Files not listed took under 50 s and follow in
 # collection order. In pytest-xdist's own order (by number of tests per file) one worker idled
 # at the end: 20.8 min; this order: 20.2 min, 23 s above half the item time
 # (benchmarks/RESULTS.md, "Whole test suite").
