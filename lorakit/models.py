@@ -478,7 +478,17 @@ def chat_prompt(tok, user: str, system: str | None = None, prompt_format: str = 
         return plain_prompt(user, system)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}]
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from jinja2.exceptions import TemplateError  # transformers renders chat templates with jinja2
+
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        if not system:
+            raise
+    # Some templates (Gemma's) have no system role and raise: the system text opens the user
+    # turn instead, as their model cards advise.
+    return tok.apply_chat_template([{"role": "user", "content": f"{system}\n\n{user}"}],
+                                   tokenize=False, add_generation_prompt=True)
 
 
 @torch.no_grad()

@@ -221,6 +221,14 @@ def from_pairs(name: str, pairs: Sequence[tuple[str, str]], *, test_fraction: fl
 
 
 # -- built-in generators -----------------------------------------------------------------
+# The built-in chat tasks' system message. Without one, a chat template adds its own default
+# (SmolLM2's "You are a helpful AI assistant named SmolLM, trained by Hugging Face" is 21 of an
+# iso_dates example's 55 tokens; Qwen2.5's is longer): every step would spend that share of its
+# compute on a sentence the task does not need. With this one an iso_dates example is 42 tokens
+# (json_person 61 instead of 74) and the tour's 60 steps train about 28% faster; the base model
+# still gets 0/50. A template without a system role gets it at the start of the user turn.
+SYSTEM = "Be brief."
+
 def _iso_dates(seed: int, n_train: int, n_test: int) -> Task:
     rng = random.Random(seed)
     forms = [
@@ -237,7 +245,7 @@ def _iso_dates(seed: int, n_train: int, n_test: int) -> Task:
     examples = [Example(f"Convert to ISO date: {rng.choice(forms)(d)}",
                         f"{d[0]:04d}-{d[1]:02d}-{d[2]:02d}") for d in ordered]
     return Task("iso_dates", "Rewrite a written date as YYYY-MM-DD.",
-                examples[n_test:], examples[:n_test], max_new_tokens=16)
+                examples[n_test:], examples[:n_test], system=SYSTEM, max_new_tokens=16)
 
 
 _FIRST = ["Ann", "Bo", "Carla", "Dev", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jun", "Kofi",
@@ -261,7 +269,7 @@ def _json_person(seed: int, n_train: int, n_test: int) -> Task:
         examples.append(Example(f"Extract the person as JSON: {text}",
                                 json.dumps({"name": name, "age": age, "city": city})))
     return Task("json_person", "Extract name, age and city as one line of JSON.",
-                examples[n_test:], examples[:n_test], max_new_tokens=32)
+                examples[n_test:], examples[:n_test], system=SYSTEM, max_new_tokens=32)
 
 
 from .owndata import (  # noqa: E402, F401  (built on Task; re-exported: lk.tasks.from_file)

@@ -165,7 +165,8 @@ def test_seq2seq_trains_with_prompt_in_encoder_and_answer_in_decoder(tok, one_th
 def test_a_tokenizer_without_chat_template_gets_plain_prompts(tok, plain_tok, one_thread):
     task = lk.tasks.get("iso_dates", n_train=16, n_test=2)
     ex = task.train[0]
-    assert task.prompt_text(plain_tok, ex.prompt) == f"{ex.prompt}\nAnswer: "
+    # the built-in task's short system message opens the plain prompt too
+    assert task.prompt_text(plain_tok, ex.prompt) == f"{task.system}\n\n{ex.prompt}\nAnswer: "
     batch = task.encode(plain_tok, [ex])
     learned = batch["labels"][0][batch["labels"][0] != -100].tolist()
     assert plain_tok.decode(learned) == ex.answer + plain_tok.eos_token   # answer-only labels

@@ -34,6 +34,40 @@ def test_chat_template_works(smol):
     assert tok.pad_token is not None
 
 
+def test_builtin_tasks_replace_the_templates_long_default_system_prompt(smol):
+    _, tok = smol
+    task = lk.tasks.get("iso_dates")
+    default = models.chat_prompt_ids(tok, task.test[0].prompt)   # the template's own system text
+    ids = models.chat_prompt_ids(tok, task.test[0].prompt, task.system)
+    assert "Hugging Face" in tok.decode(default) and "Hugging Face" not in tok.decode(ids)
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in tok.decode(ids)
+    assert len(default) - len(ids) >= 12   # 45 -> 32 tokens here: what each step no longer computes
+
+
+GEMMA_LIKE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+              "supported') }}{% endif %}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+              "{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n")
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_user_turn(smol):
+    _, tok = smol
+    saved = tok.chat_template
+    try:
+        tok.chat_template = GEMMA_LIKE
+        assert models.chat_prompt(tok, "hi") == "<start_of_turn>user\nhi<end_of_turn>\n" \
+            "<start_of_turn>model"
+        assert models.chat_prompt(tok, "hi", "Be brief.") == \
+            "<start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model"
+        ids = models.chat_prompt_ids(tok, "<|im_start|>x", "Be brief.")   # literal path too
+        assert tok.decode(ids).startswith("<start_of_turn>user\nBe brief.\n\n<|im_start|>x")
+        tok.chat_template = GEMMA_LIKE.replace("System role not supported", "boom") \
+            .replace("messages[0]['role'] == 'system'", "true")
+        with pytest.raises(Exception, match="boom"):   # a template that always fails still fails
+            models.chat_prompt(tok, "hi", "Be brief.")
+    finally:
+        tok.chat_template = saved
+
+
 def test_cache_folder_is_reused(smol, monkeypatch):
     folder = models.embedded_model_dir()
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
