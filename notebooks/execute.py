@@ -19,8 +19,10 @@ What it does to each notebook, in order:
 4. Sets the kernelspec to ``python3`` (what Colab, Binder, VS Code and ``make lab`` all have).
 
 On a cell error (or a dead kernel) the notebook is *not* written: the script prints the cell and
-the traceback, writes what ran to ``/tmp/<name>.partial.ipynb`` and exits with status 1. Wall
-time per notebook is printed.
+the traceback, writes what ran to ``/tmp/<name>.partial.ipynb`` (outputs are cleared before the
+run, so the partial holds only this run's) and exits with status 1. Each executed code cell's
+time goes to stderr as it finishes (a stuck run shows its last finished cell); the wall time
+per notebook is printed.
 """
 
 from __future__ import annotations
@@ -72,10 +74,21 @@ def execute(path: Path, timeout: int = 600, max_stream_lines: int = 60) -> float
     """Execute ``path`` in place; returns the wall time in seconds (raises on a cell error)."""
     nb = nbformat.read(path, as_version=4)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    for cell in nb.cells:   # a partial then holds only what this run produced, no stale outputs
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    start = time.perf_counter()
+    clock = [start]
+
+    def progress(cell, cell_index, **_):   # one line per code cell: where a stuck run stopped
+        now = time.perf_counter()
+        print(f"  {path.name} [{cell_index}] {now - clock[0]:.1f} s", file=sys.stderr, flush=True)
+        clock[0] = now
+
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
-                            skip_cells_with_tag="skip-execution", record_timing=False)
-    start = time.perf_counter()
+                            skip_cells_with_tag="skip-execution", record_timing=False,
+                            on_cell_executed=progress)
     try:
         client.execute()
     except (CellExecutionError, DeadKernelError):
