@@ -95,6 +95,7 @@ bench: setup
 	$(PY) benchmarks/merge_latency.py
 	$(PY) benchmarks/train_accuracy.py
 	$(PY) benchmarks/export_speed.py
+	$(PY) benchmarks/system_prompt.py
 
 screenshots: setup chromium
 	$(PY) docs/screenshots.py
