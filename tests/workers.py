@@ -14,22 +14,22 @@ def worker_threads(workers: int, cores: int) -> int:
 # (``longest_first``), so that no long notebook starts last and runs alone while the other
 # worker idles (list scheduling, LPT). Files not listed took under 50 s and follow in
 # collection order. In pytest-xdist's own order (by number of tests per file) one worker idled
-# at the end: 20.8 min; this order: 20.2 min, 23 s above half the item time
+# at the end: 20.8 min; this order: 20.1 min, 21 s above half the item time
 # (benchmarks/RESULTS.md, "Whole test suite").
 FILE_SECONDS = {
     "notebooks/07_variants.ipynb": 371,
     "tests/test_cli.py": 256,
-    "notebooks/06_what_lora_learns.ipynb": 220,
-    "notebooks/08_practical.ipynb": 164,
-    "notebooks/05_merge_swap_serve.ipynb": 160,
-    "notebooks/03_train_and_watch.ipynb": 156,
-    "notebooks/04_qlora.ipynb": 143,
-    "tests/test_readme.py": 128,
-    "tests/test_qlora.py": 117,
-    "notebooks/00_start_here.ipynb": 106,
-    "tests/browser/test_lab_figures.py": 92,
-    "tests/test_models.py": 57,
-    "tests/test_widgets.py": 54,
+    "notebooks/06_what_lora_learns.ipynb": 192,
+    "notebooks/05_merge_swap_serve.ipynb": 155,
+    "notebooks/08_practical.ipynb": 153,
+    "notebooks/03_train_and_watch.ipynb": 135,
+    "tests/browser/test_lab_figures.py": 122,
+    "notebooks/04_qlora.ipynb": 121,
+    "tests/test_qlora.py": 112,
+    "tests/test_readme.py": 108,
+    "notebooks/00_start_here.ipynb": 95,
+    "tests/test_models.py": 87,
+    "tests/test_widgets.py": 66,
 }
 
 
