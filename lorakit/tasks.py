@@ -225,9 +225,11 @@ def from_pairs(name: str, pairs: Sequence[tuple[str, str]], *, test_fraction: fl
 # (SmolLM2's "You are a helpful AI assistant named SmolLM, trained by Hugging Face" is 21 of an
 # iso_dates example's 55 tokens; Qwen2.5's is longer): every step would spend that share of its
 # compute on a sentence the task does not need. With this one an iso_dates example is 42 tokens
-# (json_person 61 instead of 74) and the tour's 60 steps train about 28% faster; the base model
-# still gets 0/50. A template without a system role gets it at the start of the user turn.
+# (json_person 61 instead of 74) and a training step takes 0.83x the time, measured side by side
+# (benchmarks/system_prompt.py); the base model still gets 0/50. A template without a system
+# role gets it at the start of the user turn (models.chat_prompt).
 SYSTEM = "Be brief."
+
 
 def _iso_dates(seed: int, n_train: int, n_test: int) -> Task:
     rng = random.Random(seed)
