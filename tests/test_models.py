@@ -80,22 +80,23 @@ def test_cache_folder_is_reused(smol, monkeypatch):
     assert models.embedded_model_dir() == folder
 
 
-def test_cache_env_override_converts_once_and_heals_a_truncated_file(tmp_path, monkeypatch,
-                                                                     capsys):
+def test_cache_env_override_is_used_and_a_truncated_file_is_rebuilt_once(tmp_path, monkeypatch,
+                                                                         capsys):
+    """LORAKIT_CACHE is where the converted model is read from and rebuilt into. One
+    conversion: the cache made by ``make setup`` is copied there, its weights cut in half (a
+    killed copy, a full disk), and loading rebuilds them there (the same ``_convert`` as a
+    first conversion, which ``make setup`` runs on every fresh machine)."""
+    import shutil
+
+    default = models.embedded_model_dir(progress=False)   # the default cache, already there
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
     assert models.cache_dir() == tmp_path / "cache"
-    folder = models.embedded_model_dir(progress=False)
-    assert folder.parent == tmp_path / "cache"
+    folder = tmp_path / "cache" / default.name
     assert folder.name == f"smollm2-135m-instruct-v3-transformers{_compat.transformers_major_minor()}"
+    shutil.copytree(default, folder)                        # real copies: truncated below
     weights = folder / "model.safetensors"
-    assert weights.stat().st_size > 400e6  # float32 weights
-    assert not list(folder.parent.glob(".*"))  # no half-written or old folder left
-    stamp = json.loads((folder / "lorakit-stamp.json").read_text())
-    assert stamp["files"]["model.safetensors"] == weights.stat().st_size
-    assert stamp["transformers"] == _compat.transformers_major_minor()
-    assert stamp["conversion"] == models._CACHE_FORMAT
-    # a half-written weights file (a killed copy, a full disk): rebuilt once, with a notice
     size = weights.stat().st_size
+    assert size > 400e6  # float32 weights
     with open(weights, "r+b") as f:
         f.truncate(size // 2)
     capsys.readouterr()
@@ -103,10 +104,20 @@ def test_cache_env_override_converts_once_and_heals_a_truncated_file(tmp_path, m
     err = capsys.readouterr().err          # (transformers' GGUF progress bar may be there too)
     notice = [line for line in err.splitlines() if line.startswith("lorakit:")]
     assert len(notice) == 1 and "rebuilding the cached model" in notice[0], err[-2000:]
-    assert f"{size // 2:,} bytes" in notice[0]
+    assert str(folder) in notice[0] and f"{size // 2:,} bytes" in notice[0]
     assert weights.stat().st_size == size
+    assert (default / "model.safetensors").stat().st_size == size   # the default is untouched
+    assert not list(folder.parent.glob(".*"))  # no half-written or old folder left
+    stamp = json.loads((folder / "lorakit-stamp.json").read_text())
+    assert stamp["files"]["model.safetensors"] == size
+    assert stamp["transformers"] == _compat.transformers_major_minor()
+    assert stamp["conversion"] == models._CACHE_FORMAT
     assert sum(p.numel() for p in model.parameters()) == models.EMBEDDED_PARAMS
     assert model.config.vocab_size == 49152
+    mtime = weights.stat().st_mtime_ns
+    assert models.embedded_model_dir(progress=False) == folder      # once: now it is complete
+    assert weights.stat().st_mtime_ns == mtime
+    assert "lorakit:" not in capsys.readouterr().err
 
 
 def _fake_cache(tmp_path, monkeypatch, **stamp_changes):
