@@ -190,6 +190,6 @@ def test_task_type_checked(peft_pair):
         lk.train(pm, tok, "iso_dates", steps=1, progress=False)
 
 
-# The iso_dates acceptance (base ≤ 10%; r=8 q,v, 60 steps → ≥ 90% on 50 held-out items) is
+# The iso_dates acceptance (base ≤ 10%; r=8 q,v, 40 steps → ≥ 90% on 50 held-out items) is
 # asserted once, through the product's main job: tests/test_cli.py::test_default_tour_learns_
 # iso_dates runs `lorakit tour`, whose defaults are exactly these settings (checked there).
