@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     lines += [f"| {s:.0f} | `{name}` |" for s, name in cases[:10]]
     write_section("suite_time", "\n".join(lines))
     print("\n".join(lines))
-    print("\nFILE_SECONDS for tests/workers.py (files of 50 s or more, this run):")
+    print("\nFILE_SECONDS for tests/workers.py (files of 20 s or more, this run):")
     for k, v in sorted(per_file.items(), key=lambda kv: -kv[1]):
-        if v >= 50:
+        if v >= 20:
             print(f'    "{k}": {v:.0f},')
     return 0 if counts["failures"] == counts["errors"] == 0 else 1
 

@@ -12,24 +12,28 @@ def worker_threads(workers: int, cores: int) -> int:
 # two workers, one torch thread each; benchmarks/suite_time.py prints this table for a run).
 # Only the order matters: make test hands the files to its two workers longest first
 # (``longest_first``), so that no long notebook starts last and runs alone while the other
-# worker idles (list scheduling, LPT). Files not listed took under 50 s and follow in
+# worker idles (list scheduling, LPT). Files not listed took under 20 s and follow in
 # collection order. In pytest-xdist's own order (by number of tests per file) one worker idled
-# at the end: 20.8 min; this order: 20.1 min, 21 s above half the item time
-# (benchmarks/RESULTS.md, "Whole test suite").
+# at the end: 20.8 min on a slow machine draw; this order: 20.1 min there, 21 s above half the
+# item time (benchmarks/RESULTS.md, "Whole test suite").
 FILE_SECONDS = {
-    "notebooks/07_variants.ipynb": 371,
-    "tests/test_cli.py": 256,
-    "notebooks/06_what_lora_learns.ipynb": 192,
-    "notebooks/05_merge_swap_serve.ipynb": 155,
-    "notebooks/08_practical.ipynb": 153,
-    "notebooks/03_train_and_watch.ipynb": 135,
-    "tests/browser/test_lab_figures.py": 122,
-    "notebooks/04_qlora.ipynb": 121,
-    "tests/test_qlora.py": 112,
-    "tests/test_readme.py": 108,
-    "notebooks/00_start_here.ipynb": 95,
-    "tests/test_models.py": 87,
-    "tests/test_widgets.py": 66,
+    "notebooks/07_variants.ipynb": 201,
+    "tests/test_cli.py": 114,
+    "notebooks/06_what_lora_learns.ipynb": 108,
+    "notebooks/05_merge_swap_serve.ipynb": 101,
+    "notebooks/08_practical.ipynb": 96,
+    "notebooks/03_train_and_watch.ipynb": 91,
+    "notebooks/04_qlora.ipynb": 84,
+    "tests/browser/test_lab_figures.py": 69,
+    "notebooks/00_start_here.ipynb": 56,
+    "tests/test_widgets.py": 37,
+    "tests/test_animate.py": 33,
+    "tests/test_models.py": 30,
+    "tests/test_distributed.py": 22,
+    "tests/test_train.py": 21,
+    "tests/test_variants.py": 21,
+    "tests/test_analysis.py": 21,
+    "tests/test_serve.py": 20,
 }
 
 
