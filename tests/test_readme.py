@@ -47,41 +47,37 @@ def _called(func: ast.expr) -> str | None:
     return dotted if dotted in FUNCTIONS else None
 
 
-def calls(source: str, params: dict) -> dict[str, dict]:
-    """Each call of ``FUNCTIONS`` in ``source``, its arguments bound to
-    the function's parameters with the defaults applied. Arguments that are variables (the
-    model, the tokenizer, the recorder) become their role, names from ``params`` their value."""
-    found: dict[str, list[dict]] = {}
+VARIABLE = object()  # an argument that is a variable of the code (a model, a tokenizer, ...)
+
+
+def calls(source: str, params: dict) -> dict[str, list[dict]]:
+    """Each call of ``FUNCTIONS`` in ``source``, its arguments bound to the function's
+    parameters with the defaults applied. Names from ``params`` become their value, other
+    variables (the model, the tokenizer, the recorder) ``"<parameter name>"``."""
+    def value(arg):
+        if isinstance(arg, ast.Name):
+            return params.get(arg.id, VARIABLE)
+        return ast.literal_eval(arg)
+
+    found: dict[str, list[dict]] = {name: [] for name in FUNCTIONS}
     for node in ast.walk(ast.parse(source)):
         name = _called(node.func) if isinstance(node, ast.Call) else None
         if name is None:
             continue
-
-        def value(arg, keyword=None):
-            if isinstance(arg, ast.Name) and arg.id in params:
-                return params[arg.id]
-            if isinstance(arg, ast.Name):
-                return f"<{keyword or 'variable'}>"
-            return ast.literal_eval(arg)
-
-        signature = inspect.signature(FUNCTIONS[name])
         args = [value(a) for a in node.args]
         if name == ".accuracy":
-            args = ["<task>", *args]  # a method called on the task
-        bound = signature.bind(*args, **{k.arg: value(k.value, k.arg) for k in node.keywords})
+            args = [VARIABLE, *args]  # a method: called on the task
+        bound = inspect.signature(FUNCTIONS[name]).bind(
+            *args, **{k.arg: value(k.value) for k in node.keywords})
         bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        for role in ("model", "tok", "self", "recorder"):
-            if role in arguments and isinstance(arguments[role], str) and \
-                    arguments[role].startswith("<"):
-                arguments[role] = f"<{role}>"
-        found.setdefault(name, []).append(arguments)
-    return {name: found.get(name, []) for name in FUNCTIONS}
+        found[name].append({k: f"<{k}>" if v is VARIABLE else v
+                            for k, v in bound.arguments.items()})
+    return found
 
 
 def test_quickstart_trains_what_notebook_03_trains_and_asserts():
-    readme = calls(quickstart(), {})
-    nb = calls(*notebook_code(NOTEBOOK_03))
+    code, params = notebook_code(NOTEBOOK_03)
+    readme, nb = calls(quickstart(), {}), calls(code, params)
     for name in FUNCTIONS:
         assert readme[name], f"the quickstart no longer calls {name}"
     # the quickstart's calls, each made by 03 with the same arguments (03 calls accuracy twice:
@@ -91,7 +87,6 @@ def test_quickstart_trains_what_notebook_03_trains_and_asserts():
             assert arguments in nb[name], (name, arguments, nb[name])
     assert readme["lk.train"][0]["steps"] == 40 and readme[".accuracy"][0]["n"] == 50
     # 03 asserts the comment's promise after that training
-    code, params = notebook_code(NOTEBOOK_03)
     assert params["MAX_STEPS"] == 40 and params["N_EVAL"] == 50
     assert "if MAX_STEPS >= 40:\n    assert after.score >= 0.9" in code
     assert "≥ 90% after" in quickstart()
