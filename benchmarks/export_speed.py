@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
 
 import lorakit as lk  # noqa: E402
-from lorakit import figures  # noqa: E402
+from lorakit.view import figures  # noqa: E402
 
 MB = 1_000_000
 SIZE = dict(width=640, height=480)

@@ -66,7 +66,7 @@ def bench(torch, steps: int) -> list[dict]:
         torch.cuda.synchronize()
         rows.append(dict(
             setup="QLoRA (nf4)" if quantize else "LoRA",
-            dtype=str(lk.models.default_compute_dtype("cuda")).replace("torch.", ""),
+            dtype=str(lk.core.models.default_compute_dtype("cuda")).replace("torch.", ""),
             step_ms=1000 * sum(res.step_times) / len(res.step_times),
             peak_mib=torch.cuda.max_memory_allocated() / 2**20,
             loss=f"{res.losses[0]:.3f} → {res.losses[-1]:.3f}"))

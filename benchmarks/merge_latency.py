@@ -2,7 +2,7 @@
 
 Three copies of the real SmolLM2-135M-Instruct (embedded, offline): the base; the base with an
 unmerged LoRA adapter (r=8, α=16 on q_proj and v_proj, B random and non-zero, so the adapter
-really changes the model); and that adapter saved (``lk.serve.save_adapter``), loaded onto a
+really changes the model); and that adapter saved (``lk.save_adapter``), loaded onto a
 third copy (``load_adapter``) and merged (``merge``, whose logit check must pass). Each call
 generates greedily exactly NEW tokens for one fixed chat prompt (``min_new_tokens`` = max, so
 all three do the same work). After one warm-up call each, the three are ALTERNATED in one run,
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import median, write_section  # noqa: E402
 
 import lorakit  # noqa: E402
-from lorakit import serve  # noqa: E402
+from lorakit.core import serve  # noqa: E402
 
 PROMPT = "Convert to ISO date: March 5, 2021"
 NEW, ROUNDS, R = 32, 9, 8
@@ -79,7 +79,7 @@ def main() -> str:
         f"Greedy generation of exactly {NEW} new tokens (`min_new_tokens` = max) for one chat "
         f"prompt, batch 1, {THREADS} torch thread. {ROUNDS} rounds, the three models alternated in rotating order after "
         "one warm-up call each; medians of wall time. The merged model is the saved adapter "
-        f"loaded onto a fresh base and merged by `lk.serve.merge` (check: max |Δlogit| "
+        f"loaded onto a fresh base and merged by `lk.merge` (check: max |Δlogit| "
         f"{check.max_abs_diff:.2g} vs the adapter's own effect {check.adapter_effect:.2g}); "
         "its greedy reply equals the unmerged model's (asserted).",
         "",

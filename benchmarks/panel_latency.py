@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _results import median, timeit, write_section  # noqa: E402
 
 import lorakit as lk  # noqa: E402
-from lorakit import figures, widgets  # noqa: E402
+from lorakit.view import figures, widgets  # noqa: E402
 
 MAX_MS = 50.0
 MODES = ("widget", "static")

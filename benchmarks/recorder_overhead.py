@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import median, timeit, write_section  # noqa: E402
 
 import lorakit  # noqa: E402
-from lorakit.record import Recorder  # noqa: E402
+from lorakit.core.record import Recorder  # noqa: E402
 
 BATCH, SEQ, LR, R = 4, 48, 1e-3, 8
 WARMUP, PAIRS = 2, 12  # 2 warm-up steps (1 plain, 1 recorded), then 12 + 12 interleaved

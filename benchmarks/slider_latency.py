@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _results import median, timeit, write_section  # noqa: E402
 
 import lorakit as lk  # noqa: E402
-from lorakit.params import builtin_config, lora_param_count, meta_model  # noqa: E402
+from lorakit.core.params import builtin_config, lora_param_count, meta_model  # noqa: E402
 
 MAX_MS = 20.0
 MIN_RATIO = 20.0

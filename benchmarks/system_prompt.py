@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {seconds:.1f} s, {runs[name][-1]['tokens']:.0f} tokens/step, "
                   f"final loss {res.losses[-1]:.4f}", flush=True)
             model = lk.detach(pm)
-    example = {name: len(lk.models.chat_prompt_ids(tok, t.train[0].prompt, t.system))
+    example = {name: len(lk.core.models.chat_prompt_ids(tok, t.train[0].prompt, t.system))
                for name, t in variants.items()}
     rows, med = [], {}
     for name, rs in runs.items():

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
 
 import lorakit as lk  # noqa: E402
-from lorakit.tour import TourSettings  # noqa: E402
+from lorakit.app.tour import TourSettings  # noqa: E402
 
 # One place for the settings the tests and this benchmark share.
 LORA = dict(r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)

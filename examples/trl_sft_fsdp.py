@@ -50,7 +50,7 @@ def load_qlora_for_fsdp(path):
     weights as bf16 storage, like the base's other (bf16) weights (needs CUDA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from lorakit.models import embedded_model_dir
+    from lorakit.core.models import embedded_model_dir
 
     if not torch.cuda.is_available():
         raise SystemExit("--quantize nf4 with FSDP needs CUDA GPUs (bitsandbytes + FSDP)")

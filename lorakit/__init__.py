@@ -1,17 +1,24 @@
 """lorakit: learn and do LoRA fine-tuning on a real model, in Jupyter.
 
-``import lorakit as lk`` gives the public API (docs/architecture.md says where each part
-lives). The core never imports plotly or ipywidgets; figures and widgets load them when first
-used.
+``import lorakit as lk`` gives the public API; ``dir(lk)`` lists exactly it (``__all__``).
+The packages are the layers (docs/architecture.md; ``make lint`` checks them):
+
+* ``lorakit.core``: models, counting, attaching, training, recording, analysis, adapter files
+  and serving (torch, transformers, PEFT; never plotly or ipywidgets);
+* ``lorakit.view``: figures, panels, explorers and notebook set-up (plotly, ipywidgets);
+* ``lorakit.files``: HTML, PNG, SVG, PDF, GIF and MP4 files, figure packs, reports;
+* ``lorakit.app``: the ``lorakit`` command (``tour``, ``train``).
+
+The view and files names load on first use (PEP 562), so ``import lorakit`` never imports
+plotly or ipywidgets.
 """
 
-# first: raises ImportError (found vs needed) if transformers/PEFT are below lorakit's floors
-from . import _compat  # noqa: F401, I001
-from . import tasks
-from .attach import attach, attach_adalora, detach, find_target_parameters, find_targets
-from .experiments import compare_variants
-from .models import generate, load_model
-from .params import (
+from .core import __version__, scratch, tasks  # noqa: F401  (__version__: lk.__version__)
+from .core.adapters import load_adapter, save_adapter
+from .core.attach import attach, attach_adalora, detach, find_target_parameters, find_targets
+from .core.experiments import compare_variants
+from .core.models import generate, load_model
+from .core.params import (
     BUILTIN_CONFIGS,
     Budget,
     ParamCounts,
@@ -21,49 +28,48 @@ from .params import (
     linear_modules,
     lora_param_count,
 )
-from .record import Recorder, Recording
-from .settings import LoraSettings, TrainSettings
-from .tasks import Task
-from .train import NonFiniteLossError, TrainResult, train
+from .core.record import Recorder, Recording
+from .core.serve import AdapterBank, MergeCheck, is_merged, latency, merge, merge_in_place, unmerge
+from .core.settings import LoraSettings, RecordSettings, TrainSettings
+from .core.tasks import Task
+from .core.train import NonFiniteLossError, TrainResult, train
 
-__version__ = "0.1.0"
-
-# View and serving modules load on first use (PEP 562), so `import lorakit` stays light:
-# lk.figures.param_bars(...), lk.LoRAPanel(model), lk.export_html(fig, path), lk.merge(pm).
-# Slides and handouts: lk.export_gif / export_mp4 / export_svg / export_pdf / export_pack.
-_LAZY_MODULES = {"figures", "widgets", "export", "serve", "analysis", "scratch", "cli", "tour",
-                 "experiments", "adapters", "animate", "pack", "notebook", "explorers"}
-_LAZY_NAMES = {
-    "LoRAPanel": "widgets", "TrainPanel": "widgets", "AdapterPanel": "widgets",
-    "set_display_mode": "widgets", "get_display_mode": "widgets",
-    "export_html": "export", "export_png": "export",
-    "export_gif": "animate", "export_mp4": "animate", "export_svg": "animate",
-    "export_pdf": "animate", "export_pack": "pack",
-    "merge": "serve", "merge_in_place": "serve", "unmerge": "serve", "is_merged": "serve",
-    "save_adapter": "adapters", "load_adapter": "adapters", "AdapterBank": "serve",
-    "latency": "serve", "MergeCheck": "serve",
-    "setup_notebook": "notebook", "show": "notebook",
-    "DeltaScaleExplorer": "explorers", "PhiGridExplorer": "explorers",
+# name -> the module that defines it, imported on first use (plotly / ipywidgets / kaleido)
+_LAZY = {
+    "figures": "view.figures", "explorers": "view.explorers",
+    "LoRAPanel": "view.widgets", "TrainPanel": "view.widgets", "AdapterPanel": "view.widgets",
+    "set_display_mode": "view.widgets", "get_display_mode": "view.widgets",
+    "DeltaScaleExplorer": "view.explorers", "PhiGridExplorer": "view.explorers",
+    "setup_notebook": "view.notebook", "show": "view.notebook",
+    "export_html": "files.export", "export_png": "files.export", "export_svg": "files.export",
+    "export_pdf": "files.export", "export_gif": "files.animate", "export_mp4": "files.animate",
+    "export_pack": "files.pack",
 }
 
 
 def __getattr__(name):
     import importlib
 
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return module if _LAZY[name].endswith(f".{name}") else getattr(module, name)
     raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
 
 
-def __dir__():
-    return sorted(set(globals()) | _LAZY_MODULES | set(_LAZY_NAMES))
-
 __all__ = [
-    "BUILTIN_CONFIGS", "Budget", "LoraSettings", "NonFiniteLossError", "ParamCounts",
-    "Recorder", "Recording", "Task", "TrainResult", "TrainSettings", "attach", "attach_adalora",
-    "builtin_config", "compare_variants", "count_params",
-    "detach", "estimate", "find_target_parameters", "find_targets", "generate", "linear_modules", "load_model",
-    "lora_param_count", "tasks", "train",
+    "BUILTIN_CONFIGS", "AdapterBank", "AdapterPanel", "Budget", "DeltaScaleExplorer",
+    "LoRAPanel", "LoraSettings", "MergeCheck", "NonFiniteLossError", "ParamCounts",
+    "PhiGridExplorer", "RecordSettings", "Recorder", "Recording", "Task", "TrainPanel",
+    "TrainResult", "TrainSettings", "attach", "attach_adalora", "builtin_config",
+    "compare_variants", "count_params", "detach", "estimate", "explorers", "export_gif",
+    "export_html", "export_mp4", "export_pack", "export_pdf", "export_png", "export_svg",
+    "figures", "find_target_parameters", "find_targets", "generate", "get_display_mode",
+    "is_merged", "latency", "linear_modules", "load_adapter", "load_model", "lora_param_count",
+    "merge", "merge_in_place", "save_adapter", "scratch", "set_display_mode", "setup_notebook",
+    "show", "tasks", "train", "unmerge",
 ]
+
+
+def __dir__():
+    """The public API only: the layer packages (``core``, ``view``, ...) are not part of it."""
+    return sorted([*__all__, "__version__"])

@@ -18,7 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 import lorakit
-from lorakit.record import Recorder
+from lorakit.core.record import Recorder
 
 STEPS = 4
 

@@ -147,7 +147,7 @@ def main(out: Path) -> None:
     # (c) lk.train on both ranks (accelerate, DDP); the same TrainResult everywhere
     from transformers import AutoTokenizer
 
-    from lorakit.models import embedded_model_dir
+    from lorakit.core.models import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir(progress=False))
     task = lk.tasks.get("iso_dates")

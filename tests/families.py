@@ -22,7 +22,7 @@ class Family:
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     note: str = ""               # what this config exercises
     target_parameters: tuple[str, ...] = ()
-    kind: str = "causal_lm"      # lorakit.modelkind.model_kind of the model
+    kind: str = "causal_lm"      # lorakit.core.modelkind.model_kind of the model
 
     def build(self, vocab: int, pad: int = 0, seed: int = 0, logit_scale: float = 1.0):
         """The model with random weights (same for the same seed), dropout off, in eval mode.
@@ -104,7 +104,7 @@ _TRAINS = {"causal_lm": "prompt → answer (answer tokens only)",
 
 def readme_table() -> str:
     """The README's table of supported families (each row is a case of tests/test_families)."""
-    from lorakit.modelkind import _TASK_TYPE
+    from lorakit.core.modelkind import _TASK_TYPE
 
     rows = ["| family | model class | kind (PEFT task type) | `lk.train` | targets tested | "
             "notes |", "|---|---|---|---|---|---|"]

@@ -22,8 +22,8 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import lorakit as lk  # noqa: E402
-from lorakit import widgets  # noqa: E402
-from lorakit.settings import LoraSettings, help_text  # noqa: E402
+from lorakit.core.settings import LoraSettings, help_text  # noqa: E402
+from lorakit.view import widgets  # noqa: E402
 
 
 def tiny():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit import analysis as an
-from lorakit import serve
+from lorakit.core import analysis as an
+from lorakit.core import serve
 
 D_MODEL = 576   # SmolLM2 hidden size: d_in of q_proj / v_proj
 

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import lorakit as lk
-from lorakit import animate, export, figures, pack
+from lorakit.files import animate, export, pack
+from lorakit.view import figures, render
 
-needs_browser = pytest.mark.skipif(export.find_browser() is None,
+needs_browser = pytest.mark.skipif(render.find_browser() is None,
                                    reason="needs Chrome/Chromium for kaleido")
 EVIL = '<script>alert("x")</script>'
 W, H = 320, 240
@@ -44,7 +45,7 @@ def anim(small):
 
 
 def test_frames_are_stills_with_step_and_loss_in_the_title(small, anim):
-    specs = animate.frame_figures(anim)
+    specs = render.frame_figures(anim)
     assert len(specs) == len(small) == 5
     for spec, step, loss in zip(specs, small.steps, small.losses, strict=True):
         title = spec["layout"]["title"]["text"]
@@ -62,7 +63,7 @@ def test_gif_decodes_with_every_frame_loops_and_changes(anim, tmp_path, monkeypa
     from PIL import Image
 
     sessions = []
-    real = animate._need_kaleido
+    real = render.need_kaleido
 
     def counting():
         kaleido, browser = real()
@@ -74,7 +75,7 @@ def test_gif_decodes_with_every_frame_loops_and_changes(anim, tmp_path, monkeypa
 
         return type("K", (), {"Kaleido": Counted}), browser
 
-    monkeypatch.setattr(animate, "_need_kaleido", counting)
+    monkeypatch.setattr(render, "need_kaleido", counting)
     path = lk.export_gif(anim, tmp_path / "delta.gif", fps=4, width=W, height=H,
                          progress=False)
     assert len(sessions) == 1                                   # one browser for 5 frames
@@ -160,7 +161,7 @@ def test_missing_tools_say_what_to_install(anim, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install Pillow"):
         lk.export_gif(anim, tmp_path / "a.gif")
     monkeypatch.delitem(sys.modules, "PIL")
-    monkeypatch.setattr(export, "find_browser", lambda: None)  # export._need_kaleido looks it up
+    monkeypatch.setattr(render, "find_browser", lambda: None)  # render.need_kaleido looks it up
     with pytest.raises(RuntimeError, match="no Chrome/Chromium.*apt-get install chromium"):
         lk.export_gif(anim, tmp_path / "a.gif")
     with pytest.raises(RuntimeError, match="no Chrome/Chromium"):
@@ -229,7 +230,7 @@ def test_pack_bad_input_raises_before_creating_anything(small, tmp_path, monkeyp
     for bad in (dict(html="pdf"), dict(fps=0), dict(size=(10, 10)), dict(max_frames=1)):
         with pytest.raises(ValueError):
             lk.export_pack(small, tmp_path / "p", **bad)
-    monkeypatch.setattr(export, "find_browser", lambda: None)
+    monkeypatch.setattr(render, "find_browser", lambda: None)
     with pytest.raises(RuntimeError, match="no Chrome/Chromium"):
         lk.export_pack(small, tmp_path / "p")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
@@ -241,7 +242,7 @@ def test_pack_accepts_recorder_and_skips_mp4_without_ffmpeg(small, tmp_path, mon
     result, recording = pack._sources(rec, None)
     assert result is None and recording is small
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
-    monkeypatch.setattr(animate, "render_jobs", lambda jobs, progress=None: [
+    monkeypatch.setattr(render, "render_jobs", lambda jobs, progress=None: [
         _png() if o["format"] == "png" else b"<svg></svg>" for _, o in jobs])
     got = lk.export_pack(rec, tmp_path / "p", size=(W, H), max_frames=2, progress=False)
     assert not any(f.kind == "mp4" for f in got.files)
@@ -261,7 +262,7 @@ def test_grow_turns_a_line_chart_over_steps_into_an_animation(small, anim):
     fig = figures.norms_over_time(small)
     g = animate.grow(fig, every=2)
     assert [f.name for f in g.frames] == ["0", "30", "60"]           # every 2nd, last kept
-    specs = animate.frame_figures(g)
+    specs = render.frame_figures(g)
     assert "— step 30" in specs[1]["layout"]["title"]["text"]
     assert [len(t["x"]) for t in specs[1]["data"]] == [3] * len(fig.data)   # steps 0, 15, 30
     for t, full in zip(specs[-1]["data"], fig.data, strict=True):

@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel
 
 import lorakit as lk
-from lorakit.attach import settings_of
+from lorakit.core.attach import settings_of
 
 SMOL_TARGETS = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192),
                 "o_proj": (576, 576), "gate_proj": (576, 1536), "up_proj": (576, 1536),

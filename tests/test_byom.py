@@ -9,8 +9,8 @@ from families import FAMILIES
 from torch import nn
 
 import lorakit as lk
-from lorakit.modelkind import peft_task_type
-from lorakit.naming import tuner_layers
+from lorakit.core.modelkind import peft_task_type
+from lorakit.core.naming import tuner_layers
 
 R = 4
 
@@ -23,7 +23,7 @@ def fam(name):
 def tok():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(lk.models.embedded_model_dir(progress=False))
+    return AutoTokenizer.from_pretrained(lk.core.models.embedded_model_dir(progress=False))
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit import cli
-from lorakit.cli import TourResult, TourSettings, main, run_tour
-from lorakit.report import Html, KeyValues, Report, Sparkline, Table, Text
+from lorakit.app import cli
+from lorakit.app.cli import TourResult, TourSettings, main, run_tour
+from lorakit.files.report import Html, KeyValues, Report, Sparkline, Table, Text
 
 EVIL = '<script>alert("x")</script> & "quotes"'
 
@@ -284,7 +284,7 @@ def test_recording_comes_back(short_tour):
 
 def _lorakit_command() -> list[str]:
     script = Path(sys.executable).with_name("lorakit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "lorakit.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lorakit.app.cli"]
 
 
 def test_tour_defaults_are_the_acceptance_settings():

@@ -19,8 +19,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
-from lorakit import _compat
-from lorakit.scratch import LoRALinear
+from lorakit.core import _compat
+from lorakit.core.scratch import LoRALinear
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".ci"))
@@ -157,7 +157,7 @@ def test_align_eos_sets_the_config_token_and_leaves_an_agreeing_one():
 
 
 def test_embedded_gguf_has_tied_embeddings():
-    assert _compat.gguf_ties_embeddings(lk.models.embedded_gguf())
+    assert _compat.gguf_ties_embeddings(lk.core.models.embedded_gguf())
 
 
 def test_gpu_check_without_cuda_fails_fast_and_clearly():

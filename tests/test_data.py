@@ -5,7 +5,7 @@ import json
 import pytest
 
 import lorakit as lk
-from lorakit.data import IGNORE_INDEX, Example
+from lorakit.core.task import IGNORE_INDEX, Example
 
 
 def test_names_and_unknown():

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.distributed import factor_kind
-from lorakit.record import Recording
+from lorakit.core.distributed import factor_kind
+from lorakit.core.record import Recording
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300   # a hang fails the test instead of blocking CI
@@ -187,7 +187,7 @@ def test_unreadable_layout_raises_before_recording(monkeypatch):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from lorakit.models import embedded_model_dir
+    from lorakit.core.models import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(embedded_model_dir(progress=False))
 
@@ -200,8 +200,8 @@ def test_accelerate_launch_lorakit_train(tmp_path, tokenizer, one_thread):
     here, the embedded SmolLM2's tokenizer) follows the same command in one process."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lorakit.settings import TrainSettings
-    from lorakit.train_cli import TrainCommand, run_train
+    from lorakit.app.train_cli import TrainCommand, run_train
+    from lorakit.core.settings import TrainSettings
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -237,8 +237,8 @@ def test_accelerate_launch_lorakit_train(tmp_path, tokenizer, one_thread):
 
 
 def test_train_command_refuses_bad_input(tmp_path, capsys):
-    from lorakit.cli import main
-    from lorakit.train_cli import read_pairs
+    from lorakit.app.cli import main
+    from lorakit.app.train_cli import read_pairs
 
     assert main(["train", "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "no data file" in capsys.readouterr().err
@@ -281,8 +281,8 @@ def test_example_qlora_fsdp_on_cuda(tmp_path):
 def test_train_command_flags_come_from_the_settings(capsys):
     from dataclasses import fields
 
-    from lorakit.cli import main
-    from lorakit.settings import TrainSettings
+    from lorakit.app.cli import main
+    from lorakit.core.settings import TrainSettings
 
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out

@@ -55,7 +55,7 @@ def test_quantize_4bit_matches_bitsandbytes_and_the_explorer_follows_its_control
     ours = lk.explorers.quantize_4bit(w, 64, double_quant=False)
     assert torch.equal(ours.dequantized, bnb_f.dequantize_4bit(packed, state))
     assert ours.bits_per_weight == 4.5 and lk.explorers.bits_per_weight(64, True) == pytest.approx(
-        8 * lk.params.quantized_bytes(1024, 1024, "nf4") / 1024**2)   # whole scale groups
+        8 * lk.core.params.quantized_bytes(1024, 1024, "nf4") / 1024**2)   # whole scale groups
     ex = lk.explorers.NF4Explorer({"gauss": w, "zeros-ish": torch.ones(96, 64)})
     assert "4.127 bits per weight" in ex.text
     small = float(ex.text.split("= ")[1].split(";")[0])

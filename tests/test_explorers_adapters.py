@@ -11,8 +11,8 @@ import torch
 from tiny_models import tiny_llama
 
 import lorakit as lk
-from lorakit import analysis
-from lorakit.explorers import DeltaScaleExplorer, PhiGridExplorer
+from lorakit.core import analysis
+from lorakit.view.explorers import DeltaScaleExplorer, PhiGridExplorer
 
 PROMPTS = ["Convert to ISO date: May 1, 2020", "What is the capital of France?"]
 

@@ -24,7 +24,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
-from lorakit import export, figures
+from lorakit.files import export
+from lorakit.view import figures, render
 
 STEPS = 60
 MB = 1_000_000
@@ -247,7 +248,7 @@ def test_widget_tree_page_embeds_state_figures_and_escaped_text(anim, tmp_path):
 
 @pytest.mark.parametrize("mode", ["widget", "static"])
 def test_lora_panel_page_embeds_its_last_state(smol, tmp_path, mode):
-    widgets = pytest.importorskip("lorakit.widgets")
+    widgets = pytest.importorskip("lorakit.view.widgets")
     model, _ = smol
     panel = widgets.LoRAPanel(model, display_mode=mode)
     panel.rank_text.value = 16                                  # as a user would, r 8 -> 16
@@ -279,7 +280,7 @@ def test_lora_panel_page_embeds_its_last_state(smol, tmp_path, mode):
 
 
 def test_train_panel_page_holds_its_loss_curve_and_animation(smol, tmp_path, one_thread):
-    widgets = pytest.importorskip("lorakit.widgets")
+    widgets = pytest.importorskip("lorakit.view.widgets")
     _, tok = smol
     panel = widgets.TrainPanel(tiny_peft(tok), tok, "iso_dates", steps=4, batch_size=2,
                                measure_accuracy=False, background=False)
@@ -297,24 +298,24 @@ def test_train_panel_page_holds_its_loss_curve_and_animation(smol, tmp_path, one
 # --------------------------------------------------------------------------- PNG
 
 needs_browser = pytest.mark.skipif(
-    export.find_browser() is None,
+    render.find_browser() is None,
     reason="no Chrome/Chromium for kaleido: apt-get install chromium (make test does)")
 
 
 def test_still_applies_a_frame_and_drops_the_controls(recording, anim):
-    last = export.still(anim, -1)
+    last = render.still(anim, -1)
     assert not last.frames and not last.layout.updatemenus and not last.layout.sliders
     np.testing.assert_array_equal(np.asarray(last.data[0].z),
                                   recording.get("q_proj", 0).delta[-1].float().numpy())
     assert f"step {STEPS}," in last.layout.title.text
-    assert export.still(anim, str(STEPS)).layout.title.text == last.layout.title.text
-    first = export.still(anim)
+    assert render.still(anim, str(STEPS)).layout.title.text == last.layout.title.text
+    first = render.still(anim)
     assert "step 0," in first.layout.title.text and not np.asarray(first.data[0].z).any()
     assert anim.frames and anim.layout.updatemenus            # the original is untouched
     with pytest.raises(ValueError, match="out of range"):
-        export.still(anim, STEPS + 1)
+        render.still(anim, STEPS + 1)
     with pytest.raises(ValueError, match="not an animation"):
-        export.still(go.Figure(go.Bar(y=[1])), 0)
+        render.still(go.Figure(go.Bar(y=[1])), 0)
 
 
 @needs_browser
@@ -322,10 +323,10 @@ def test_png_is_a_real_png_of_the_requested_size(anim, tmp_path):
     first = export.export_png(anim, tmp_path / "first.png")
     data = first.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert export.png_size(data) == (700 * 2, 500 * 2)        # plotly's width, fig's height
+    assert render.png_size(data) == (700 * 2, 500 * 2)        # plotly's width, fig's height
     last = export.export_png(anim, tmp_path / "last.png", width=400, height=300, scale=1,
                              frame=-1)
-    assert export.png_size(last.read_bytes()) == (400, 300)
+    assert render.png_size(last.read_bytes()) == (400, 300)
     small_first = export.export_png(anim, tmp_path / "small_first.png", width=400,
                                     height=300, scale=1)
     assert small_first.read_bytes() != last.read_bytes()      # a different frame is drawn

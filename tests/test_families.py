@@ -13,8 +13,8 @@ import torch
 from families import FAMILIES, readme_table
 
 import lorakit as lk
-from lorakit.loss import answer_positions
-from lorakit.modelkind import TRAINABLE_KINDS, default_inputs, main_output, model_kind
+from lorakit.core.loss import answer_positions
+from lorakit.core.modelkind import TRAINABLE_KINDS, default_inputs, main_output, model_kind
 
 R = 4
 LOGIT_SCALE = 60.0   # random init gives |logits| ≈ 0.5; ×60 gives trained-model sizes (tens)
@@ -24,7 +24,7 @@ LOGIT_SCALE = 60.0   # random init gives |logits| ≈ 0.5; ×60 gives trained-mo
 def tok():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(lk.models.embedded_model_dir(progress=False))
+    return AutoTokenizer.from_pretrained(lk.core.models.embedded_model_dir(progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
-from lorakit import figures
-from lorakit.record import Recording
+from lorakit.core.record import Recording
+from lorakit.view import figures
 
 STEPS = 12
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit import _compat, models
+from lorakit.core import _compat, models
 
 
 def test_embedded_model_answers_paris(smol):

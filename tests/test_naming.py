@@ -1,4 +1,4 @@
-"""lorakit.naming: the one module that knows PEFT's names (prefix, blocks, adapter parts)."""
+"""lorakit.core.naming: the one module that knows PEFT's names (prefix, blocks, adapter parts)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
-from lorakit import naming
+from lorakit.core import naming
 
 
 @pytest.mark.parametrize("name, expected", [

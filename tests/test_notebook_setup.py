@@ -19,7 +19,7 @@ import plotly.io as pio
 import pytest
 
 import lorakit as lk
-from lorakit import notebook
+from lorakit.view import notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -99,7 +99,7 @@ def test_plotly_wheel_ships_the_jupyterlab_renderer():
 def test_show_puts_the_figure_and_a_small_png_in_one_output(renderer, in_kernel, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda b, raw: shown.append(b))
-    monkeypatch.setattr("lorakit.export.png_bytes",
+    monkeypatch.setattr("lorakit.view.render.png_bytes",
                         lambda fig, **kw: shown.append(kw) or b"\x89PNG fake")
     lk.setup_notebook()
     lk.show(go.Figure(go.Bar(y=[1, 2])))
@@ -116,7 +116,7 @@ def test_show_without_a_browser_still_shows_the_figure(renderer, in_kernel, monk
     def no_browser(fig, **kw):
         raise RuntimeError("no Chrome/Chromium browser found")
 
-    monkeypatch.setattr("lorakit.export.png_bytes", no_browser)
+    monkeypatch.setattr("lorakit.view.render.png_bytes", no_browser)
     lk.setup_notebook()
     lk.show(go.Figure())
     assert set(shown[0]) == {"application/vnd.plotly.v1+json"}

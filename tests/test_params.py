@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.params import (
+from lorakit.core.params import (
     BUILTIN_CONFIGS,
     LinearInfo,
     builtin_config,
@@ -69,7 +69,7 @@ def tiny_dir(tmp_path_factory):
 
 def load_quantized(path, **kwargs):
     pytest.importorskip("bitsandbytes")
-    from lorakit import _compat
+    from lorakit.core import _compat
 
     if not _compat.cpu_quantization_supported():
         pytest.skip("bitsandbytes on the CPU needs transformers>=4.56.2 (make test-lowest)")
@@ -222,7 +222,7 @@ def test_count_breakdown_and_str(smol):
     assert c.by_type["input_layernorm"].frozen == 30 * 576
     assert list(c.by_layer) == [*range(30), None]
     assert c.by_layer[0].trainable == 460_800 // 30
-    assert c.by_layer[None] == lk.params.TypeCount(0, 49152 * 576 + 576)  # embed + final norm
+    assert c.by_layer[None] == lk.core.params.TypeCount(0, 49152 * 576 + 576)  # embed + final norm
     assert len(c.rows("layer")) == 31
     assert c.rows("type")[0] == {"type": "embed_tokens", "trainable": 0, "frozen": 28_311_552,
                                  "total": 28_311_552}
@@ -312,7 +312,7 @@ def test_modules_to_save_counted_under_their_module():
                                           modules_to_save=["lm_head"]))
     c = count_params(pm)
     assert (c.trainable, c.total) == pm.get_nb_trainable_parameters()
-    assert c.by_type["lm_head"] == lk.params.TypeCount(128 * 64, 128 * 64)  # copy + original
+    assert c.by_type["lm_head"] == lk.core.params.TypeCount(128 * 64, 128 * 64)  # copy + original
     assert c.by_type["v_proj"].trainable == 2 * 2 * (64 + 32)
     assert estimate(pm, r=2, targets=["v_proj"]).total_params == base_total
 

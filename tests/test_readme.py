@@ -19,7 +19,7 @@ import pytest
 from notebook_source import notebook_code
 
 import lorakit as lk
-from lorakit.tasks import Task
+from lorakit.core.task import Task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NOTEBOOK_03 = "03_train_and_watch.ipynb"

@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit
-from lorakit import record
-from lorakit.record import FORMAT_VERSION, Recorder, Recording, block_average
-from lorakit.settings import RecordSettings
+from lorakit.core import record
+from lorakit.core.record import FORMAT_VERSION, Recorder, Recording, block_average
+from lorakit.core.settings import RecordSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256

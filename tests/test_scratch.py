@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lorakit.scratch import LoRALinear, NumpyLoRA, apply_lora, lora_scaling
+from lorakit.core.scratch import LoRALinear, NumpyLoRA, apply_lora, lora_scaling
 
 D_IN, D_OUT, R = 16, 12, 4
 

@@ -14,8 +14,8 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
 import lorakit as lk
-from lorakit import serve
-from lorakit.attach import has_adapter
+from lorakit.core import serve
+from lorakit.core.attach import has_adapter
 
 TARGETS = ["q_proj", "v_proj"]
 Q0 = "model.layers.0.self_attn.q_proj"

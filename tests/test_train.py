@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.train import NonFiniteLossError, answer_loss
+from lorakit.core.train import NonFiniteLossError, answer_loss
 
-train_mod = importlib.import_module("lorakit.train")  # lk.train is the function
+train_mod = importlib.import_module("lorakit.core.train")  # lk.train is the function
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_answer_loss_equals_transformers_loss(peft_pair):
 
 
 def test_answer_scores_per_example_loss_and_greedy_exact_match(smol):
-    from lorakit.loss import answer_scores
+    from lorakit.core.loss import answer_scores
 
     model, tok = smol
     batch = TASK.encode(tok, TASK.train[:4])
@@ -139,8 +139,8 @@ def test_nan_loss_stops_naming_step_and_keeps_finite_weights(peft_pair, monkeypa
         loss = real(model, batch)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    # the step's loss comes from lorakit.loss (train re-exports it for readers)
-    monkeypatch.setattr(sys.modules["lorakit.loss"], "answer_loss", poisoned)
+    # the step's loss comes from lorakit.core.loss (train re-exports it for readers)
+    monkeypatch.setattr(sys.modules["lorakit.core.loss"], "answer_loss", poisoned)
     after_2 = {}
     rec = lk.Recorder(pm)
     with pytest.raises(NonFiniteLossError, match="stopped at step 3: loss is nan") as err:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.train import VARIANT_NAMES, compare_variants
+from lorakit.core.experiments import VARIANT_NAMES, compare_variants
 
 TASK = lk.tasks.get("iso_dates")
 
@@ -50,8 +50,8 @@ def test_bad_variants():
 
 
 def test_analysis_figures_show_the_numbers():
-    from lorakit import analysis, figures
-
+    from lorakit.core import analysis
+    from lorakit.view import figures
     g = torch.Generator().manual_seed(0)
     A8, A64 = torch.randn(8, 576, generator=g), torch.randn(64, 576, generator=g)
     grid = analysis.similarity_grid(A8, A64)

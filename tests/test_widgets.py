@@ -21,9 +21,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 import lorakit as lk
-from lorakit import widgets
-from lorakit.attach import has_adapter
-from lorakit.settings import LoraSettings, help_text
+from lorakit.core.attach import has_adapter
+from lorakit.core.settings import LoraSettings, help_text
+from lorakit.view import widgets
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTLY = "application/vnd.plotly.v1+json"
@@ -208,7 +208,7 @@ def test_error_in_callback_is_shown_in_the_panel(smol, monkeypatch):
     def broken_attach(*args, **kwargs):
         raise RuntimeError("attach failed <on purpose> & loudly")
 
-    monkeypatch.setattr(lk, "attach", broken_attach)
+    monkeypatch.setattr(widgets, "attach", broken_attach)
     assert panel.error.layout.display == "none"
     panel.apply_button.click()                 # no exception escapes the callback
     assert isinstance(panel.last_error, RuntimeError)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lorakit as lk
-from lorakit import figures
+from lorakit.view import figures
 
 pytestmark = pytest.mark.browser
 

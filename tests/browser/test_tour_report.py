@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit import cli
+from lorakit.app import cli
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

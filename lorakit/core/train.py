@@ -1,0 +1,290 @@
+"""A short, readable LoRA training loop: AdamW, clipping, progress bar, callbacks, Ctrl-C safe.
+
+The loop is the textbook one (Karpathy's nanoGPT ``train.py`` in miniature): take a batch,
+compute the loss on the answer tokens, backpropagate into the adapter only, clip, step.
+LoRA+ (Hayou et al. 2024) is one option: B's learning rate is ``loraplus_ratio`` × A's.
+
+What it promises:
+- Deterministic on CPU for a given ``seed`` (data order, dropout), without touching the
+  global random state (``torch.random.fork_rng``).
+- Ctrl-C (KeyboardInterrupt, also when raised by a callback) ends the loop cleanly: the
+  ``TrainResult`` so far is returned with ``interrupted=True``, the recorder keeps its frames,
+  the adapter keeps its weights, and the model is left in eval mode, ready to use.
+- Every step checks the loss, the gradient (with or without clipping) and the updated
+  weights for NaN/inf and keeps a copy of the last good weights: on divergence, or any other
+  failure mid-step (e.g. out of memory), they are put back, and a divergence raises
+  ``NonFiniteLossError`` naming the step (the result so far is attached as ``err.result``).
+- A model without a LoRA adapter is refused unless ``full_finetune=True``; one training per
+  model at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .attach import has_adapter, is_adalora
+from .distributed import runner as _runner
+from .guards import exclusive
+from .loss import answer_loss  # noqa: F401  (lk.train.answer_loss, as before)
+from .modelkind import check_trainable_kind
+from .models import restore_4bit_layout
+from .naming import is_lora_B_param
+from .settings import TrainSettings
+from .task import Task
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each optimizer step."""
+
+    step: int       # 1-based step just finished
+    steps: int      # total planned
+    loss: float
+    lr: float
+    model: object = field(repr=False)
+
+
+@dataclass
+class TrainResult:
+    """Per-step history of one ``train`` call."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)   # seconds per step
+    tokens: list[int] = field(default_factory=list)         # non-padding tokens per step
+    steps_planned: int = 0
+    interrupted: bool = False
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.losses)
+
+    @property
+    def elapsed(self) -> float:
+        return sum(self.step_times)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(self.tokens) / self.elapsed if self.elapsed else 0.0
+
+    def __str__(self) -> str:
+        last = f"{self.losses[-1]:.4f}" if self.losses else "n/a"
+        stop = " (interrupted)" if self.interrupted else ""
+        return (f"{self.steps_done}/{self.steps_planned} steps{stop}, final loss {last}, "
+                f"{self.elapsed:.1f} s, {self.tokens_per_s:,.0f} tokens/s")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/inf loss or gradient; ``.result`` holds the history so far."""
+
+    def __init__(self, message: str, result: TrainResult):
+        super().__init__(message)
+        self.result = result
+
+
+def _param_groups(model, lr: float, weight_decay: float, loraplus_ratio: float | None):
+    """A and the rest at ``lr``; with LoRA+, B at ``lr * loraplus_ratio``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not loraplus_ratio:
+        return [{"params": [p for _, p in named], "lr": lr, "weight_decay": weight_decay}]
+    b = [p for n, p in named if is_lora_B_param(n)]
+    rest = [p for n, p in named if not is_lora_B_param(n)]
+    return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
+            {"params": b, "lr": lr * loraplus_ratio, "weight_decay": weight_decay}]
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then linear decay to 10% at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return 1.0 - 0.9 * frac
+
+
+_ATTACH_HINT = "e.g. model = lk.attach(model, r=8, targets=['q_proj', 'v_proj'])"
+
+
+def _check_trainable(model, task, full_finetune: bool = False) -> list[torch.nn.Parameter]:
+    """The model's trainable parameters; raises when there are none, when the model has no
+    LoRA adapter (unless ``full_finetune``) or ``task`` is no Task."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"the model has no trainable parameters: attach an adapter first, "
+                         f"{_ATTACH_HINT}")
+    if not (full_finetune or has_adapter(model)):
+        raise ValueError(f"the model has no LoRA adapter: attach one first, {_ATTACH_HINT}; to "
+                         "fine-tune all of the base model's weights instead, pass "
+                         "full_finetune=True")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lorakit Task (lk.tasks.get(name) or "
+                        f"lk.tasks.from_pairs(...)), got {type(task).__name__}")
+    return params
+
+
+def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size: int = 8, *,
+          recorder=None, callbacks: Sequence[Callable[[StepInfo], object]] = (),
+          loraplus_ratio: float | None = None, weight_decay: float = 0.0,
+          max_grad_norm: float | None = 1.0, warmup: int | None = None, seed: int = 0,
+          progress: bool = True, full_finetune: bool = False) -> TrainResult:
+    """Train the model's trainable parameters (the LoRA adapter) on ``task``.
+
+    Args:
+        model: a PeftModel from ``lk.attach`` (any model with trainable parameters works):
+            a causal LM (loss = the model's own on the answer tokens, ``lorakit.loss``), a
+            sequence classifier (a classification task such as ``lk.tasks.get("sentiment")``)
+            or a seq2seq model (prompt in the encoder, answer in the decoder). Other kinds
+            raise ValueError naming these.
+        tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
+        steps, lr, batch_size, loraplus_ratio, weight_decay, max_grad_norm, warmup, seed: see
+            ``TrainSettings`` (help per field; ``lk.train(..., **settings.kwargs())``).
+        recorder: an ``lk.Recorder``; gets ``on_step(0, None)`` before training,
+            ``on_step(step, loss)`` after each step and ``on_end(step, loss)`` at the end.
+            A recorder that already holds frames (a second ``train`` call to train longer)
+            continues its step count instead of starting again at 0.
+        callbacks: called with a ``StepInfo`` after each step; a truthy return stops training.
+        progress: show a tqdm progress bar with the live loss.
+        full_finetune: train a model without a LoRA adapter (all its trainable parameters);
+            refused by default, since that is usually a forgotten ``lk.attach``.
+
+    Every step checks the loss, the gradients and the updated weights for NaN/inf (with or
+    without clipping) and keeps a copy of the last good weights: on divergence they are put
+    back and ``NonFiniteLossError`` is raised. One training per model at a time.
+
+    Returns:
+        ``TrainResult`` (losses, lrs, step times, tokens/s); the model is left in eval mode.
+    """
+    s = TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio,
+                      weight_decay=weight_decay, max_grad_norm=max_grad_norm, warmup=warmup,
+                      seed=seed)
+    params = _check_trainable(model, task, full_finetune)
+    kind = task.check_kind(check_trainable_kind(model))
+    if recorder is not None:
+        recorder.check_model(model)
+    if s.batch_size > len(task.train):
+        warnings.warn(f"batch_size={s.batch_size} is larger than the task's {len(task.train)} "
+                      f"training examples; using batch_size={len(task.train)}", stacklevel=2)
+        s = dataclasses.replace(s, batch_size=len(task.train))
+    with exclusive(model):
+        return _run(model, tok, task, s, params, recorder, callbacks, progress, kind)
+
+
+def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
+         progress: bool, kind: str = "causal_lm") -> TrainResult:
+    """The loop of ``train`` (its arguments checked)."""
+    adalora = is_adalora(model)
+    groups = _param_groups(model, s.lr, s.weight_decay, s.loraplus_ratio)
+    optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+    for g in optimizer.param_groups:  # the peak learning rate of each group (as torch's schedulers)
+        g.setdefault("initial_lr", g["lr"])
+    result = TrainResult(steps_planned=s.steps)
+    batches = task.batches(tok, s.batch_size, seed=s.seed, kind=kind)
+    # several processes: accelerate, each rank its rows of the global batch (distributed.py)
+    run = _runner(model, optimizer, s.batch_size, params[0].device)
+    optimizer = run.optimizer
+    run.kind = kind  # causal LM: answer-positions loss; other kinds: the model's own
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=s.steps, desc=f"training {task.name}", disable=not progress or not run.is_main,
+               leave=True)
+    offset = (recorder.last_step or 0) if recorder is not None else 0
+    if recorder is not None and recorder.last_step is None:
+        recorder.on_step(0, None)
+    restore_4bit_layout(model)  # a 4-bit base packed for inference would get wrong gradients
+    good = _LastGood(params)
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed)
+            for step in range(1, s.steps + 1):
+                info = _step(model, optimizer, params, next(batches), step, s, result, adalora,
+                             run)
+                good.keep()  # this step is good (finite loss, gradient and weights)
+                bar.update(1)
+                bar.set_postfix(loss=f"{info.loss:.4f}")
+                if recorder is not None:
+                    recorder.on_step(offset + step, info.loss)
+                if any([cb(info) for cb in callbacks]):
+                    break
+    except KeyboardInterrupt:
+        result.interrupted = True
+    except Exception:
+        good.restore()  # divergence or a failure mid-step (e.g. out of memory)
+        raise
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        bar.close()
+        if recorder is not None and result.steps_done:
+            recorder.on_end(offset + result.steps_done, result.losses[-1])
+    return run.finish(result)
+
+
+def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
+          result: TrainResult, adalora: bool, run) -> StepInfo:
+    """One optimizer step (1-based ``step``) on the global ``batch``; appends to ``result``."""
+    t0 = time.perf_counter()
+    factor = _lr_factor(step - 1, s.steps, s.warmup_steps)
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    mine = run.batch(batch, params[0].device)  # this rank's rows (all of them in one process)
+    loss, loss_value, n_tokens = run.loss(mine, batch)
+    if not math.isfinite(loss_value):
+        raise _diverged(step, f"loss is {loss_value}", s.lr, result)
+    run.backward(loss)
+    # measured on every step, clipped or not: a non-finite gradient never reaches the weights
+    norm = (run.clip(params, s.max_grad_norm) if s.max_grad_norm is not None
+            else _grad_norm(params, None))
+    if not torch.isfinite(norm):
+        raise _diverged(step, "the gradient is not finite", s.lr, result)
+    optimizer.step()
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise _diverged(step, "the updated weights are not finite", s.lr, result)
+    if adalora:  # prune singular values by their importance (needs the gradients)
+        model.base_model.update_and_allocate(step)
+    optimizer.zero_grad(set_to_none=True)
+    result.losses.append(loss_value)
+    result.lrs.append(s.lr * factor)
+    result.tokens.append(n_tokens)
+    result.step_times.append(time.perf_counter() - t0)
+    return StepInfo(step, s.steps, loss_value, s.lr * factor, model)
+
+
+def _grad_norm(params, max_grad_norm: float | None) -> torch.Tensor:
+    """The gradient's total norm, clipped to ``max_grad_norm`` (None: only measured)."""
+    if max_grad_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.tensor(0.0)
+
+
+class _LastGood:
+    """A copy of the trainable weights after the last good step (an adapter is small)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.copies = [p.detach().clone() for p in params]
+
+    def keep(self) -> None:
+        with torch.no_grad():
+            for c, p in zip(self.copies, self.params, strict=True):
+                c.copy_(p)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, c in zip(self.params, self.copies, strict=True):
+                p.copy_(c)
+
+
+def _diverged(step: int, what: str, lr: float, result: TrainResult) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"training stopped at step {step}: {what}. The adapter keeps its weights from step "
+        f"{step - 1} (the last finite one). Try a lower learning rate than lr={lr:g}, or "
+        "gradient clipping (max_grad_norm=1.0).", result)

@@ -1,0 +1,535 @@
+"""Plotly figure builders: data in, ``go.Figure`` out (a view module; the core never imports it).
+
+Every builder takes lorakit data (``ParamCounts``, ``Budget``, ``Recording``, ``TrainResult``,
+plain lists/dicts) and returns a ``plotly.graph_objects.Figure``; nothing is shown or printed.
+Figures can be rebuilt from a saved ``Recording`` alone, without the model.
+
+Style, written once here and shared by all builders:
+  * ``TEMPLATE``: plotly's "plotly_white" with the Okabe–Ito colour-blind-safe palette
+    (Okabe & Ito 2008, "Color Universal Design") as colorway;
+  * heatmaps: the diverging "RdBu" scale reversed (positive = red, negative = blue), centred at
+    0 with ONE symmetric range ``[-m, m]`` for all frames, so colours compare across steps
+    (CircuitsVis / TensorBoard histograms keep a fixed range for the same reason);
+  * animations: Play/Pause buttons and a step slider (plotly's documented animation recipe,
+    https://plotly.com/python/animations/), frame titles carrying the step and the loss;
+  * smoothing: the debiased exponential moving average of TensorBoard's scalar dashboard
+    (tensorboard/plugins/scalar/vz_line_chart2: ``last·w + (1-w)·v``, divided by ``1 - w^n``).
+
+Heatmaps show the recorded ≤ 64 × 64 block means as they are (no upsampling), so a 60-frame
+ΔW animation stays around 1 MB of JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from ..core.params import GB
+
+# Okabe–Ito: blue, orange, bluish green, vermillion, sky blue, reddish purple, yellow, black
+# (yellow late: it is the hardest to see on white).
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442",
+             "#000000")
+TEMPLATE = go.layout.Template(pio.templates["plotly_white"])  # figures get a copy of it
+TEMPLATE.layout.update(colorway=list(OKABE_ITO), font=dict(size=13),
+                       title=dict(x=0.01, xanchor="left", font=dict(size=15)),
+                       hoverlabel=dict(namelength=-1), margin=dict(t=70, b=60, l=60, r=30))
+DIVERGING = "RdBu_r"   # positive red, negative blue
+WHICH = ("A", "B", "delta", "all")
+_MATRIX = {"A": "A", "B": "B", "delta": "ΔW"}
+_TINY = 1e-12          # colour range used when a matrix is zero in every frame
+
+
+def _figure(title: str, fig: go.Figure | None = None, **layout) -> go.Figure:
+    fig = go.Figure() if fig is None else fig
+    fig.update_layout(template=TEMPLATE, title_text=title, **layout)
+    return fig
+
+
+def _scale_menu(axes: Sequence[str] = ("yaxis",), log: bool = False, extra=None) -> dict:
+    """Buttons "linear" / "log" switching the type of ``axes`` (``extra``: more per-scale keys)."""
+    extra = extra or {}
+
+    def args(kind):
+        return [{**{f"{a}.type": kind for a in axes}, **extra.get(kind, {})}]
+
+    return dict(type="buttons", direction="right", x=1, xanchor="right", y=1.02,
+                yanchor="bottom", showactive=True, active=int(log), pad=dict(r=0, t=0),
+                buttons=[dict(label="linear", method="relayout", args=args("linear")),
+                         dict(label="log", method="relayout", args=args("log"))])
+
+
+def _sym_range(arrays) -> float:
+    """m = max |value| over all ``arrays`` (all frames), or a tiny positive m if all are zero."""
+    m = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0)
+    return m if m > 0 and math.isfinite(m) else _TINY
+
+
+def _animation_controls(names: Sequence[str], duration: int = 150):
+    """(updatemenus, sliders) for frames ``names``: Play/Pause buttons and a step slider."""
+    def animate(ms, redraw=True):
+        return {"frame": {"duration": ms, "redraw": redraw}, "mode": "immediate",
+                "transition": {"duration": 0}}
+
+    play = dict(label="Play", method="animate", args=[None, {**animate(duration),
+                                                             "fromcurrent": True}])
+    pause = dict(label="Pause", method="animate", args=[[None], animate(0, redraw=False)])
+    menu = dict(type="buttons", direction="left", showactive=False, x=0, xanchor="left",
+                y=-0.3, yanchor="top", pad=dict(t=0, r=10), buttons=[play, pause])
+    slider = dict(active=0, x=0.16, len=0.84, y=-0.2, yanchor="top", pad=dict(t=0),
+                  currentvalue=dict(prefix="step ", visible=True),
+                  steps=[dict(method="animate", label=n, args=[[n], animate(0)]) for n in names])
+    return [menu], [slider]
+
+
+def _check_recording(recording) -> None:
+    if len(recording) == 0 or not recording.data:
+        raise ValueError("nothing to show: the recording has no frames. Record a run with "
+                         "rec = lk.Recorder(peft_model) and lk.train(..., recorder=rec)")
+
+
+def _module(recording, module: str, layer: int | None):
+    """ModuleFrames for a short/full name, or a module type with ``layer=``; else ValueError."""
+    _check_recording(recording)
+    try:
+        try:
+            found = recording.frames(module)
+        except KeyError:
+            return recording.get(module, layer)
+        if layer is not None and found.layer != layer:
+            raise KeyError(f"{module!r} is in layer {found.layer}, not layer {layer}")
+        return found
+    except KeyError as e:
+        types = sorted({m.module_type for m in recording.data.values()})
+        raise ValueError(f"{e.args[0]}. Valid modules: {recording.modules}, or a type "
+                         f"{types} with layer=") from None
+
+
+def _loss_text(loss) -> str:
+    return "loss n/a" if loss is None else f"loss {loss:.3g}"
+
+
+def _where(f) -> str:
+    return f.module_type if f.layer is None else f"{f.module_type}, layer {f.layer}"
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def param_bars(counts, by: str = "type", log: bool = False, *,
+               empty_note: str = "no LoRA adapter to train — attach one with "
+                                 "lk.attach(model, r=8)") -> go.Figure:
+    """Frozen vs trainable parameters per module type (``by="type"``) or layer (``"layer"``).
+
+    Linear scale: stacked bars (the height is the total); log scale (button or ``log=True``):
+    grouped bars, so the small trainable counts stay visible next to the frozen ones.
+    ``empty_note``: what the figure says when nothing trains (a panel says why in its terms).
+    Notes go in a second title line, above the plot, never over the bars.
+    """
+    rows = counts.rows(by=by)
+    x = [("outside blocks" if r[by] is None else str(r[by])) for r in rows]
+    fig = go.Figure()
+    for part in ("frozen", "trainable"):
+        fig.add_bar(x=x, y=[r[part] for r in rows], name=part,
+                    customdata=[r["total"] for r in rows],
+                    hovertemplate="%{x}: %{y:,} " + part + " of %{customdata:,}<extra></extra>")
+    what = "module type" if by == "type" else "layer"
+    title = f"Parameters per {what}: trainable {counts.trainable:,} of {counts.total:,} = " \
+            f"{counts.trainable_pct:.3f}%"
+    note = None
+    if counts.trainable == 0:
+        title = f"Parameters per {what}: no trainable parameters ({counts.total:,} frozen)"
+        note = f"trainable 0: {empty_note}"
+    elif counts.trainable == counts.total:
+        note = "every parameter is trainable: no LoRA adapter (this is full fine-tuning)"
+    modes = {"linear": {"barmode": "stack"}, "log": {"barmode": "group"}}
+    if note:
+        title += f"<br><sup>{note}</sup>"
+    _figure(title, fig, barmode="group" if log else "stack",
+            xaxis=dict(title=what, type="category"),
+            yaxis=dict(title="parameters", type="log" if log else "linear"),
+            legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+            updatemenus=[_scale_menu(log=log, extra=modes)])
+    if note:
+        fig.update_layout(margin=dict(t=95), legend=dict(y=1.0))
+    return fig
+
+
+SUNBURST_MIN_SHARE = 0.05   # the trainable slice is drawn at least this wide (and says so)
+
+
+def param_sunburst(counts) -> go.Figure:
+    """All parameters → frozen / trainable → module types (zero-sized parts left out).
+
+    A LoRA adapter is well under 1% of a model: drawn to scale, its slice is a hairline. So
+    the trainable part is drawn at ``SUNBURST_MIN_SHARE`` of the circle when it is smaller
+    (its label says "drawn enlarged"), in a contrasting colour; hover texts and labels keep
+    the real counts and shares.
+    """
+    scale = {"frozen": 1.0, "trainable": 1.0}
+    share = counts.trainable / counts.total if counts.total else 0.0
+    if 0 < share < SUNBURST_MIN_SHARE:
+        scale["trainable"] = SUNBURST_MIN_SHARE * counts.total / counts.trainable
+        scale["frozen"] = (1 - SUNBURST_MIN_SHARE) * counts.total / counts.frozen
+    ids, labels, parents, values, real = ["all"], ["all parameters"], [""], [counts.total], \
+        [counts.total]
+    colors = [""]
+    for part, color in (("frozen", "#BBBBBB"), ("trainable", OKABE_ITO[3])):
+        if getattr(counts, part):
+            ids.append(part)
+            pct = f"{100 * getattr(counts, part) / counts.total:.3g}%"
+            labels.append(f"{part} {pct}" + (" (drawn enlarged)" if part == "trainable"
+                                             and scale[part] > 1 else ""))
+            parents.append("all")
+            values.append(getattr(counts, part) * scale[part])
+            real.append(getattr(counts, part))
+            colors.append(color)
+        for kind, c in counts.by_type.items():
+            if getattr(c, part):
+                ids.append(f"{part}/{kind}")
+                labels.append(kind)
+                parents.append(part)
+                values.append(getattr(c, part) * scale[part])
+                real.append(getattr(c, part))
+                colors.append(color)
+    fig = go.Figure(go.Sunburst(ids=ids, labels=labels, parents=parents, values=values,
+                                branchvalues="total", maxdepth=3, customdata=real,
+                                marker=dict(colors=colors),
+                                hovertemplate="%{label}: %{customdata:,} parameters"
+                                              "<extra></extra>"))
+    return _figure(f"Parameters: trainable {counts.trainable:,} of {counts.total:,} = "
+                   f"{counts.trainable_pct:.3f}%", fig)
+
+
+def budget_bars(budget) -> go.Figure:
+    """Training memory (GB, 10^9 bytes) of full fine-tuning vs LoRA vs QLoRA, stacked by part."""
+    rows = budget.rows()
+    x = [r["setup"] for r in rows]
+    fig = go.Figure()
+    for part in ("weights", "gradients", "optimizer", "master"):
+        fig.add_bar(x=x, y=[r[part] / GB for r in rows], name=part,
+                    customdata=[r[part] for r in rows],
+                    hovertemplate="%{x}<br>" + part + ": %{y:.2f} GB (%{customdata:,} B)"
+                                                      "<extra></extra>")
+    for r in rows:
+        fig.add_annotation(x=r["setup"], y=r["total"] / GB, text=f"{r['total'] / GB:.1f} GB",
+                           showarrow=False, yanchor="bottom")
+    # Two short lines, and room above the legend: one long line ran under the mode bar.
+    title = (f"Training memory for {budget.name}: LoRA r={budget.r} on "
+             f"{', '.join(budget.targets)}<br><sup>{budget.lora_params:,} trainable "
+             f"({budget.trainable_pct:.3f}%) — activations not included</sup>")
+    return _figure(title, fig, barmode="stack", yaxis_title="GB (10⁹ bytes)",
+                   margin=dict(t=110), legend=dict(orientation="h", y=1.02, yanchor="bottom",
+                                                   x=0))
+
+
+# --------------------------------------------------------------------------- recordings
+
+
+def _frames_of(f, key: str) -> np.ndarray:
+    return getattr(f, key).float().numpy()   # (F, rows, cols) as recorded, float32
+
+
+def _axis_titles(f, key: str, shape) -> tuple[str, str]:
+    """(x, y) titles: the real dimension and, when pooled, the block-mean factor."""
+    rows, cols = {"A": ("r", "d_in"), "B": ("d_out", "r"), "delta": ("d_out", "d_in")}[key]
+    dims = {"r": f.r, "d_in": f.d_in, "d_out": f.d_out}
+
+    def title(dim, n):
+        return dim if dims[dim] == n else f"{dim} ({dims[dim]} → {n} block means)"
+
+    return title(cols, shape[1]), title(rows, shape[0])
+
+
+def matrix_evolution(recording, module: str, layer: int | None = None, which: str = "delta",
+                     *, shared_range: bool = False, duration: int = 150) -> go.Figure:
+    """Animated heatmaps of a module's A, B or ΔW = s·B·A over the recorded steps.
+
+    Args:
+        recording: an ``lk.Recording`` (``rec.to_recording()`` or ``Recording.load(path)``).
+        module: a short name from ``recording.modules`` ("layers.0.q_proj"), a full name, or a
+            module type ("q_proj") with ``layer=``.
+        which: "A" (r, d_in), "B" (d_out, r), "delta" (d_out, d_in) or "all" (side by side).
+        shared_range: with "all", one range for A, B and ΔW (else one per matrix: A's values
+            are far larger than ΔW's, which would otherwise look blank).
+        duration: milliseconds per frame when playing.
+
+    One frame per recorded step; each matrix keeps ONE colour range ``[-m, m]`` over all frames
+    (m = its max |value|), so a colour means the same value at every step.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    f = _module(recording, module, layer)
+    keys = ["A", "B", "delta"] if which == "all" else [which]
+    data = {k: _frames_of(f, k) for k in keys}                      # k -> (F, rows, cols)
+    ranges = {k: _sym_range(data.values() if shared_range else [data[k]]) for k in keys}
+    where = _where(f)
+
+    def heatmaps(i):
+        return [go.Heatmap(z=data[k][i], zmin=-ranges[k], zmax=ranges[k], zmid=0) for k in keys]
+
+    if which == "all":
+        # the spacing leaves room for each colour bar and its tick labels (e.g. "−0.0005")
+        # before the next panel's own tick labels
+        fig = make_subplots(rows=1, cols=3, column_widths=[0.38, 0.14, 0.48],
+                            horizontal_spacing=0.14,
+                            subplot_titles=[f"A ({f.r}×{f.d_in})", f"B ({f.d_out}×{f.r})",
+                                            f"ΔW = {f.scaling:g}·B·A ({f.d_out}×{f.d_in})"])
+    else:
+        fig = go.Figure()
+    for col, (k, trace) in enumerate(zip(keys, heatmaps(0), strict=True), start=1):
+        pos = dict(row=1, col=col) if which == "all" else {}
+        x_title, y_title = _axis_titles(f, k, data[k].shape[1:])
+        domain = fig.layout[f"xaxis{col if col > 1 else ''}"].domain or (0, 1)
+        trace.update(colorscale=DIVERGING, name=_MATRIX[k],
+                     colorbar=dict(len=0.8, thickness=10, x=domain[1] + 0.005, xanchor="left",
+                                   nticks=5, tickfont=dict(size=10)),
+                     hovertemplate=f"{_MATRIX[k]}[%{{y}}, %{{x}}] = %{{z:.3g}}<extra></extra>")
+        fig.add_trace(trace, **pos)
+        fig.update_xaxes(title_text=x_title, **pos)
+        # side by side, only A's y title fits: B's and ΔW's rows (d_out) are in their titles
+        fig.update_yaxes(title_text=y_title if col == 1 else None, autorange="reversed", **pos)
+
+    what = "A, B and ΔW" if which == "all" else _MATRIX[which]
+
+    def title(i):
+        return (f"{where}: {what} — step {recording.steps[i]}, "
+                f"{_loss_text(recording.losses[i])}")
+
+    names = [str(s) for s in recording.steps]
+    fig.frames = [go.Frame(name=n, data=heatmaps(i), traces=list(range(len(keys))),
+                           layout=go.Layout(title_text=title(i)))
+                  for i, n in enumerate(names)]
+    menus, sliders = _animation_controls(names, duration)
+    return _figure(title(0), fig, updatemenus=menus, sliders=sliders, height=500,
+                   margin=dict(b=150))
+
+
+def norms_over_time(recording, modules: Sequence[str] | None = None) -> go.Figure:
+    """‖A‖_F, ‖B‖_F and ‖ΔW‖_F (exact, full size) per recorded step: one facet per norm,
+    one line per module (same colour in every facet). ``modules``: names or types; None = all.
+    """
+    _check_recording(recording)
+    chosen = recording.modules if modules is None else recording.select(modules)
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"‖{m}‖<sub>F</sub>" for m in ("A", "B", "ΔW")])
+    for j, name in enumerate(chosen):
+        f = recording.frames(name)
+        color = OKABE_ITO[j % len(OKABE_ITO)]
+        for row, key in enumerate(("norm_A", "norm_B", "norm_delta"), start=1):
+            fig.add_scatter(x=recording.steps, y=getattr(f, key).tolist(), mode="lines",
+                            name=name, legendgroup=name, showlegend=row == 1,
+                            line=dict(color=color), row=row, col=1)
+    fig.update_xaxes(title_text="step", row=3, col=1)
+    return _figure(f"Norms of A, B and ΔW, steps {recording.steps[0]}–{recording.steps[-1]} "
+                   f"(final {_loss_text(recording.losses[-1])})", fig, height=620)
+
+
+def spectrum_over_time(recording, module: str, layer: int | None = None,
+                       log: bool = False) -> go.Figure:
+    """Top singular values σ_1 ≥ σ_2 ≥ … of ΔW per recorded step, one line per σ_i.
+
+    A rank-r update has at most r non-zero σ; how fast σ_2, σ_3, … fall behind σ_1 shows how
+    much of the rank the training actually uses. ``log``: start with a log y axis (button).
+    """
+    f = _module(recording, module, layer)
+    sv = f.sv.numpy()                                                # (F, k)
+    fig = go.Figure()
+    for i in range(sv.shape[1]):
+        fig.add_scatter(x=recording.steps, y=sv[:, i].tolist(), mode="lines", name=f"σ{i + 1}")
+    return _figure(f"Singular values of ΔW, {_where(f)} (r={f.r}), steps "
+                   f"{recording.steps[0]}–{recording.steps[-1]}", fig,
+                   xaxis_title="step", yaxis=dict(title="σ", type="log" if log else "linear"),
+                   updatemenus=[_scale_menu(log=log)])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _debiased_ema(values: Sequence[float], smooth: float) -> list[float]:
+    """TensorBoard's smoothing: EMA started at 0 and divided by 1 - smooth^n (no bias to 0).
+
+    Non-finite values pass through unchanged and do not enter the average.
+    """
+    out, last, n = [], 0.0, 0
+    for v in values:
+        if not math.isfinite(v):
+            out.append(v)
+            continue
+        n += 1
+        last = last * smooth + (1 - smooth) * v
+        out.append(last / (1 - smooth**n))
+    return out
+
+
+def loss_curve(source, smooth: float = 0.9, *, steps=None) -> go.Figure:
+    """Raw and smoothed training loss per step.
+
+    ``source``: a ``TrainResult`` (steps 1..n), a ``Recording`` (its steps; frames without a
+    loss, like step 0, are skipped) or a plain list of losses (steps 1..n; None skipped).
+    ``smooth`` in [0, 1): TensorBoard's debiased EMA weight (0 = no smoothing).
+    ``steps``: with a plain list, the step of each loss (default 1..n), e.g. steps that
+    continue an earlier run.
+    """
+    if not (isinstance(smooth, (int, float)) and 0 <= smooth < 1):
+        raise ValueError(f"smooth must be in [0, 1) (e.g. 0.9), got {smooth!r}")
+    if hasattr(source, "steps") and hasattr(source, "data"):          # Recording
+        pairs = list(zip(source.steps, source.losses, strict=True))
+    else:
+        losses = getattr(source, "losses", source)                     # TrainResult or list
+        if steps is not None and len(steps) != len(losses):
+            raise ValueError(f"steps has {len(steps)} entries for {len(losses)} losses")
+        pairs = list(zip(steps, losses, strict=True)) if steps is not None \
+            else list(enumerate(losses, start=1))
+    pairs = [(s, float(v)) for s, v in pairs if v is not None]
+    if not pairs:
+        raise ValueError("nothing to show: no losses (train first, e.g. lk.train(...))")
+    steps, raw = [s for s, _ in pairs], [v for _, v in pairs]
+    fig = go.Figure()
+    fig.add_scatter(x=steps, y=raw, mode="lines", name="loss", opacity=0.35,
+                    line=dict(color=OKABE_ITO[0]))
+    fig.add_scatter(x=steps, y=_debiased_ema(raw, smooth), mode="lines",
+                    name=f"smoothed ({smooth:g})", line=dict(color=OKABE_ITO[0], width=3))
+    return _figure(f"Training loss — step {steps[-1]}: {raw[-1]:.3g} "
+                   f"(first {raw[0]:.3g} at step {steps[0]})", fig,
+                   xaxis_title="step", yaxis_title="loss")
+
+
+_SWEEP_METRICS = ("final_loss", "accuracy")
+
+
+def rank_sweep(rows: Sequence[dict]) -> go.Figure:
+    """Final loss and/or accuracy vs rank r (log2 axis) and vs trainable parameters (log axis).
+
+    ``rows``: one dict per run, e.g. ``{"r": 4, "trainable": 230400, "final_loss": 0.02,
+    "accuracy": 0.96}``; "r" and "trainable" are required, plus at least one metric in every
+    row. Accuracy goes on a right-hand axis when both metrics are given.
+    """
+    rows = sorted(_check_sweep(rows), key=lambda r: (r["r"], r["trainable"]))
+    metrics = [m for m in _SWEEP_METRICS if any(r.get(m) is not None for r in rows)]
+    two = len(metrics) == 2
+    fig = make_subplots(rows=1, cols=2, specs=[[{"secondary_y": two}] * 2],
+                        subplot_titles=["vs rank r", "vs trainable parameters"],
+                        horizontal_spacing=0.2 if two else 0.1)
+    for col, key in enumerate(("r", "trainable"), start=1):
+        for j, m in enumerate(metrics):
+            pos = dict(row=1, col=col, **({"secondary_y": m == "accuracy"} if two else {}))
+            have = [r for r in rows if r.get(m) is not None]
+            fig.add_scatter(x=[r[key] for r in have], y=[r[m] for r in have], name=m,
+                            mode="lines+markers", legendgroup=m, showlegend=col == 1,
+                            line=dict(color=OKABE_ITO[j]), **pos)
+            fig.update_yaxes(title_text=m, tickformat=".3~g", **pos)
+    rs = sorted({r["r"] for r in rows})
+    fig.update_xaxes(type="log", tickvals=rs, ticktext=[str(r) for r in rs], title_text="r",
+                     row=1, col=1)
+    fig.update_xaxes(type="log", title_text="trainable parameters", tickformat="~s", row=1,
+                     col=2)
+    what = " and ".join(metrics)
+    return _figure(f"Rank sweep: {what} over {len(rows)} runs (r = {', '.join(map(str, rs))})",
+                   fig, legend=dict(orientation="h", y=1.1, yanchor="bottom", x=1,
+                                    xanchor="right"))
+
+
+def _check_sweep(rows) -> list[dict]:
+    if isinstance(rows, dict) or not isinstance(rows, Sequence) or not rows:
+        raise ValueError("rows must be a non-empty list of dicts like {'r': 4, 'trainable': "
+                         "230400, 'final_loss': 0.02, 'accuracy': 0.96}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [k for k in ("r", "trainable") if k not in row]
+        if not any(row.get(m) is not None for m in _SWEEP_METRICS):
+            missing.append(" or ".join(_SWEEP_METRICS))
+        if missing:
+            raise ValueError(f"rows[{i}] lacks {missing}; each row needs 'r', 'trainable' and "
+                             f"'final_loss' and/or 'accuracy', got keys {sorted(row)}")
+        for k in ("r", "trainable"):
+            v = row[k]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"rows[{i}][{k!r}] must be a positive integer, got {v!r}")
+        for m in _SWEEP_METRICS:
+            v = row.get(m)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(f"rows[{i}][{m!r}] must be a finite number, got {v!r}")
+    return list(rows)
+
+
+__all__ = ["DIVERGING", "OKABE_ITO", "TEMPLATE", "WHICH", "amplification_table", "budget_bars",
+           "loss_curve", "matrix_evolution", "norms_over_time", "param_bars", "param_sunburst",
+           "rank_sweep", "similarity_heatmap", "spectra", "spectrum_over_time",
+           "variant_comparison"]
+
+
+# -- what LoRA learned (lorakit.analysis) and variants ------------------------------------------
+def similarity_heatmap(grid, title: str = "subspace similarity φ(i, j)",
+                       labels: tuple[str, str] = ("i (first adapter)", "j (second adapter)"),
+                       baseline=None) -> go.Figure:
+    """φ(i, j) from ``analysis.similarity_grid`` (Hu et al. 2021, Fig. 3), values in [0, 1].
+
+    ``baseline``: a second grid (e.g. two random Gaussian A's) shown side by side for scale.
+    """
+    grids = [np.asarray(grid, dtype=float)] + ([np.asarray(baseline, float)]
+                                               if baseline is not None else [])
+    if any(g.ndim != 2 or not g.size for g in grids):
+        raise ValueError("similarity_heatmap needs a non-empty 2-D grid (analysis.similarity_grid)")
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(grids), horizontal_spacing=0.12,
+                        subplot_titles=["trained"] + (["random baseline"] if baseline is not None
+                                                      else []))
+    for k, g in enumerate(grids, start=1):
+        fig.add_trace(go.Heatmap(
+            z=g, x=np.arange(1, g.shape[1] + 1), y=np.arange(1, g.shape[0] + 1), zmin=0,
+            zmax=1, colorscale="Viridis", showscale=k == 1,
+            hovertemplate="i=%{y}, j=%{x}: φ=%{z:.3f}<extra></extra>"), row=1, col=k)
+        fig.update_xaxes(title_text=labels[1], row=1, col=k)
+        fig.update_yaxes(title_text=labels[0], autorange="reversed", row=1, col=k)
+    return _figure(title, fig)
+
+
+def spectra(named: dict, title: str = "singular values of ΔW", log: bool = True) -> go.Figure:
+    """One line of singular values σ_1 ≥ σ_2 ≥ … per entry of ``named`` (name → 1-D values)."""
+    if not named:
+        raise ValueError("spectra needs at least one name → singular values entry")
+    fig = _figure(title, xaxis_title="index i", yaxis_title="σ_i",
+                  updatemenus=[_scale_menu(log=log)], yaxis_type="log" if log else "linear")
+    for name, sv in named.items():
+        sv = np.asarray(sv.detach().cpu() if hasattr(sv, "detach") else sv, float).ravel()
+        fig.add_trace(go.Scatter(x=np.arange(1, sv.size + 1), y=sv, mode="lines+markers",
+                                 name=str(name)))
+    return fig
+
+
+def amplification_table(amps: dict) -> go.Figure:
+    """The LoRA paper's Table 7 for each ``name → analysis.Amplification``."""
+    if not amps:
+        raise ValueError("amplification_table needs at least one name → Amplification entry")
+    cols = ["", "r", "‖ΔW‖_F", "U, V from", "‖UᵀWVᵀ‖_F", "‖ΔW‖_F / ‖UᵀWVᵀ‖_F"]
+    cells = [[] for _ in cols]
+    for name, amp in amps.items():
+        for row in amp.rows():
+            values = [str(name), amp.r, f"{amp.delta_norm:.4g}", row["U, V from"],
+                      f"{row['‖UᵀWVᵀ‖_F']:.4g}", f"{row['‖ΔW‖_F / ‖UᵀWVᵀ‖_F']:.3g}"]
+            for c, v in zip(cells, values, strict=True):
+                c.append(v)
+    fig = go.Figure(go.Table(header=dict(values=cols, align="left"),
+                             cells=dict(values=cells, align="left")))
+    return _figure("amplification of W's directions by ΔW (Hu et al. 2021, Table 7)", fig)
+
+
+def variant_comparison(results) -> go.Figure:
+    """Loss curves of ``lk.compare_variants`` results, with final accuracy in the legend."""
+    if not results:
+        raise ValueError("variant_comparison needs the list returned by lk.compare_variants")
+    fig = _figure("LoRA variants on the same budget: training loss", xaxis_title="step",
+                  yaxis_title="loss", yaxis_type="log", updatemenus=[_scale_menu(log=True)])
+    for r in results:
+        fig.add_trace(go.Scatter(
+            x=np.arange(1, len(r.losses) + 1), y=r.losses, mode="lines",
+            name=f"{r.name} ({r.trainable:,} params, acc {r.accuracy:.0%})"))
+    return fig
