@@ -4,7 +4,7 @@ Mirrors PEFT (peft/peft_model.py): ``save_adapter`` / ``load_adapter`` ~ ``save_
 ``PeftModel.from_pretrained`` and ``PeftModel.load_adapter``: ``adapter_config.json`` +
 ``adapter_model.safetensors``. ``check_adapter_fits`` reads the file's tensor names and shapes
 (without loading the data) and checks them against the model *before* anything is loaded, so
-a wrong adapter leaves the model untouched. Merging and serving are lorakit/serve.py.
+a wrong adapter leaves the model untouched. Merging and serving are lorakit/core/serve.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from torch import nn
 
 from .attach import has_adapter, is_peft, require_peft
 from .guards import Transaction, check_adapter_config, check_writable
+from .modelkind import base_of
 from .naming import adapter_key
+from .params import in_out_features
 from .quiet import peft_quiet
 
 BASE = "__base__"                      # PEFT's name for "no adapter" (mixed batches, AdapterBank)
@@ -79,7 +81,7 @@ def save_adapter(peft_model, directory, adapter: str | None = None, *,
     config = copy.deepcopy(peft_model.peft_config[name])
     config.inference_mode = True
     if config.base_model_name_or_path is None:
-        base = peft_model.get_base_model()
+        base = base_of(peft_model)
         config.base_model_name_or_path = getattr(base, "name_or_path", None) or None
     files = (CONFIG_NAME, WEIGHTS_NAME)
     try:
@@ -140,15 +142,19 @@ def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         f"adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
 
 
-def _module_dims(module: nn.Module) -> tuple[int, int] | None:
-    """(d_out, d_in) of a Linear-like module (also bitsandbytes' packed ones), or None."""
+def _adapter_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(d_in, d_out) an adapter's factors for ``module`` must fit, or None: ``in_out_features``
+    of its base layer (also a quantized kernel that only names its ``in_features`` and
+    ``out_features``); for an Embedding (num_embeddings, embedding_dim), as its
+    lora_embedding_A: (r, num) and B: (dim, r) read them."""
     if hasattr(module, "get_base_layer"):
         module = module.get_base_layer()
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return int(module.out_features), int(module.in_features)
-    if isinstance(module, nn.Embedding):  # lora_embedding_A: (r, num), B: (dim, r)
-        return module.embedding_dim, module.num_embeddings
-    return None
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    dims = in_out_features(module)
+    if dims is None and hasattr(module, "in_features") and hasattr(module, "out_features"):
+        dims = int(module.in_features), int(module.out_features)
+    return dims
 
 
 def _read_config(path: Path) -> dict:
@@ -188,7 +194,7 @@ def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"{path} has no LoRA tensors (lora_A / lora_B); found {list(shapes)[:5]}")
     check_adapter_config(config, path, lora)
 
-    base = model.get_base_model() if is_peft(model) else model
+    base = base_of(model)
     modules = dict(base.named_modules())
     missing, mismatched = [], []
     for key, shape in lora.items():
@@ -197,10 +203,10 @@ def check_adapter_fits(model, directory) -> dict[str, tuple[int, ...]]:
         if module is None:
             missing.append(module_name)
             continue
-        dims = _module_dims(module)
+        dims = _adapter_dims(module)
         if dims is None:
             continue
-        d_out, d_in = dims
+        d_in, d_out = dims
         want = {"A.weight": (1, d_in, "d_in"), "B.weight": (0, d_out, "d_out"),
                 "embedding_A": (1, d_in, "num_embeddings"),
                 "embedding_B": (0, d_out, "embedding_dim"),

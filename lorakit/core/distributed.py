@@ -40,6 +40,7 @@ process would log (up to float summation order).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -57,6 +58,19 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_main_process() -> bool:
+    """False on non-zero ranks of a distributed run (torch.distributed or accelerate): the
+    process that keeps recordings and writes results."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return world()[0] == 0
+    state = sys.modules.get("accelerate.state")
+    if state is not None and getattr(state.PartialState, "_shared_state", None):
+        return bool(state.PartialState().is_main_process)
+    return True
 
 
 def launched_world_size() -> int:
@@ -270,13 +284,13 @@ class LocalRunner:
     def batch(self, global_batch: dict, device) -> dict:
         return {k: v.to(device) for k, v in global_batch.items()}
 
-    kind = "causal_lm"  # the model kind being trained (lorakit.modelkind)
+    kind = "causal_lm"  # the model kind being trained (lorakit.core.modelkind)
 
     def loss(self, batch: dict, global_batch: dict) -> tuple[torch.Tensor, float, int]:
         """(loss to backpropagate, the step's loss as a float, non-padding tokens).
 
         A causal LM: the model's own loss with the head only at answer positions
-        (``lorakit.loss.answer_loss``); other kinds: ``model(**batch).loss``."""
+        (``lorakit.core.loss.answer_loss``); other kinds: ``model(**batch).loss``."""
         from .loss import answer_loss
 
         loss = (answer_loss(self.model, batch) if self.kind == "causal_lm"
@@ -353,5 +367,5 @@ def runner(model, optimizer, batch_size: int, device: torch.device) -> LocalRunn
 
 
 __all__ = ["AccelerateRunner", "LocalRunner", "SUPPORTED", "check_same_everywhere",
-           "factor_kind", "launched_world_size", "read_factors", "runner", "world",
-           "wrapped_hint"]
+           "factor_kind", "is_main_process", "launched_world_size", "read_factors", "runner",
+           "world", "wrapped_hint"]

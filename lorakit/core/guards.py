@@ -7,8 +7,8 @@
   it was.
 - ``available_memory`` / ``check_memory``: refuse an allocation that cannot fit *before*
   trying it (an OOM-killed Jupyter kernel loses everything in it).
-- ``check_writable``: the real test of a target folder (creating a file there), not
-  ``os.access``, which says yes to root even on a read-only file system.
+- ``probe_writable`` / ``check_writable``: the real test of a target folder (creating a file
+  there), not ``os.access``, which says yes to root even on a read-only file system.
 - ``literal_ids``: user text tokenized as text, so ``<|im_start|>`` typed by a user is not a
   special token.
 """
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .naming import strip_prefix
+from .modelkind import base_of
+from .naming import adapter_key
 
 _COPIED = (dict, list, set)
 
@@ -152,12 +153,18 @@ def check_memory(need: int, what: str, device=None, *, headroom: float = 0.8) ->
 
 
 # -- files ----------------------------------------------------------------------------------
+def probe_writable(folder: Path) -> None:
+    """Create and remove a probe file in ``folder``; the OSError if that fails. The test that
+    counts: ``os.access`` says yes to root on a read-only file system."""
+    fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_writable(path, what: str = "file") -> Path:
     """Check that ``path`` (a file or folder to write) can really be created; return it.
 
-    Creates and removes a probe file in the nearest existing parent folder, which is the test
-    that counts (``os.access`` says yes to root on a read-only file system). Errors name the
-    user's path.
+    ``probe_writable`` in the nearest existing parent folder. Errors name the user's path.
     """
     path = Path(os.fspath(path)).expanduser()
     parent = path.parent
@@ -169,9 +176,7 @@ def check_writable(path, what: str = "file") -> Path:
     if path.is_dir() and what == "file":
         raise IsADirectoryError(f"cannot write the {what} {str(path)!r}: it is a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(parent)
     except OSError as err:
         raise PermissionError(
             f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable "
@@ -199,7 +204,7 @@ _busy_lock = threading.Lock()
 @contextlib.contextmanager
 def exclusive(model: nn.Module, what: str = "training"):
     """One ``what`` per model at a time: a second concurrent one raises RuntimeError."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     with _busy_lock:
         if getattr(base, "_lorakit_busy", None):
             raise RuntimeError(
@@ -249,9 +254,9 @@ def check_adapter_config(config: dict, path, shapes: dict[str, tuple[int, ...]])
         raise bad("target_modules", "must be a module name or a list of names")
     patterns = config.get("rank_pattern") or {}
     for key, shape in shapes.items():
-        if ".lora_A." not in key or len(shape) != 2:
+        module, part = adapter_key(key)
+        if not part.startswith("A.") or len(shape) != 2:
             continue
-        module = strip_prefix(key).partition(".lora_A")[0]
         want = next((v for k, v in patterns.items() if module.endswith(k)), r)
         if shape[0] != want:
             raise ValueError(

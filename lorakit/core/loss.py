@@ -61,14 +61,6 @@ def _answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return logits, labels[:, keep + 1]                        # token t+1 is predicted at t
 
 
-def model_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The loss ``lk.train`` minimises for this model kind (see the module docstring)."""
-    from .modelkind import model_kind
-
-    if model_kind(model) == "causal_lm":
-        return answer_loss(model, batch)
-    return model(**batch).loss
-
 
 def answer_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example of a causal-LM ``batch``: its answer's mean token cross-entropy, and whether

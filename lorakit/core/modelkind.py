@@ -86,7 +86,8 @@ def default_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> dict[str,
     """A small fixed probe batch with the inputs this model's forward needs (same every call).
 
     Token ids for text models (plus ``decoder_input_ids`` for encoder-decoders), random
-    ``pixel_values`` (batch, channels, size, size) for vision models.
+    ``pixel_values`` (batch, channels, size, size) for vision models. ``merge`` checks its
+    logits on this batch; ``serve.default_probe`` is its token ids.
     """
     base = base_of(model)
     config = base.config
@@ -96,8 +97,7 @@ def default_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> dict[str,
         size = size if isinstance(size, int) else size[0]
         return {"pixel_values": torch.randn(batch, getattr(config, "num_channels", 3), size, size,
                                             generator=g)}
-    emb = base.get_input_embeddings()
-    vocab = emb.num_embeddings if isinstance(emb, nn.Embedding) else 32_000
+    vocab = getattr(base.get_input_embeddings(), "num_embeddings", 32_000)
     inputs = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)}
     if getattr(config, "is_encoder_decoder", False):
         inputs["decoder_input_ids"] = torch.randint(0, vocab, (batch, seq // 2), generator=g)

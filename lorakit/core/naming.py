@@ -194,7 +194,11 @@ def adapter_key(key: str) -> tuple[str, str]:
 
 
 def tuner_layers(model: nn.Module, lora_only: bool = False) -> list[tuple[str, nn.Module]]:
-    """Every layer PEFT wrapped (``BaseTunerLayer``; ``lora_only``: ``LoraLayer``), full names."""
+    """Every layer PEFT wrapped (``BaseTunerLayer``; ``lora_only``: ``LoraLayer``), full names.
+
+    The one layer finder: every other view of a model's adapter layers (``lora_linears``,
+    ``find_layer``) is built on it.
+    """
     if lora_only:
         from peft.tuners.lora import LoraLayer as kind
     else:
@@ -206,12 +210,13 @@ def tuner_layers(model: nn.Module, lora_only: bool = False) -> list[tuple[str, n
 def lora_linears(model: nn.Module, adapter: str = "default") -> dict[str, tuple[str, nn.Module]]:
     """The model's LoRA (Linear) layers for ``adapter``: short name -> (full name, layer).
 
-    Short names are ``layers.{i}.{type}`` (e.g. ``layers.0.q_proj``) inside transformer blocks,
-    the full name elsewhere or where two modules would share a short name. Full names have no
-    PEFT prefix.
+    The ``tuner_layers(model, lora_only=True)`` that hold ``adapter`` as 2-D A and B factors
+    (embedding, conv and ``target_parameters`` layers left out). Short names are
+    ``layers.{i}.{type}`` (e.g. ``layers.0.q_proj``) inside transformer blocks, the full name
+    elsewhere or where two modules would share a short name. Full names have no PEFT prefix.
     """
     found = []
-    for full, module in model.named_modules():
+    for full, module in tuner_layers(model, lora_only=True):
         lora_A = getattr(module, "lora_A", None)
         if not isinstance(lora_A, nn.ModuleDict) or adapter not in lora_A:
             continue

@@ -71,8 +71,9 @@ class LinearInfo:
     out_features: int  # d_out
 
 
-def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
-    """(d_in, d_out) of a Linear-like module (nn.Linear, bnb Linear4bit/8bit, HF Conv1D)."""
+def in_out_features(module: nn.Module) -> tuple[int, int] | None:
+    """(d_in, d_out) of a Linear-like module (nn.Linear, bnb Linear4bit/8bit, HF Conv1D), else
+    None. The weight is ``W: (d_out, d_in)`` (Conv1D stores it transposed, ``(d_in, d_out)``)."""
     if isinstance(module, nn.Linear):  # bnb Linear4bit / Linear8bitLt subclass nn.Linear
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight (d_in, d_out)
@@ -107,7 +108,7 @@ def linears_and_head(model: nn.Module) -> tuple[list[LinearInfo], LinearInfo | N
         if not WRAPPER_PARTS.isdisjoint(parts):
             continue
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-        shape = _linear_shape(base)
+        shape = in_out_features(base)
         if shape is None:
             continue
         name = strip_prefix(name)
@@ -397,6 +398,12 @@ def count_params(model: nn.Module) -> ParamCounts:
 # LoRA size without wrapping
 # --------------------------------------------------------------------------------------------
 
+def lora_layer_params(r: int, d_in: int, d_out: int, dora: bool = False) -> int:
+    """Trainable parameters of one LoRA layer: A ``(r, d_in)`` + B ``(d_out, r)`` =
+    ``r·(d_in + d_out)``; DoRA adds its magnitude vector ``m: (d_out,)``."""
+    return r * (d_in + d_out) + (d_out if dora else 0)
+
+
 def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) -> int:
     dora = settings.variant == "dora"
     hit = targeted(linears, settings.targets, head)
@@ -405,9 +412,7 @@ def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) 
         shown = settings.targets if is_pattern(settings.targets) else list(settings.targets)
         raise ValueError(f"no Linear module matches targets {shown!r}. "
                          f"This model's Linear modules are: {names}")
-    # A: (r, d_in) + B: (d_out, r) per module; DoRA adds the magnitude m: (d_out,)
-    return sum(settings.r * (i.in_features + i.out_features) + (i.out_features if dora else 0)
-               for i in hit)
+    return sum(lora_layer_params(settings.r, i.in_features, i.out_features, dora) for i in hit)
 
 
 def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),

@@ -72,7 +72,7 @@ class Task:
 
         check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
 
-    kinds = ("causal_lm", "seq2seq")  # model kinds (lorakit.modelkind) this task can train
+    kinds = ("causal_lm", "seq2seq")  # model kinds (lorakit.core.modelkind) this task can train
 
     def check_kind(self, kind: str) -> str:
         """``kind`` if this task can train that model kind, else a ValueError saying which."""
@@ -104,7 +104,7 @@ class Task:
         if kind == "seq2seq":
             return self._encode_seq2seq(tok, examples)
         from .guards import literal_ids
-        from .models import chat_prompt_ids
+        from .models import chat_prompt_ids, pad_id
 
         rows = []
         for ex in examples:  # user text is literal: "<|im_end|>" in it is text, not a token
@@ -112,8 +112,7 @@ class Task:
             a = literal_ids(tok, ex.answer) + [tok.eos_token_id]
             rows.append((p, a))
         seq = max(len(p) + len(a) for p, a in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(rows), seq), pad, dtype=torch.long)
+        ids = torch.full((len(rows), seq), pad_id(tok), dtype=torch.long)
         labels = torch.full((len(rows), seq), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), seq), dtype=torch.long)
         for i, (p, a) in enumerate(rows):
@@ -125,14 +124,13 @@ class Task:
 
     def _encode_seq2seq(self, tok, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         from .guards import literal_ids
-        from .models import chat_prompt_ids
+        from .models import chat_prompt_ids, pad_id
 
         # user text is literal, as in ``encode``
         prompts = [chat_prompt_ids(tok, ex.prompt, self.system, self.prompt_format)
                    for ex in examples]
         answers = [literal_ids(tok, ex.answer) + [tok.eos_token_id] for ex in examples]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        enc = _pad(prompts, pad)
+        enc = _pad(prompts, pad_id(tok))
         return {"input_ids": enc, "attention_mask": (_pad(prompts, -1) != -1).long(),
                 "labels": _pad(answers, IGNORE_INDEX)}
 

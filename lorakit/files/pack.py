@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.guards import write_atomic
+from ..core.guards import probe_writable, write_atomic
 from ..core.record import Recorder, Recording
 from ..core.train import TrainResult
 from ..view import render
@@ -129,10 +127,8 @@ def check_folder(folder, overwrite: bool) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise NotADirectoryError(f"cannot create {str(p)!r}: {str(existing)!r} is a file")
-    try:   # a probe file: os.access says yes to root on a read-only file system (#12)
-        fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+    try:
+        probe_writable(existing)
     except OSError as err:
         raise PermissionError(f"cannot write the pack into {str(p)!r}: no permission to write "
                               f"in {str(existing)!r} ({err.strerror})") from err

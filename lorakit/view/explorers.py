@@ -7,7 +7,7 @@ summary the HTML shows, which a notebook prints as the static output a reader wh
 the cell still sees.
 
 The numbers come from pure functions below (``rank_fit``, ``quantize_4bit``, ``bits_per_weight``)
-and from ``lorakit.params.estimate``; the explorers only present them.
+and from ``lorakit.core.params.estimate``; the explorers only present them.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from ..core.attach import find_targets
-from ..core.params import BUILTIN_CONFIGS, builtin_config, estimate
+from ..core.naming import tuner_layers
+from ..core.params import BUILTIN_CONFIGS, builtin_config, estimate, lora_layer_params
+from .widgets import ShowsWidget
 
 # ============================================================================================
-# i13a: rank-vs-true-rank (01), estimate (02), NF4 (04)
+# Knobs (tutorials 01, 02 and 04): rank vs true rank, estimate, NF4
 # ============================================================================================
 
 _BAR = "display:inline-block;height:0.8em;background:#0072B2;vertical-align:middle"
@@ -180,9 +182,10 @@ def _gqa_line(name: str, r: int, targets, lora: int) -> str:
         return "no grouped-query attention: k_proj/v_proj (if any) are d → d"
     table = find_targets(cfg)
     d = cfg.hidden_size
-    as_if = sum(t.count * r * (t.in_features + (d if t.suffix in ("k_proj", "v_proj")
-                                                else t.out_features))
-                for t in table if t.suffix in targets)
+    as_if = sum(
+        t.count * lora_layer_params(r, t.in_features,
+                                    d if t.suffix in ("k_proj", "v_proj") else t.out_features)
+        for t in table if t.suffix in targets)
     kv_width = kv * (d // heads)
     return (f"GQA: {heads} query heads share {kv} key/value heads, so k_proj/v_proj are "
             f"{d} → {kv_width}; a table taking them as {d} → {d} would say {as_if:,} "
@@ -312,39 +315,22 @@ def check_guess(guess, answer, *, rel: float = 0.1, unit: str = "") -> str:
     ok = guess == answer and isinstance(guess, bool) == isinstance(answer, bool)
     return f"{'✓ right' if ok else '✗ not quite'}: you said {guess!r}, the answer is {shown}{unit}"
 
-# ============================================================================================
-# i13b: adapters (05, 06): the ΔW scale slider and the φ-grid step slider
-# ============================================================================================
-class _AdapterExplorer:
-    """i13b's base: shows ``self.widget`` in Jupyter (ipywidgets 8 and 7), plain text elsewhere."""
-
-    widget: widgets.Box
-
-    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
-        root = self.widget
-        if hasattr(root, "_repr_mimebundle_"):            # ipywidgets 8
-            data = dict(root._repr_mimebundle_(include=include, exclude=exclude, **kwargs))
-        else:                                             # ipywidgets 7
-            data = {"application/vnd.jupyter.widget-view+json": {
-                "version_major": 2, "version_minor": 0, "model_id": root.model_id}}
-        data["text/plain"] = repr(self)
-        return data
-
 
 # ============================================================================================
-# Adapters (tutorials 05 and 06): the ΔW scale slider and the φ-grid step slider.
+# Adapters (tutorials 05 and 06): the ΔW scale slider and the φ-grid step slider; each shows
+# its ``widget`` through ``ShowsWidget``.
 # ============================================================================================
 def _lora_scalings(peft_model, adapter: str) -> dict:
     """Every LoRA layer of ``peft_model`` with its current scale (α/r or α/√r) for ``adapter``."""
-    layers = {m: m.scaling[adapter] for m in peft_model.modules()
-              if isinstance(getattr(m, "scaling", None), dict) and adapter in m.scaling}
+    layers = {m: m.scaling[adapter] for _, m in tuner_layers(peft_model, lora_only=True)
+              if adapter in m.scaling}
     if not layers:
         raise ValueError(f"the model has no LoRA layers with an adapter named {adapter!r}: "
                          "pass a PeftModel from lk.attach / lk.load_adapter")
     return layers
 
 
-class DeltaScaleExplorer(_AdapterExplorer):
+class DeltaScaleExplorer(ShowsWidget):
     """A slider that scales every layer's ΔW from 0 (the base model) to 2× the trained adapter.
 
     ``replies(scale)`` greedy-generates the ``prompts`` with every LoRA layer's scale multiplied
@@ -409,7 +395,7 @@ class DeltaScaleExplorer(_AdapterExplorer):
         return f"DeltaScaleExplorer(scale={self.slider.value:g}, prompts={len(self.prompts)})"
 
 
-class PhiGridExplorer(_AdapterExplorer):
+class PhiGridExplorer(ShowsWidget):
     """A step slider over the LoRA paper's φ(i, j) grid between two adapters during training.
 
     ``history1``, ``history2``: A matrices (r × d_in) of the two adapters at steps 0, 1, …, n
