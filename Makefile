@@ -111,10 +111,13 @@ binder-check:
 		m, t = lk.load_model(); print('binder-check ok:', lk.count_params(m).total, 'parameters;', \
 		repr(lk.generate(m, t, 'What is the capital of France?', max_new_tokens=8)))"
 
-# ruff, then mypy on lorakit/ (config in pyproject.toml): catches a missing attribute or import.
+# ruff; mypy on lorakit/ (catches a missing attribute or import); import-linter: the layer
+# contracts of docs/architecture.md (app > files > view > core, no import circles, private
+# modules kept inside their package). Config of all three in pyproject.toml.
 lint: setup
-	$(VENV)/bin/ruff check lorakit tests benchmarks docs
+	$(VENV)/bin/ruff check lorakit tests benchmarks docs examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache lorakit-tour.html notebooks/adapters

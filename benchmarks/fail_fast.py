@@ -1,4 +1,4 @@
-"""Fail-fast times (issue #12): refusals that used to hang, OOM-kill or retry for a minute.
+"""Fail-fast times: refusals that used to hang, OOM-kill or retry for a minute.
 
 On the real SmolLM2-135M (embedded, offline), each bad call is timed once in a fresh process
 state (PEFT not imported yet, as in a new notebook): ``attach(r=10**6)`` (target < 5 s, used to
@@ -46,7 +46,7 @@ def main() -> None:
         ("`generate` with an 18,000-token prompt", *timed(lk.generate, model, tok, "x " * 18000)),
         ('`load_model("org/name")`, offline', *timed(lk.load_model, "org/name", progress=False)),
     ]
-    lines = ["## Fail-fast refusals (issue #12)", "",
+    lines = ["## Fail-fast refusals", "",
              "Each bad call once, on SmolLM2-135M; target: every refusal < 5 s.", "",
              "| call | seconds | target | error (start) |", "|---|---:|---|---|"]
     for call, seconds, error in rows:

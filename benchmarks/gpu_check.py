@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     from _results import write_section
 
     write_section("gpu-check", "\n".join([
-        f"## GPU check (`make gpu-check`, issue #10): {card}", "",
+        f"## GPU check (`make gpu-check`): {card}", "",
         f"LoRA vs QLoRA, r=8 on q_proj+v_proj, batch 8, {args.steps} timed steps after 3 "
         "warm-up steps, the embedded SmolLM2-135M.", "", *table, "", ratio, "",
         f"Passed: {ran}; whole check {time.perf_counter() - start:.0f} s."]))

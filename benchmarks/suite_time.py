@@ -1,7 +1,7 @@
 """How long the whole test suite takes: total, per notebook (nbval), slowest tests.
 
-The issue's target: the whole suite (pytest + nbval over every notebook, as `make test` runs
-it) ≤ 17 min on the 2-core CI machine (issue #13). Either run the suite here, or summarise a run that
+The target: the whole suite (pytest + nbval over every notebook, as `make test` runs
+it) ≤ 17 min on the 2-core CI machine. Either run the suite here, or summarise a run that
 already wrote a JUnit XML file (e.g. the CI entry point on a fresh clone):
 
     python benchmarks/suite_time.py                     # runs pytest -m "not gpu" itself

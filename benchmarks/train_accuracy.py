@@ -23,27 +23,28 @@ from _results import write_section  # noqa: E402
 import lorakit as lk  # noqa: E402
 from lorakit.app.tour import TourSettings  # noqa: E402
 
-# One place for the settings the tests and this benchmark share.
-LORA = dict(r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
-_TOUR = TourSettings()  # the default `lorakit tour` (make tour): 40 steps of 8 at 3e-3
-LORA_TRAIN = dict(steps=_TOUR.steps, lr=_TOUR.lr, batch_size=_TOUR.batch_size)
-QLORA_TRAIN = dict(steps=30, lr=3e-3, batch_size=8)  # = tests/test_qlora.py (gpu test)
+# One place for the settings the tests and this benchmark share: the default `lorakit tour`
+# (make tour): r=8, α=16 on q_proj, v_proj; 40 steps of 8 at 3e-3.
+_TOUR = TourSettings()
+LORA = _TOUR.lora
+LORA_TRAIN = _TOUR.train
+QLORA_TRAIN = lk.TrainSettings(steps=30, lr=3e-3, batch_size=8)  # = tests/test_qlora.py (gpu)
 N_EVAL = 50
 
 
-def run(quantize, train_kwargs):
+def run(quantize, training):
     t = time.perf_counter()
     model, tok = lk.load_model(quantize=quantize, progress=False)
     load_s = time.perf_counter() - t
     task = lk.tasks.get("iso_dates")
     base = task.accuracy(model, tok, n=N_EVAL)
-    pm = lk.attach(model, **LORA)
-    res = lk.train(pm, tok, task, progress=False, **train_kwargs)
+    pm = lk.attach(model, LORA, seed=training.seed)
+    res = lk.train(pm, tok, task, training, progress=False)
     after = task.accuracy(pm, tok, n=N_EVAL)
     return dict(setup="QLoRA (nf4)" if quantize else "LoRA (fp32)", load_s=load_s,
                 footprint_mb=model.get_memory_footprint() / 1e6, base=base, after=after,
                 train_s=res.elapsed, steps=res.steps_done, tok_s=res.tokens_per_s,
-                loss=(res.losses[0], res.losses[-1]), kwargs=train_kwargs)
+                loss=(res.losses[0], res.losses[-1]), training=training)
 
 
 def main(argv=None):
@@ -57,9 +58,9 @@ def main(argv=None):
              "| setup | steps × batch, lr | train wall s | tokens/s | loss first→last | "
              "base acc | acc after | model MB |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        k = r["kwargs"]
+        k = r["training"]
         lines.append(
-            f"| {r['setup']} | {k['steps']} × {k['batch_size']}, {k['lr']:g} | "
+            f"| {r['setup']} | {k.steps} × {k.batch_size}, {k.lr:g} | "
             f"{r['train_s']:.1f} | {r['tok_s']:,.0f} | {r['loss'][0]:.3f}→{r['loss'][1]:.4f} | "
             f"{r['base']} | {r['after']} | {r['footprint_mb']:.0f} |")
     lora = runs[0]

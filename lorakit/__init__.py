@@ -16,7 +16,7 @@ plotly or ipywidgets.
 from .core import __version__, scratch, tasks  # noqa: F401  (__version__: lk.__version__)
 from .core.adapters import load_adapter, save_adapter
 from .core.attach import attach, attach_adalora, detach, find_target_parameters, find_targets
-from .core.experiments import compare_variants
+from .core.experiments import compare_methods
 from .core.models import generate, load_model
 from .core.params import (
     BUILTIN_CONFIGS,
@@ -61,7 +61,7 @@ __all__ = [
     "LoRAPanel", "LoraSettings", "MergeCheck", "NonFiniteLossError", "ParamCounts",
     "PhiGridExplorer", "RecordSettings", "Recorder", "Recording", "Task", "TrainPanel",
     "TrainResult", "TrainSettings", "attach", "attach_adalora", "builtin_config",
-    "compare_variants", "count_params", "detach", "estimate", "explorers", "export_gif",
+    "compare_methods", "count_params", "detach", "estimate", "explorers", "export_gif",
     "export_html", "export_mp4", "export_pack", "export_pdf", "export_png", "export_svg",
     "figures", "find_target_parameters", "find_targets", "generate", "get_display_mode",
     "is_merged", "latency", "linear_modules", "load_adapter", "load_model", "lora_param_count",

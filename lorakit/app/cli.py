@@ -1,8 +1,10 @@
-"""``lorakit``: the console script. ``lorakit tour`` runs the headless tour (lorakit/tour.py).
+"""``lorakit``: the console script. ``lorakit tour`` runs the headless tour (``app/tour.py``),
+``lorakit train`` attaches and trains an adapter (``app/train_cli.py``).
 
-The flags are generated from ``TourSettings``' fields (``lorakit.settings.add_flags``): their
-names, types, checks, defaults and help text are the fields'; a ``bool`` field is an on/off
-switch (``--cdn``). ``main`` is the one place in lorakit that prints.
+The flags are generated from the settings objects' fields (``core.settings.add_flags``): the
+tour's own, ``LoraSettings``' and ``TrainSettings``'; their names, types, checks, defaults and
+help text are the fields'; a ``bool`` field is an on/off switch (``--cdn``). ``main`` is the
+one place in lorakit that prints.
 """
 
 from __future__ import annotations
@@ -14,19 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from typing import TypeVar
 
-from ..core.settings import add_flags
+from ..core.settings import LoraSettings, TrainSettings, add_flags, from_flags
 from ..core.train import NonFiniteLossError
-from .tour import (  # noqa: F401  (re-exported: lorakit.cli's names before lorakit.tour)
-    DEFAULT_OUT,
-    SHOWN_PROMPTS,
-    Generation,
-    ModuleSummary,
-    TourResult,
-    TourSettings,
-    check_out,
-    run_tour,
-    tour_report,
-)
+from . import train_cli
+from .tour import TourSettings, run_tour
 
 T = TypeVar("T")
 
@@ -46,20 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
             "attach LoRA, train with a Recorder, accuracy after, before/after replies, and an "
             "HTML report with the wall time of each phase."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = TourSettings()
     switches = [f for f in fields(TourSettings) if f.type in ("bool", bool)]
-    add_flags(tour, TourSettings, names=[f.name for f in fields(TourSettings)
-                                         if f not in switches])
+    add_flags(tour, defaults, names=[f.name for f in fields(TourSettings) if f not in switches])
     for f in switches:                  # on/off: present or not (add_flags' flags take a value)
         tour.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
                           help=f.metadata["help"].replace("%", "%%"))
-    from .train_cli import add_parser as add_train
-
-    add_train(sub)   # lorakit train (lorakit/train_cli.py)
+    add_flags(tour.add_argument_group("LoRA adapter (LoraSettings)"), defaults.lora)
+    add_flags(tour.add_argument_group("training (TrainSettings)"), defaults.train)
+    train_cli.add_parser(sub)   # lorakit train (app/train_cli.py)
     return parser
+
+
+def tour_settings(args) -> TourSettings:
+    """The ``TourSettings`` of parsed ``lorakit tour`` flags (ValueError on a bad value)."""
+    own = {f.name: getattr(args, f.name) for f in fields(TourSettings)
+           if not f.metadata.get("nested") and hasattr(args, f.name)}
+    own["prompts"] = tuple(own.get("prompts", ()))
+    return TourSettings(**own, lora=from_flags(LoraSettings, args),
+                        train=from_flags(TrainSettings, args))
 
 
 def _print(line: str) -> None:
     print(line, flush=True)
+
+
+def _flat(values: dict) -> str:
+    """``k=v, ...`` with nested settings spelled out in place (``r=8, alpha=16, ...``)."""
+    return ", ".join(_flat(v) if isinstance(v, dict) else f"{k}={v}" for k, v in values.items())
 
 
 def _busy_hint(settings: TourSettings) -> str | None:
@@ -110,17 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:   # --help/--version (0) or a usage error (2, message printed)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     if args.command == "train":
-        from .train_cli import main as train_main
-
-        return train_main(args, parser)
-    if args.command == "tour":
-        options = {k: v for k, v in vars(args).items() if k != "command"}
-        options["prompts"] = tuple(options.get("prompts", ()))
         try:
-            settings = TourSettings(**options)
+            command = train_cli.command_from_args(args)
         except ValueError as err:     # what the option types cannot see alone
             return usage_error(parser, err)
-        _print(f"lorakit tour: {', '.join(f'{k}={v}' for k, v in asdict(settings).items())}")
+        _, code = run_guarded("train", lambda: train_cli.run_train(command, log=_print))
+        return code
+    if args.command == "tour":
+        try:
+            settings = tour_settings(args)
+        except ValueError as err:     # what the option types cannot see alone
+            return usage_error(parser, err)
+        _print(f"lorakit tour: {_flat(asdict(settings))}")
         hint = _busy_hint(settings)
         if hint:
             _print(hint)

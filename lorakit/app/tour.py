@@ -17,7 +17,7 @@ named phases (each a function below, called in order by ``run_tour``):
    (``lk.export_pack``: PNG, SVG, HTML, GIF, MP4, index.md/index.html) goes into ``DIR``.
 
 ``run_tour`` returns the ``TourResult``; progress lines go to the ``log`` callable it is
-given. The console script (``lorakit tour``, lorakit/cli.py) builds ``TourSettings`` from its
+given. The console script (``lorakit tour``, app/cli.py) builds ``TourSettings`` from its
 flags, which are generated from the fields below. References: LoRA (Hu et al. 2021) for
 ΔW = (α/r)·B·A; QLoRA (Dettmers et al. 2023) for the NF4 base; PEFT's
 ``print_trainable_parameters`` for the count line.
@@ -30,54 +30,35 @@ import platform
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..core.params import ParamCounts
 from ..core.quiet import quiet_transformers
 from ..core.record import Recording
 from ..core.settings import (
     POSITIVE_INT,
     QUANTIZE,
+    Check,
     LoraSettings,
     Quantize,
     TrainSettings,
     check_choice,
     check_fields,
+    settings_with,
+    split_fields,
 )
+from ..core.task import Accuracy, Task
+from ..core.tasks import names
+from ..core.train import TrainResult
 
 DEFAULT_OUT = "lorakit-tour.html"
 SHOWN_PROMPTS = 3   # held-out prompts whose replies the report shows before/after
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def _tasks() -> list[str]:
-    from ..core.tasks import names
-
-    return names()
-
-
-_KEEP = object()
-
-
-def _like(settings_cls, name: str, default: Any = _KEEP, **metadata) -> Any:
-    """A field with the default, check and help of ``settings_cls.name`` (``metadata`` added,
-    and ``default`` instead of its default when given)."""
-    f = next(f for f in fields(settings_cls) if f.name == name)
-    return field(default=f.default if default is _KEEP else default,
-                 metadata={**f.metadata, **metadata})
-
-
-def _names(text: str) -> tuple[str, ...]:
-    """Comma-separated module names (the ``--targets`` flag)."""
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not names:
-        raise ValueError(
-            f"must be comma-separated module names such as q_proj,v_proj; got {text!r}")
-    return names
 
 
 def _out_file(text: str) -> str:
@@ -96,38 +77,42 @@ def _pack_folder(text: str) -> str:
     return text
 
 
+def eval_n_field(default: int, check: Check, help: str) -> Any:
+    """The ``eval_n`` field (how many held-out examples are scored) of a command's settings."""
+    return field(default=default, metadata={"check": check, "help": help})
+
+
+def threads_field(help: str) -> Any:
+    """The ``threads`` field (CPU threads torch may use) of a command's settings."""
+    return field(default=None, metadata={"check": POSITIVE_INT.or_none(), "help": (
+        "CPU threads torch may use" + help)})
+
+
+# 40 steps at 3e-3: the README quickstart's and notebook 03's run (49/50 after, 0/50 before);
+# lk.train's own defaults (60 at 2e-3) reach 50/50 in 1.5x the time.
+TOUR_TRAINING = TrainSettings(steps=40, lr=3e-3)
+
+
 @dataclass(frozen=True)
 class TourSettings:
-    """Everything ``lorakit tour`` can be told: ``LoraSettings`` + ``TrainSettings`` fields (the
-    same checks and help) and the tour's own. The CLI flags are generated from these fields."""
+    """Everything ``lorakit tour`` can be told: the adapter (``lora``), the training run
+    (``train``) and the tour's own fields. The CLI flags are generated from all of them."""
 
-    task: str = field(default="iso_dates", metadata={"choices": _tasks, "help": (
+    task: str = field(default="iso_dates", metadata={"choices": names, "help": (
         "Built-in task to learn and score (exact match on held-out examples).")})
     quantize: Quantize | None = field(default=None, metadata={"choices": QUANTIZE, "help": (
         "Quantize the frozen base through bitsandbytes: nf4 is QLoRA's 4-bit NormalFloat. "
         "Default: full precision (float32 on CPU).")})
-    rank: int = _like(LoraSettings, "r", label="rank", flags=("--rank", "-r"))
-    alpha: float = _like(LoraSettings, "alpha")
-    targets: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={
-        "parse": _names, "metavar": "NAMES", "help": (
-            "Comma-separated names of the Linear modules that get an adapter, e.g. "
-            "q_proj,k_proj,v_proj,o_proj.")})
-    # 40 steps at 3e-3: the README quickstart's and notebook 03's run (49/50 after, 0/50
-    # before); lk.train's own defaults (60 at 2e-3) reach 50/50 in 1.5x the time.
-    steps: int = _like(TrainSettings, "steps", default=40)
-    lr: float = _like(TrainSettings, "lr", default=3e-3)
-    batch_size: int = _like(TrainSettings, "batch_size")
-    eval_n: int = field(default=50, metadata={"check": POSITIVE_INT, "help": (
-        "Held-out examples scored before and after training.")})
-    seed: int = _like(TrainSettings, "seed", help=(
-        "Seed of the adapter's initialisation and the data order."))
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"nested": True})
+    train: TrainSettings = field(default=TOUR_TRAINING, metadata={"nested": True})
+    eval_n: int = eval_n_field(50, POSITIVE_INT, "Held-out examples scored before and after "
+                                                 "training.")
     out: str = field(default=DEFAULT_OUT, metadata={
         "parse": _out_file, "flags": ("--out", "-o"), "metavar": "FILE", "help": (
             "Where to write the HTML report (a file; its folder must exist).")})
-    threads: int | None = field(default=None, metadata={
-        "check": POSITIVE_INT.or_none(), "help": (
-            "CPU threads torch may use during the tour (restored afterwards). Default: torch's "
-            "choice, one per core. 1 is often faster on a machine busy with other jobs.")})
+    threads: int | None = threads_field(
+        " during the tour (restored afterwards). Default: torch's choice, one per core. 1 is "
+        "often faster on a machine busy with other jobs.")
     prompts: tuple[str, ...] = field(default=(), metadata={
         "flags": ("--prompt",), "append": True, "metavar": "TEXT", "help": (
             "A prompt of your own whose replies before/after training the report shows, next "
@@ -141,18 +126,15 @@ class TourSettings:
             "animations as GIF and MP4, index.md/index.html) into this new or empty folder.")})
 
     def __post_init__(self):
-        if self.task not in _tasks():
-            raise ValueError(f"unknown task {self.task!r}; built-in tasks: {', '.join(_tasks())}")
+        if self.task not in names():
+            raise ValueError(f"unknown task {self.task!r}; built-in tasks: {', '.join(names())}")
         if self.quantize is not None:
             check_choice("quantize", self.quantize, QUANTIZE)
         check_fields(self)
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        targets = tuple(t.strip() for t in targets if isinstance(t, str) and t.strip()) \
-            if all(isinstance(t, str) for t in targets) else ()
-        if not targets:
-            raise ValueError(f"targets must name at least one module, e.g. q_proj,v_proj; "
-                             f"got {self.targets!r}")
-        object.__setattr__(self, "targets", targets)
+        for name, cls in (("lora", LoraSettings), ("train", TrainSettings)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got "
+                                f"{type(getattr(self, name)).__name__}")
         prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError(f"prompts must be non-empty strings, got {self.prompts!r}")
@@ -165,16 +147,15 @@ class TourSettings:
 
             check_folder(self.pack, overwrite=False)
 
-    @property
-    def lora(self) -> LoraSettings:
-        """The adapter's settings (``lk.attach(model, **asdict(...))``)."""
-        return LoraSettings(r=self.rank, alpha=self.alpha, targets=self.targets)
-
-    @property
-    def training(self) -> TrainSettings:
-        """The training run's settings (``lk.train(..., **settings.training.kwargs())``)."""
-        return TrainSettings(steps=self.steps, lr=self.lr, batch_size=self.batch_size,
-                             seed=self.seed)
+    @classmethod
+    def of(cls, **given) -> TourSettings:
+        """TourSettings from flat keywords: the tour's own fields, and any field of
+        ``LoraSettings`` (``r``, ``alpha``, ...) or ``TrainSettings`` (``steps``, ``lr``, ...),
+        which change ``lora`` / ``train`` (``TourSettings.of(steps=3, eval_n=4)``)."""
+        own, lora_fields, train_fields = split_fields(given, cls, LoraSettings, TrainSettings)
+        lora = settings_with(LoraSettings, own.pop("lora", None), **lora_fields)
+        train = settings_with(TrainSettings, own.pop("train", TOUR_TRAINING), **train_fields)
+        return cls(**own, lora=lora, train=train)
 
 
 def check_out(out) -> Path:
@@ -285,18 +266,29 @@ def _timed(times: dict[str, float], name: str):
 
 
 @dataclass
-class _Run:
-    """What the phases share: the settings, the log, the phase times and what each produced."""
+class TourRun:
+    """What the phases share: the settings, the log, the phase times, and what each phase
+    measured (filled in as they run: ``load``, ``evaluate``, ``attach_adapter``,
+    ``train_adapter``; ``summarise`` reads them into a ``TourResult``)."""
 
     s: TourSettings
     say: Callable[[str], object]
-    task: Any
+    task: Task
     times: dict[str, float] = field(default_factory=dict)   # phase -> wall seconds, in order
     t_start: float = field(default_factory=time.perf_counter)
-    found: dict[str, Any] = field(default_factory=dict)     # what the phases measured
+    model_name: str = ""                                     # load
+    base_memory: int = 0
+    shown: list[tuple[str, str | None]] = field(default_factory=list)   # evaluate
+    accuracy: dict[str, Accuracy] = field(default_factory=dict)         # "before" / "after"
+    replies: dict[str, list[str]] = field(default_factory=dict)
+    counts: ParamCounts | None = None                        # attach_adapter
+    memory: int = 0
+    adapter_bytes: int = 0
+    result: TrainResult | None = None                        # train_adapter
+    recording: Recording | None = None
 
 
-def load(run: _Run):
+def load(run: TourRun):
     """Phase 1: load the model, check the targets against it, count its parameters."""
     from ..core.attach import check_targets
     from ..core.models import load_model
@@ -306,16 +298,16 @@ def load(run: _Run):
     with _timed(run.times, "load model"):
         model, tok = load_model(quantize=s.quantize, progress=False)
     name = _model_name(model)
-    check_targets(model, s.targets)   # a misspelt target fails now, not after the eval
+    check_targets(model, s.lora.targets)   # a misspelt target fails now, not after the eval
     base_counts = count_params(model)
-    run.found.update(model_name=name, base_memory=int(model.get_memory_footprint()))
+    run.model_name, run.base_memory = name, int(model.get_memory_footprint())
     run.say(f"[1/7] loaded {name}{f' ({s.quantize})' if s.quantize else ''} in "
             f"{run.times['load model']:.1f} s: {base_counts.total:,} parameters, "
-            f"{run.found['base_memory'] / 2**20:,.1f} MiB")
+            f"{run.base_memory / 2**20:,.1f} MiB")
     return model, tok
 
 
-def evaluate(run: _Run, model, tok, when: str):
+def evaluate(run: TourRun, model, tok, when: str):
     """Phase 2 (and 5): accuracy on held-out examples, then replies to the shown prompts."""
     s, task = run.s, run.task
     shown = ([(e.prompt, e.answer) for e in task.test[:SHOWN_PROMPTS]]
@@ -328,34 +320,32 @@ def evaluate(run: _Run, model, tok, when: str):
         run.say(f"[5/7] accuracy after training: {acc} ({run.times['accuracy after']:.1f} s)")
     with _timed(run.times, f"generations {when}"):
         replies = _replies(model, tok, task, shown, acc)
-    run.found[f"acc_{when}"], run.found[f"replies_{when}"] = acc, replies
-    run.found["shown"] = shown
+    run.accuracy[when], run.replies[when], run.shown = acc, replies, shown
 
 
-def attach_adapter(run: _Run, model):
+def attach_adapter(run: TourRun, model):
     """Phase 3: attach LoRA with the tour's ``LoraSettings``; count what trains."""
     from ..core.attach import attach
     from ..core.params import count_params
 
-    s, lora = run.s, run.s.lora
+    lora = run.s.lora
     with _timed(run.times, "attach"):
-        peft_model = attach(model, r=lora.r, alpha=lora.alpha, targets=list(lora.targets),
-                            seed=s.seed)
-    counts = count_params(peft_model)
-    run.found.update(counts=counts, memory=int(peft_model.get_memory_footprint()),
-                     adapter_bytes=int(sum(p.numel() * p.element_size()
-                                           for p in peft_model.parameters() if p.requires_grad)))
-    run.say(f"[3/7] attached LoRA r={s.rank}, alpha={s.alpha:g} to {','.join(s.targets)}: "
-            f"{counts}")
+        peft_model = attach(model, lora, seed=run.s.train.seed)
+    run.counts = count_params(peft_model)
+    run.memory = int(peft_model.get_memory_footprint())
+    run.adapter_bytes = int(sum(p.numel() * p.element_size()
+                                for p in peft_model.parameters() if p.requires_grad))
+    run.say(f"[3/7] attached LoRA r={lora.r}, alpha={lora.alpha:g} to "
+            f"{_targets_text(lora.targets, ',')}: {run.counts}")
     return peft_model
 
 
-def train_adapter(run: _Run, peft_model, tok):
+def train_adapter(run: TourRun, peft_model, tok):
     """Phase 4: ``lk.train`` with the tour's ``TrainSettings`` and a ``Recorder``."""
     from ..core.record import Recorder
     from ..core.train import train
 
-    s = run.s
+    s = run.s.train
     recorder = Recorder(peft_model, every=1)
     every = max(1, s.steps // 10)
 
@@ -366,33 +356,34 @@ def train_adapter(run: _Run, peft_model, tok):
 
     run.say(f"[4/7] training {s.steps} steps, batch {s.batch_size}, lr {s.lr:g} ...")
     with _timed(run.times, "train"):
-        result = train(peft_model, tok, run.task, **run.s.training.kwargs(), recorder=recorder,
-                       callbacks=[progress], progress=False)
+        result = train(peft_model, tok, run.task, s, recorder=recorder, callbacks=[progress],
+                       progress=False)
     stop = " (interrupted: evaluating the adapter as it is)" if result.interrupted else ""
     run.say(f"      {result}{stop}")
-    run.found.update(result=result, recording=recorder.to_recording())
+    run.result, run.recording = result, recorder.recording
 
 
-def summarise(run: _Run, out: Path) -> TourResult:
+def summarise(run: TourRun, out: Path) -> TourResult:
     """Phase 6: the measured numbers as one ``TourResult`` (its report not written yet)."""
-    f, s = run.found, run.s
+    s = run.s
     generations = [Generation(p, e, b, a) for (p, e), b, a in
-                   zip(f["shown"], f["replies_before"], f["replies_after"], strict=True)]
+                   zip(run.shown, run.replies["before"], run.replies["after"], strict=True)]
     run.say(f"[6/7] replies to {len(generations)} prompts before → after training:")
     for g in generations:
         run.say(f"      {g.prompt!r}: {g.before!r} → {g.after!r}")
-    recording, result, counts = f["recording"], f["result"], f["counts"]
-    acc_before, acc_after = f["acc_before"], f["acc_after"]
+    recording, result, counts = run.recording, run.result, run.counts
+    assert recording is not None and result is not None and counts is not None
+    acc_before, acc_after = run.accuracy["before"], run.accuracy["after"]
     modules = [ModuleSummary(
         name=m.name, d_in=m.d_in, d_out=m.d_out, r=m.r, scaling=m.scaling,
         norm_delta_first=float(m.norm_delta[0]), norm_delta_last=float(m.norm_delta[-1]),
         norm_delta=[float(v) for v in m.norm_delta], top_sv=[float(v) for v in m.sv[-1]])
         for m in recording.data.values() if len(m)]
     return TourResult(
-        settings=s, report=out.resolve(), model_name=f["model_name"],
+        settings=s, report=out.resolve(), model_name=run.model_name,
         total_params=counts.total, trainable_params=counts.trainable,
-        frozen_params=counts.frozen, base_memory_bytes=f["base_memory"],
-        memory_bytes=f["memory"], adapter_bytes=f["adapter_bytes"],
+        frozen_params=counts.frozen, base_memory_bytes=run.base_memory,
+        memory_bytes=run.memory, adapter_bytes=run.adapter_bytes,
         correct_before=acc_before.correct, correct_after=acc_after.correct,
         eval_total=acc_after.total, losses=list(result.losses),
         step_times=list(result.step_times), steps_done=result.steps_done,
@@ -403,7 +394,7 @@ def summarise(run: _Run, out: Path) -> TourResult:
         timings=run.times, wall_seconds=0.0, recording=recording)
 
 
-def write_report(run: _Run, tour: TourResult, out: Path, threads: int) -> None:
+def write_report(run: TourRun, tour: TourResult, out: Path, threads: int) -> None:
     """Phase 7: write the HTML report, then the figure pack if asked (``pack``); the whole
     tour's wall time includes them."""
     import torch
@@ -415,7 +406,7 @@ def write_report(run: _Run, tour: TourResult, out: Path, threads: int) -> None:
         from ..files.pack import export_pack
 
         with _timed(run.times, "figure pack"):
-            tour.pack = export_pack(run.found["result"], run.s.pack, recording=tour.recording,
+            tour.pack = export_pack(run.result, run.s.pack, recording=tour.recording,
                                     progress=False, title="lorakit tour: figure pack",
                                     settings=_settings_rows(tour)).index
     tour.wall_seconds = time.perf_counter() - run.t_start
@@ -443,12 +434,13 @@ def run_tour(settings: TourSettings | None = None, *, log: Callable[[str], objec
     """Run the tour and write its HTML report; return the measured ``TourResult``.
 
     Args:
-        settings: a ``TourSettings``; or leave it out and pass its fields as keywords
-            (``run_tour(steps=3, eval_n=4, out="tour.html")``).
+        settings: a ``TourSettings``; or leave it out and pass its fields, or those of its
+            ``lora`` and ``train`` settings, as keywords
+            (``run_tour(steps=3, eval_n=4, out="tour.html")``: ``TourSettings.of``).
         log: called with each progress line (the CLI passes ``print``); None: silent.
     """
     if settings is None:
-        settings = TourSettings(**kwargs)
+        settings = TourSettings.of(**kwargs)
     elif kwargs:
         raise TypeError("pass either settings or keyword settings, not both")
     out = check_out(settings.out)
@@ -457,7 +449,7 @@ def run_tour(settings: TourSettings | None = None, *, log: Callable[[str], objec
 
     from ..core import tasks
 
-    run = _Run(settings, log or (lambda line: None), tasks.get(settings.task))
+    run = TourRun(settings, log or (lambda line: None), tasks.get(settings.task))
     threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -503,7 +495,7 @@ def _versions(torch, threads: int) -> dict[str, str]:
 # --------------------------------------------------------------------------- the report
 
 
-# the embedded model is a Q4_1 GGUF dequantized to float32 (lorakit.models)
+# the embedded model is a Q4_1 GGUF dequantized to float32 (core/models.py)
 _GGUF = "dequantized from a Q4_1 GGUF: Linear weights hold 4-bit values, embeddings Q8_0"
 _WEIGHTS = {None: f"float32, {_GGUF}", "nf4": f"4-bit NF4 (QLoRA), from float32 {_GGUF}",
             "fp4": f"4-bit FP4, from float32 {_GGUF}",
@@ -524,16 +516,20 @@ def _loss_rows(tour: TourResult) -> list[list[str]]:
 
 def _settings_rows(tour: TourResult) -> list[tuple[str, object]]:
     """The run's settings as (label, value) rows: the report's Settings and the pack's index."""
-    s = tour.settings
+    s, lora, t = tour.settings, tour.settings.lora, tour.settings.train
     return [("model", tour.model_name), ("base weights", _WEIGHTS.get(s.quantize, s.quantize)),
-            ("task", s.task), ("LoRA rank r", s.rank), ("alpha", f"{s.alpha:g}"),
-            ("scaling alpha/r", f"{s.alpha / s.rank:g}"), ("targets", ", ".join(s.targets)),
-            ("steps", s.steps), ("learning rate", f"{s.lr:g}"), ("batch size", s.batch_size),
-            ("held-out examples scored", s.eval_n), ("seed", s.seed)]
+            ("task", s.task), ("LoRA rank r", lora.r), ("alpha", f"{lora.alpha:g}"),
+            ("scaling alpha/r", f"{lora.scaling:g}"), ("targets", _targets_text(lora.targets)),
+            ("steps", t.steps), ("learning rate", f"{t.lr:g}"), ("batch size", t.batch_size),
+            ("held-out examples scored", s.eval_n), ("seed", t.seed)]
+
+
+def _targets_text(targets, sep: str = ", ") -> str:
+    return targets if isinstance(targets, str) else sep.join(targets)
 
 
 def tour_report(tour: TourResult, versions: dict[str, str] | None = None):
-    """The tour's ``Report`` (lorakit.report): tables and sparklines, all text escaped."""
+    """The tour's ``Report`` (files/report.py): tables and sparklines, all text escaped."""
     from ..files.report import Report, Table
 
     s = tour.settings
@@ -588,7 +584,7 @@ def _report_training(rep, tour: TourResult) -> None:
     """Section: training summary, loss sparkline and loss table."""
     from ..files.report import KeyValues, Sparkline, Table
 
-    summary = [("steps done", f"{tour.steps_done} of {tour.settings.steps}"
+    summary = [("steps done", f"{tour.steps_done} of {tour.settings.train.steps}"
                 + (" (interrupted)" if tour.interrupted else "")),
                ("training time (sum of step times)", f"{tour.train_seconds:.1f} s"),
                ("tokens per second", f"{tour.tokens_per_s:,.0f}")]
@@ -641,7 +637,7 @@ def _report_replies(rep, tour: TourResult) -> None:
 
 
 def _figures(tour: TourResult) -> list:
-    """Loss curve, ΔW animation and norms from lorakit.figures, when plotly is installed;
+    """Loss curve, ΔW animation and norms from view/figures.py, when plotly is installed;
     plotly.js once, with the first figure (inlined, or from the CDN with ``cdn``); then the ΔW
     animation as a GIF ``<img>`` (pack.delta_gif_blocks)."""
     import importlib.util

@@ -6,10 +6,11 @@ One process (``lorakit train --task iso_dates``) or several, with no script of y
     torchrun --nproc_per_node 2 -m lorakit train --data pairs.jsonl --model ./my-model
 
 Under a launcher every rank runs this same command: ``lk.train`` splits each global batch of
-``--batch-size`` examples across the ranks (lorakit/distributed.py), the Recorder gathers on
+``--batch-size`` examples across the ranks (core/distributed.py), the Recorder gathers on
 every rank and keeps frames on rank 0, and rank 0 alone scores the held-out examples and
 writes ``--out`` (``adapter/``, ``recording.safetensors``, ``result.json``). The flags are
-generated from ``TrainCommand``'s fields and ``TrainSettings``' (``lorakit.settings.add_flags``).
+generated from the fields of ``TrainCommand`` and of the settings objects it holds
+(``core.settings.add_flags``).
 """
 
 from __future__ import annotations
@@ -22,80 +23,68 @@ from pathlib import Path
 
 from ..core.settings import (
     NON_NEGATIVE_INT,
-    POSITIVE_INT,
     LoraSettings,
     RecordSettings,
     TrainSettings,
     add_flags,
     check_fields,
+    from_flags,
 )
-from .tour import _like, _names, _tasks
+from ..core.tasks import names
+from .tour import eval_n_field, threads_field
 
 
 def _data_file(text: str) -> str:
     if not Path(text).expanduser().is_file():
         raise ValueError(f"no data file at {text!r} (a JSONL file of "
-                         f'{{"prompt": ..., "answer": ...}} lines)')
+                         f'{{"prompt": ..., "answer": ...}} lines, or a CSV file with prompt '
+                         f"and answer columns)")
     return text
-
-
-def read_pairs(path) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs from a JSONL file: one ``{"prompt": ..., "answer": ...}`` a line.
-
-    Raises ValueError naming the line for invalid JSON or a line without both strings.
-    """
-    pairs = []
-    for no, line in enumerate(Path(path).expanduser().read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {no}: not JSON ({err.msg})") from None
-        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
-                and isinstance(row.get("answer"), str)):
-            raise ValueError(f'{path}, line {no}: expected {{"prompt": "...", "answer": '
-                             f'"..."}} (two strings), got {line[:80]!r}')
-        pairs.append((row["prompt"], row["answer"]))
-    return pairs
 
 
 @dataclass(frozen=True)
 class TrainCommand:
-    """What ``lorakit train`` needs besides ``TrainSettings``: data, model, adapter, outputs."""
+    """What ``lorakit train`` is told: data, model, the adapter (``lora``), the training run
+    (``train``), what the Recorder keeps (``record``), and where the results go."""
 
-    task: str | None = field(default=None, metadata={"choices": _tasks, "help": (
+    task: str | None = field(default=None, metadata={"choices": names, "help": (
         "Built-in task to learn (default iso_dates unless --data is given).")})
     data: str | None = field(default=None, metadata={"parse": _data_file, "metavar": "FILE",
                                                      "help": (
-        'A JSONL file of {"prompt": ..., "answer": ...} lines to learn instead of a built-in '
-        "task (20% of the lines are held out for scoring).")})
+        'A JSONL file of {"prompt": ..., "answer": ...} lines (or a CSV file with prompt and '
+        "answer columns) to learn instead of a built-in task (20% of the rows are held out "
+        "for scoring).")})
     model: str | None = field(default=None, metadata={"metavar": "PATH", "help": (
         "A local model folder (config.json + weights). Default: the embedded "
         "SmolLM2-135M-Instruct.")})
     tokenizer: str | None = field(default=None, metadata={"metavar": "PATH", "help": (
         "Tokenizer folder. Default: the model folder's own, or the embedded SmolLM2's when the "
         "folder has none.")})
-    rank: int = _like(LoraSettings, "r", label="rank", flags=("--rank", "-r"))
-    alpha: float = _like(LoraSettings, "alpha")
-    targets: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={
-        "parse": _names, "metavar": "NAMES", "help": (
-            "Comma-separated names of the Linear modules that get an adapter.")})
-    record_every: int = _like(RecordSettings, "every", check=POSITIVE_INT)
-    eval_n: int = field(default=50, metadata={"check": NON_NEGATIVE_INT, "help": (
-        "Held-out examples rank 0 scores after training (0: skip).")})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"nested": True})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"nested": True})
+    record: RecordSettings = field(default_factory=RecordSettings, metadata={"nested": True})
+    eval_n: int = eval_n_field(50, NON_NEGATIVE_INT, "Held-out examples rank 0 scores after "
+                                                     "training (0: skip).")
     out: str | None = field(default=None, metadata={"metavar": "DIR", "flags": ("--out", "-o"),
                                                     "help": (
         "Folder rank 0 writes adapter/, recording.safetensors and result.json to (created).")})
-    threads: int | None = field(default=None, metadata={
-        "check": POSITIVE_INT.or_none(), "help": "CPU threads torch may use per process."})
+    threads: int | None = threads_field(" per process.")
 
     def __post_init__(self):
         check_fields(self)
         if self.task is not None and self.data is not None:
             raise ValueError("give --task or --data, not both")
-        if self.task is not None and self.task not in _tasks():
-            raise ValueError(f"unknown task {self.task!r}; built-in tasks: {', '.join(_tasks())}")
+        if self.task is not None and self.task not in names():
+            raise ValueError(f"unknown task {self.task!r}; built-in tasks: {', '.join(names())}")
+        for name, cls in (("lora", LoraSettings), ("train", TrainSettings),
+                          ("record", RecordSettings)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got "
+                                f"{type(getattr(self, name)).__name__}")
+
+
+# the Recorder's settings that ``lorakit train`` offers as --record-* flags
+RECORD_FLAGS = ("every", "max_frames")
 
 
 def add_parser(sub) -> None:
@@ -107,15 +96,20 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[0] + " Runs under accelerate launch / torchrun too.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flags(p, TrainCommand)
-    add_flags(p, TrainSettings)
+    add_flags(p.add_argument_group("LoRA adapter (LoraSettings)"), LoraSettings)
+    add_flags(p.add_argument_group("training (TrainSettings)"), TrainSettings)
+    add_flags(p.add_argument_group("recording (RecordSettings)"), RecordSettings,
+              names=RECORD_FLAGS, prefix="record_")
 
 
-def settings_from_args(args) -> tuple[TrainCommand, TrainSettings]:
-    """Split parsed flags into the two settings objects (ValueError on a bad combination)."""
+def command_from_args(args) -> TrainCommand:
+    """The ``TrainCommand`` of parsed ``lorakit train`` flags (ValueError on a bad value)."""
     given = vars(args)
-    pick = {cls: {f.name: given[f.name] for f in fields(cls) if f.name in given}
-            for cls in (TrainCommand, TrainSettings)}
-    return TrainCommand(**pick[TrainCommand]), TrainSettings(**pick[TrainSettings])
+    own = {f.name: given[f.name] for f in fields(TrainCommand)
+           if not f.metadata.get("nested") and f.name in given}
+    return TrainCommand(**own, lora=from_flags(LoraSettings, args),
+                        train=from_flags(TrainSettings, args),
+                        record=from_flags(RecordSettings, args, prefix="record_"))
 
 
 def _load(cmd: TrainCommand, device):
@@ -143,7 +137,7 @@ def _load(cmd: TrainCommand, device):
     return model, tok
 
 
-def run_train(cmd: TrainCommand, ts: TrainSettings, log: Callable[[str], object] = print) -> dict:
+def run_train(cmd: TrainCommand, log: Callable[[str], object] = print) -> dict:
     """Do the work of ``lorakit train``; returns the summary rank 0 writes to result.json."""
     import torch
 
@@ -165,55 +159,42 @@ def run_train(cmd: TrainCommand, ts: TrainSettings, log: Callable[[str], object]
     if cmd.threads:
         torch.set_num_threads(cmd.threads)
     say = log if is_main else (lambda _line: None)
-
-    if cmd.data is not None:
-        task = tasks.from_pairs(Path(cmd.data).stem, read_pairs(cmd.data), seed=ts.seed)
-    else:
-        task = tasks.get(cmd.task or "iso_dates", seed=ts.seed)
-    model, tok = _load(cmd, device)
-    pm = attach(model, r=cmd.rank, alpha=cmd.alpha, targets=list(cmd.targets), seed=ts.seed)
-    rec = Recorder(pm, every=cmd.record_every)
-    say(f"lorakit train: {task.name} on {world} process(es), global batch {ts.batch_size} "
-        f"({ts.batch_size // world} per process), {ts.steps} steps")
-    result = train(pm, tok, task, recorder=rec, progress=is_main, **ts.kwargs())
-    say(f"trained: {result}")
-    summary = {"world_size": world, "task": task.name, "losses": result.losses,
-               "tokens": result.tokens, "steps_done": result.steps_done,
-               "tokens_per_s": result.tokens_per_s, "frames": len(rec), "accuracy": None,
-               "settings": {**asdict(cmd), **asdict(ts)}}
-    if is_main and cmd.eval_n:
-        acc = task.accuracy(pm, tok, n=cmd.eval_n)
-        summary["accuracy"] = acc.score
-        say(f"held-out accuracy: {acc}")
-    if is_main and cmd.out:
-        out = Path(cmd.out).expanduser()
-        out.mkdir(parents=True, exist_ok=True)
-        pm.save_pretrained(out / "adapter")
-        rec.recording.save(out / "recording.safetensors")
-        (out / "result.json").write_text(json.dumps(summary, indent=1))
-        say(f"wrote {out}/adapter, recording.safetensors, result.json")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()   # the other ranks wait for rank 0's scoring and writing
-    return summary
-
-
-def main(args, parser) -> int:
-    """``lorakit train`` from parsed ``args``; returns the exit code."""
-    from .cli import run_guarded, usage_error
-
+    ts = cmd.train
     try:
-        cmd, ts = settings_from_args(args)
-    except ValueError as err:
-        return usage_error(parser, err)
-    try:
-        _, code = run_guarded("train", lambda: run_train(
-            cmd, ts, log=lambda line: print(line, flush=True)))
+        if cmd.data is not None:
+            task = tasks.from_file(cmd.data, seed=ts.seed)
+        else:
+            task = tasks.get(cmd.task or "iso_dates", seed=ts.seed)
+        model, tok = _load(cmd, device)
+        pm = attach(model, cmd.lora, seed=ts.seed)
+        rec = Recorder(pm, cmd.record)
+        say(f"lorakit train: {task.name} on {world} process(es), global batch "
+            f"{ts.batch_size} ({ts.batch_size // world} per process), {ts.steps} steps")
+        result = train(pm, tok, task, ts, recorder=rec, progress=is_main)
+        say(f"trained: {result}")
+        summary = {"world_size": world, "task": task.name, "losses": result.losses,
+                   "tokens": result.tokens, "steps_done": result.steps_done,
+                   "tokens_per_s": result.tokens_per_s, "frames": len(rec), "accuracy": None,
+                   "settings": asdict(cmd)}
+        if is_main and cmd.eval_n:
+            acc = task.accuracy(pm, tok, n=cmd.eval_n)
+            summary["accuracy"] = acc.score
+            say(f"held-out accuracy: {acc}")
+        if is_main and cmd.out:
+            out = Path(cmd.out).expanduser()
+            out.mkdir(parents=True, exist_ok=True)
+            pm.save_pretrained(out / "adapter")
+            rec.recording.save(out / "recording.safetensors")
+            (out / "result.json").write_text(json.dumps(summary, indent=1))
+            say(f"wrote {out}/adapter, recording.safetensors, result.json")
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()   # the other ranks wait for rank 0's scoring and writing
+        return summary
     finally:
         if os.environ.get("WORLD_SIZE", "1") != "1":
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-    return code

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .guards import Transaction, check_memory, format_bytes
+from .modelkind import base_of, peft_task_type
 from .naming import WRAPPER_PARTS, matches_target, split_path, strip_prefix, tuner_layers
-from .params import LinearInfo, linears_and_head, linear_modules, targeted
+from .params import LinearInfo, linear_modules, linears_and_head, lora_layer_params, targeted
 from .quiet import peft_quiet
-from .settings import Init, LoraSettings, Variant, is_pattern
-
-ADAPTER = "default"
+from .settings import UNSET, Init, LoraSettings, Variant, is_pattern, settings_with
 
 
 @dataclass(frozen=True)
@@ -192,17 +192,22 @@ def has_adapter(model: nn.Module) -> bool:
     return is_peft(model) or bool(tuner_layers(model))
 
 
-def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-           dropout: float = 0.0, variant: Variant = "lora", init: Init = "default", *,
-           replace: bool = True, seed: int | None = None, allow_large_r: bool = False,
-           task_type: str | None = "auto", target_parameters=None):
+def attach(model: nn.Module, settings: LoraSettings | None = None, *, r: int = UNSET,
+           alpha: float = UNSET, targets=UNSET, dropout: float = UNSET, variant: Variant = UNSET,
+           init: Init = UNSET, replace: bool = True, seed: int | None = None,
+           allow_large_r: bool = False, task_type: str | None = "auto", target_parameters=None):
     """Attach a fresh LoRA adapter through PEFT and return the ``PeftModel`` (base frozen).
+
+    ``attach(model, lk.LoraSettings(r=16, alpha=32))`` and ``attach(model, r=16, alpha=32)``
+    are the same call: the keywords build (or change fields of) the ``LoraSettings``.
 
     Args:
         model: a transformers model, a PeftModel from an earlier ``attach``, or the base model
             variable of one (PEFT wraps layers in place, so re-running a notebook cell
             ``pm = lk.attach(model, ...)`` passes a model that already has an adapter).
-        r, alpha, targets, dropout, variant, init: see ``LoraSettings`` (help text per field).
+        settings: a ``LoraSettings``; None: its defaults (r=8, alpha=16, q_proj and v_proj).
+        r, alpha, targets, dropout, variant, init: fields of ``settings`` to set (help text
+            per field in ``LoraSettings``); left out, the settings' value.
         replace: when ``model`` already has an adapter, True removes it first (the base model
             is reused, not reloaded); False raises instead.
         seed: makes A's random init reproducible without touching the global RNG.
@@ -220,16 +225,14 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
     while attaching (a memory error included) rolls the model back to exactly its old state,
     with its old adapter if it had one.
     """
-    settings = LoraSettings(r=r, alpha=alpha, targets=targets, dropout=dropout,
-                            variant=variant, init=init)
+    settings = settings_with(LoraSettings, settings, r=r, alpha=alpha, targets=targets,
+                             dropout=dropout, variant=variant, init=init)
     # Checked before PEFT is even imported: a refusal is immediate.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     check_targets(base, settings.targets)
     if target_parameters is not None:
         target_parameters = check_target_parameters(base, target_parameters)
     if task_type == "auto":
-        from .modelkind import peft_task_type
-
         task_type = peft_task_type(base)
     infos, head = linears_and_head(base)
     hits = targeted(infos, settings.targets, head)
@@ -238,8 +241,6 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
         raise ValueError("this model already has a LoRA adapter; pass replace=True to "
                          "swap it for the new settings, or lk.detach(model) first")
     from peft import get_peft_model
-
-    from .guards import Transaction
 
     rewrites = settings.init in ("pissa", "olora")  # these rewrite the base weights
     old = getattr(base, "_lorakit_state", {}).get("saved_weights", {})
@@ -262,13 +263,23 @@ def attach(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_proj", "
     return peft_model
 
 
+def max_rank(linears) -> int:
+    """The highest rank ΔW can have on every one of ``linears`` (``LinearInfo``s): the smallest
+    min(d_in, d_out)."""
+    return min(min(i.in_features, i.out_features) for i in linears)
+
+
+def rank_too_large(r: int, linears) -> list[LinearInfo]:
+    """The modules of ``linears`` where ΔW cannot reach rank ``r`` (r > min(d_in, d_out)): the
+    modules ``attach`` refuses r for (unless ``allow_large_r``), as does the LoRAPanel."""
+    return [i for i in linears if r > max_rank([i])]
+
+
 def check_rank_and_memory(base: nn.Module, settings: LoraSettings, allow_large_r: bool,
                            hits: list[LinearInfo] | None = None) -> None:
     """Refuse r > min(d_in, d_out) (unless allowed) and an adapter that cannot fit in memory,
     both before anything is allocated; the messages give the adapter's size. ``hits``: the
     targeted Linear layers (found from ``settings.targets`` when not given)."""
-    from .guards import check_memory, format_bytes
-
     if hits is None:
         infos, head = linears_and_head(base)
         hits = targeted(infos, settings.targets, head)
@@ -277,13 +288,14 @@ def check_rank_and_memory(base: nn.Module, settings: LoraSettings, allow_large_r
     weight = next(base.parameters(), None)
     dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
     size = torch.finfo(dtype).bits // 8
-    # A (r, d_in) + B (d_out, r); DoRA adds a magnitude vector; PEFT's init needs a temporary.
-    need = sum(settings.r * (i.in_features + i.out_features) + i.out_features for i in hits)
+    # A and B, with room for DoRA's magnitude vector; PEFT's init needs a temporary copy.
+    need = sum(lora_layer_params(settings.r, i.in_features, i.out_features, dora=True)
+               for i in hits)
     need = need * size * 2
-    too_big = [f"{i.name} ({i.in_features}→{i.out_features})" for i in hits
-               if settings.r > min(i.in_features, i.out_features)]
+    too_big = [f"{i.name} ({i.in_features}→{i.out_features})"
+               for i in rank_too_large(settings.r, hits)]
     if too_big and not allow_large_r:
-        low = min(min(i.in_features, i.out_features) for i in hits)
+        low = max_rank(hits)
         raise ValueError(
             f"r={settings.r} exceeds min(d_in, d_out) of {len(too_big)} targeted module(s), "
             f"e.g. {too_big[0]}: the update cannot have that rank there, and the adapter would "
@@ -298,7 +310,7 @@ def check_rank_and_memory(base: nn.Module, settings: LoraSettings, allow_large_r
 
 def settings_of(model) -> LoraSettings | None:
     """The LoraSettings ``attach`` used, or None for a model lorakit did not attach."""
-    base = model.get_base_model() if is_peft(model) else model
+    base = base_of(model)
     return getattr(base, "_lorakit_state", {}).get("settings")
 
 
@@ -312,7 +324,7 @@ def detach(model) -> nn.Module:
     if not has_adapter(model):
         raise ValueError("detach expects a model with a LoRA adapter (from lk.attach); this "
                          "model has no LoRA adapter")
-    base = model.get_base_model() if is_peft(model) else model
+    base = base_of(model)
     layers = tuner_layers(base)
     if any(getattr(m, "merged", False) for _, m in layers):
         raise ValueError("this adapter is merged into the base weights; unmerge it first "
@@ -351,7 +363,7 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
     if not isinstance(total_step, int) or total_step <= tinit + tfinal:
         raise ValueError(f"AdaLoRA needs total_step > tinit + tfinal (the training steps), got "
                          f"total_step={total_step!r}, tinit={tinit}, tfinal={tfinal}")
-    base = model.get_base_model() if is_peft(model) else model
+    base = base_of(model)
     check_targets(base, settings.targets)
     if has_adapter(base):
         base = detach(model)
@@ -362,8 +374,6 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
                            target_modules=list(settings.targets), total_step=total_step,
                            tinit=tinit, tfinal=tfinal, task_type="CAUSAL_LM")
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-    from .guards import Transaction
-
     with Transaction(base), torch.random.fork_rng(devices=[]), peft_quiet():
         if seed is not None:
             torch.manual_seed(seed)

@@ -3,7 +3,7 @@
 These are the runs the notebooks and the paper sections show, packaged: each one starts from
 the base model, trains with ``lk.train``, measures, and gives the base model back unchanged.
 
-- ``compare_variants``: lora / rslora / dora / loraplus / pissa / adalora on one budget.
+- ``compare_methods``: lora / rslora / dora / loraplus / pissa / adalora on one budget.
 - ``rank_sweep``: the same task at several ranks r (rows for ``figures.rank_sweep``).
 - ``full_vs_lora``: one layer's ΔW from full fine-tuning vs from LoRA (Hu et al. 2021, §7).
 
@@ -21,19 +21,20 @@ import torch
 from .analysis import best_rank_r, delta_weight, effective_rank, energy_fraction, phi_grid, spectrum
 from .attach import attach, attach_adalora, detach, has_adapter
 from .params import count_params, find_linear
-from .settings import TrainSettings
+from .settings import POSITIVE, LoraSettings, TrainSettings, settings_with, split_fields
 from .task import Task
 from .train import train
 
-# -- comparing variants on one budget -------------------------------------------------------
-# What compare_variants can train: the LoraSettings variants (lora, rslora, dora), plus an
-# optimizer option (loraplus), an init (pissa) and another adapter type (adalora).
-VARIANT_NAMES = ("lora", "rslora", "dora", "loraplus", "pissa", "adalora")
+# -- comparing training methods on one budget----------------------------------------------------
+# The training methods compare_methods can compare: the three LoraSettings variants (lora,
+# rslora, dora), an optimizer option (loraplus), an init (pissa) and another adapter type
+# (adalora). "variant" is LoraSettings.variant alone; a method is any of these six.
+METHODS = ("lora", "rslora", "dora", "loraplus", "pissa", "adalora")
 
 
 @dataclass
-class VariantResult:
-    """One variant trained by ``compare_variants``."""
+class MethodResult:
+    """One method trained by ``compare_methods``."""
 
     name: str
     trainable: int
@@ -46,64 +47,76 @@ class VariantResult:
         return self.losses[-1]
 
 
-def compare_variants(model, tok, task: Task, variants: Sequence[str] = VARIANT_NAMES, *,
-                     r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj"),
-                     steps: int = 30, lr: float = 2e-3, batch_size: int = 8, n: int = 20,
-                     loraplus_ratio: float = 16, seed: int = 0,
-                     progress: bool = False, eval_n: int | None = None) -> list[VariantResult]:
-    """Train each variant with the same rank, targets, steps, lr and data; score each.
+def compare_methods(model, tok, task: Task, methods: Sequence[str] = METHODS,
+                     lora: LoraSettings | None = None, training: TrainSettings | None = None,
+                     *, eval_n: int = 20, loraplus_ratio: float = 16, progress: bool = False,
+                     **fields) -> list[MethodResult]:
+    """Train each method with the same rank, targets, steps, lr and data; score each.
 
     lora / rslora (α/√r) / dora (magnitude + direction) / pissa (init from W's top singular
     vectors) go through ``lk.attach``; loraplus is plain LoRA with B's learning rate
     ``loraplus_ratio`` × lr; adalora starts at rank 1.5·r and prunes to r on average. Each run
     starts from the same base and the base model is given back unchanged at the end.
+
+    Args:
+        lora: the adapter every method starts from (default ``LoraSettings()``: r=8, α=16,
+            q_proj and v_proj); each method sets its own ``variant`` / ``init``.
+        training: the one training run (default ``TrainSettings(steps=30)``).
+        eval_n: held-out examples scored per method.
+        **fields: fields of ``lora`` or ``training`` to change (``steps=3, r=4``).
     """
-    n = eval_n if eval_n is not None else n   # eval_n: the name it had before
-    unknown = [v for v in variants if v not in VARIANT_NAMES]
-    if unknown or not variants:
-        raise ValueError(f"unknown variants {unknown or list(variants)}; choose from "
-                         f"{', '.join(VARIANT_NAMES)}")
-    TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio)
+    unknown = [v for v in methods if v not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown or list(methods)}; choose from "
+                         f"{', '.join(METHODS)}")
+    lora_fields, train_fields = split_fields(fields, LoraSettings, TrainSettings)
+    lora = settings_with(LoraSettings, lora, **lora_fields)
+    training = settings_with(TrainSettings, training or TrainSettings(steps=30), **train_fields)
+    POSITIVE("loraplus_ratio", loraplus_ratio)
     results = []
-    for name in variants:
+    for name in methods:
         if name == "adalora":
-            pm = attach_adalora(model, r, alpha, targets, total_step=steps, seed=seed)
+            pm = attach_adalora(model, lora.r, lora.alpha, lora.targets,
+                                total_step=training.steps, seed=training.seed)
         else:
-            pm = attach(model, r, alpha, targets, seed=seed,
+            pm = attach(model, lora, seed=training.seed,
                         variant=name if name in ("rslora", "dora") else "lora",
                         init="pissa" if name == "pissa" else "default")
         model = pm
         trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
-        res = train(pm, tok, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+        res = train(pm, tok, task, training,
                     loraplus_ratio=loraplus_ratio if name == "loraplus" else None,
                     progress=progress)
-        acc = task.accuracy(pm, tok, n=n)
-        results.append(VariantResult(name, trainable, res.losses, acc.score, res.elapsed))
+        acc = task.accuracy(pm, tok, n=eval_n)
+        results.append(MethodResult(name, trainable, res.losses, acc.score, res.elapsed))
     detach(model)
     return results
 
 
 # -- rank sweep ---------------------------------------------------------------------------------
-def rank_sweep(model, tok, task: Task, ranks: Sequence[int] = (2, 8, 64), *,
-               targets=("q_proj", "v_proj"), steps: int = 12, lr: float = 3e-3,
-               batch_size: int = 8, n: int = 12, seed: int = 0,
-               progress: bool = False) -> list[dict]:
+def rank_sweep(model, tok, task: Task, ranks: Sequence[int] = (2, 8, 64),
+               lora: LoraSettings | None = None, training: TrainSettings | None = None, *,
+               eval_n: int = 12, progress: bool = False, **fields) -> list[dict]:
     """Train one adapter per rank r (α = 2r) with the same steps and data; one row per rank.
 
+    ``lora`` gives the targets and the rest (its r and α are set per rank); ``training``
+    defaults to ``TrainSettings(steps=12, lr=3e-3)``; ``**fields`` change either's fields.
     Rows: ``{"r", "trainable", "first_loss", "final_loss" (mean of the last 5 steps),
-    "accuracy" (on ``n`` held-out examples)}``, what ``figures.rank_sweep`` draws. The base
-    model is given back unchanged (each adapter is detached).
+    "accuracy" (on ``eval_n`` held-out examples)}``, what ``figures.rank_sweep`` draws. The
+    base model is given back unchanged (each adapter is detached).
     """
     if not ranks:
         raise ValueError("ranks must list at least one rank, e.g. (2, 8, 64)")
-    TrainSettings(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    lora_fields, train_fields = split_fields(fields, LoraSettings, TrainSettings)
+    lora = settings_with(LoraSettings, lora, **lora_fields)
+    training = settings_with(TrainSettings, training or TrainSettings(steps=12, lr=3e-3),
+                             **train_fields)
     rows = []
     for r in ranks:
-        pm = attach(model, r=r, alpha=2 * r, targets=targets, seed=seed)
+        pm = attach(model, lora, r=r, alpha=2 * r, seed=training.seed)
         try:
-            res = train(pm, tok, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                        progress=progress)
-            acc = task.accuracy(pm, tok, n=n)
+            res = train(pm, tok, task, training, progress=progress)
+            acc = task.accuracy(pm, tok, n=eval_n)
             tail = res.losses[-5:]
             rows.append(dict(r=r, trainable=count_params(pm).trainable,
                              first_loss=res.losses[0], final_loss=sum(tail) / len(tail),

@@ -491,21 +491,34 @@ def chat_prompt(tok, user: str, system: str | None = None, prompt_format: str = 
                                    tokenize=False, add_generation_prompt=True)
 
 
+def pad_id(tok) -> int:
+    """The token id batches are padded with: the tokenizer's pad token, else its eos token."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+# what generate can do with a prompt: a task's formats, or "raw" (the text as it is, no format)
+GENERATE_FORMATS = (*PROMPT_FORMATS, "raw")
+
+
 @torch.no_grad()
 def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
-                   system: str | None = None, chat: bool = True, *,
-                   prompt_format: str = "auto", **generate_kwargs) -> tuple[list[str], int]:
+                   system: str | None = None, *, prompt_format: str = "auto",
+                   **generate_kwargs) -> tuple[list[str], int]:
     """Greedy replies for a list of prompts and how many tokens were generated per row.
 
-    The prompts are wrapped in the chat template (unless ``chat=False``) and left-padded into
-    one batch. Extra keyword arguments go to ``model.generate``, e.g. ``min_new_tokens`` or
+    The prompts are formatted as ``prompt_format`` says ("auto": the chat template when the
+    tokenizer has one, "chat", "plain", or "raw": the text as it is, without the system
+    message) and left-padded into one batch. Extra keyword arguments go to ``model.generate``, e.g. ``min_new_tokens`` or
     PEFT's ``adapter_names`` for a mixed-adapter batch.
     """
     from .guards import literal_ids
 
     # User text is literal: a "<|im_start|>" typed in a prompt is text, not a special token.
-    rows = [chat_prompt_ids(tok, p, system, prompt_format) if chat else literal_ids(tok, p)
-            for p in prompts]
+    from .settings import check_choice
+
+    check_choice("prompt_format", prompt_format, GENERATE_FORMATS)
+    rows = [literal_ids(tok, p) if prompt_format == "raw"
+            else chat_prompt_ids(tok, p, system, prompt_format) for p in prompts]
     longest = max((len(r) for r in rows), default=0)
     context = context_length(model)
     if context is not None and longest + max_new_tokens > context:
@@ -514,8 +527,7 @@ def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
             f"exceeds the model's context length of {context:,} tokens, and the reply would be "
             f"garbage or empty. Shorten the prompt to at most {context - max_new_tokens:,} "
             "tokens.")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+    ids = torch.full((len(rows), longest), pad_id(tok), dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, r in enumerate(rows):  # left padding: generation continues at the right end
         if r:
@@ -532,13 +544,12 @@ def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
 
 
 def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
-             system: str | None = None, chat: bool = True, *, prompt_format: str = "auto",
-             **generate_kwargs):
+             system: str | None = None, *, prompt_format: str = "auto", **generate_kwargs):
     """Greedy replies for a prompt or a batch of prompts (left-padded), decoded without
     special tokens: a string for a string, a list for a list. Extra keyword arguments go to
     ``model.generate`` (see ``generate_batch``)."""
     single = isinstance(prompts, str)
     replies, _ = generate_batch(model, tok, [prompts] if single else list(prompts),
-                                max_new_tokens, system, chat, prompt_format=prompt_format,
+                                max_new_tokens, system, prompt_format=prompt_format,
                                 **generate_kwargs)
     return replies[0] if single else replies

@@ -1,6 +1,7 @@
-"""Tasks from your own data: a CSV/JSONL file (``from_file``) or a ``datasets.Dataset``
-(``from_dataset``): (prompt, answer) columns, validated row by row like ``from_pairs`` (the row
-number is in every error), without holding more than ``max_rows``. ``lk.tasks`` re-exports them.
+"""Tasks from your own data: a CSV/JSONL file (``from_file``) or a ``datasets.Dataset``.
+
+(prompt, answer) columns are validated row by row like ``from_pairs`` (the row number is in
+every error), without holding more than ``max_rows``. ``lk.tasks`` re-exports both functions.
 """
 
 from __future__ import annotations

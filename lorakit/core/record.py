@@ -36,7 +36,7 @@ Only the main process records: in a distributed run (``torch.distributed`` initi
 accelerate ``PartialState``) the other ranks' recorders stay empty. Under FSDP (and any scheme
 that shards the LoRA factors) every rank must still call the hooks on the same steps: each
 recorded step, every rank joins the gather of the recorded modules' full A and B and only
-rank 0 keeps the frame (lorakit/distributed.py explains which schemes are read and how).
+rank 0 keeps the frame (lorakit/core/distributed.py explains which schemes are read and how).
 
 A ``Recording`` is plain tensors plus metadata (no model reference): figures can be rebuilt from
 it, and ``save``/``load`` use one safetensors file with the metadata as JSON in its header.
@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import read_factors, wrapped_hint
+from .distributed import is_main_process, read_factors, wrapped_hint
+from .modelkind import base_of
 from .naming import block_kinds, layer_numbers, lora_linears, same_module, select_layers
-from .settings import RecordSettings
+from .settings import UNSET, RecordSettings, settings_with
 
 FORMAT_VERSION = 1  # of the saved file; bump when the layout changes
 _META_KEY = "lorakit"
@@ -348,26 +349,13 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def _is_main_process() -> bool:
-    """False on non-zero ranks of a distributed run (torch.distributed or accelerate)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    state = sys.modules.get("accelerate.state")
-    if state is not None and getattr(state.PartialState, "_shared_state", None):
-        return bool(state.PartialState().is_main_process)
-    return True
-
-
-lora_layers = lora_linears   # the name lorakit had before lorakit.naming
-
-
 class Recorder:
     """Snapshots of a PEFT model's LoRA factors during training, in bounded memory.
 
     Args:
         peft_model: a ``PeftModel`` (e.g. from ``lk.attach``).
+        settings: a ``RecordSettings`` (None: its defaults); the keywords below change its
+            fields (``Recorder(pm, every=5)``).
         modules: None records layer 0 and the last layer of each adapted module type (for
             SmolLM2 with q_proj, v_proj: layers.0.q_proj, layers.0.v_proj, layers.29.q_proj,
             layers.29.v_proj). Otherwise a list of names: full ("model.layers.0.self_attn.q_proj"),
@@ -381,15 +369,18 @@ class Recorder:
         at ``every`` and doubles on thinning); the first call always records.
         ``on_end(step, loss)``: records ``step`` if it is not recorded yet (the final state).
         Steps must increase: use a new Recorder for a new run.
-    ``to_recording()`` returns the ``Recording`` so far (stacked copies);
+    ``recording`` is the ``Recording`` so far (stacked copies);
     ``trainer_callback()`` adapts the hooks to ``transformers.Trainer``.
     """
 
-    def __init__(self, peft_model, modules=None, every: int = 1, max_frames: int = 200,
-                 display_size: int = 64, top_k: int = 8, adapter: str = "default"):
-        self.settings = RecordSettings(modules=modules, every=every, max_frames=max_frames,
-                                       display_size=display_size, top_k=top_k, adapter=adapter)
-        available = lora_layers(peft_model, adapter)
+    def __init__(self, peft_model, settings: RecordSettings | None = None, *,
+                 modules=UNSET, every: int = UNSET, max_frames: int = UNSET,
+                 display_size: int = UNSET, top_k: int = UNSET, adapter: str = UNSET):
+        self.settings = settings_with(RecordSettings, settings, modules=modules, every=every,
+                                      max_frames=max_frames, display_size=display_size,
+                                      top_k=top_k, adapter=adapter)
+        adapter = self.settings.adapter
+        available = lora_linears(peft_model, adapter)
         if not available:
             raise ValueError(wrapped_hint(peft_model) or (
                 f"this model has no LoRA Linear layers for adapter {adapter!r}; attach one "
@@ -414,8 +405,7 @@ class Recorder:
         self.model_name = name or None
         import weakref
 
-        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-        self._base_ref = weakref.ref(base)
+        self._base_ref = weakref.ref(base_of(peft_model))
         self._steps: list[int] = []
         self._losses: list[float | None] = []
         self._stride = self.settings.every
@@ -428,8 +418,7 @@ class Recorder:
         made before it would go on recording the old, detached ones. ``model`` defaults to the
         model the Recorder was made for.
         """
-        base = self._base_ref() if model is None else (
-            model.get_base_model() if hasattr(model, "get_base_model") else model)
+        base = self._base_ref() if model is None else base_of(model)
         if base is None:  # the model is gone: nothing to compare with
             return
         # by identity, not by name: FSDP1 wraps blocks (names change), the layers stay
@@ -470,7 +459,7 @@ class Recorder:
 
     def _record(self, step: int, loss) -> None:
         # Every rank keeps the step schedule (so all join the same gathers); only rank 0 frames.
-        self._keeps = _is_main_process()
+        self._keeps = is_main_process()
         if self._steps and step <= self._steps[-1]:
             if step == self._steps[-1]:  # e.g. on_end right after on_step: only fill the loss
                 if loss is not None:
@@ -545,11 +534,8 @@ class Recorder:
 
     @property
     def recording(self) -> Recording:
-        """The frames so far: ``to_recording()`` as a property (the name it had first)."""
-        return self.to_recording()
-
-    def to_recording(self) -> Recording:
-        """The frames so far as a ``Recording`` (new tensors; the recorder keeps recording)."""
+        """The frames so far as a ``Recording``: new tensors on every read (the recorder keeps
+        recording), so keep it in a variable rather than reading it in a loop."""
         data = {}
         for t in self._targets:
             layer, adapter = t.layer, self.settings.adapter
@@ -615,7 +601,7 @@ class Recorder:
             return None
 
         class RecorderCallback(TrainerCallback):
-            """Calls ``Recorder.on_step`` / ``on_end`` (lorakit/record.py)."""
+            """Calls ``Recorder.on_step`` / ``on_end`` (lorakit/core/record.py)."""
 
             def on_train_begin(self, args, state, control, **kwargs):
                 recorder.on_step(state.global_step, None)
@@ -645,4 +631,4 @@ def _as_float(loss) -> float | None:
 
 
 __all__ = ["FORMAT_VERSION", "ModuleFrames", "Recorder", "Recording", "block_average",
-           "lora_layers", "low_rank_stats"]
+           "low_rank_stats"]

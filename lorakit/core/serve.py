@@ -7,8 +7,6 @@ Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
   gives the unmerged model's logits (``MergeCheck``) and raises if not.
 - ``merge_in_place`` / ``unmerge`` ~ ``merge_adapter`` / ``unmerge_adapter``: keep the wrapper;
   explicit, symmetric and guarded (PEFT only warns on a repeat; here a repeat raises).
-- ``save_adapter`` / ``load_adapter`` (lorakit/adapters.py, re-exported here): the PEFT folder
-  format, checked against the model before anything is loaded.
 - ``AdapterBank`` ~ ``load_adapter`` + ``set_adapter`` (hot-swap) and PEFT's mixed-adapter
   batches, ``generate(..., adapter_names=[...])`` ("__base__" = no adapter for that row).
 - ``latency`` times greedy generation (merged vs base vs unmerged LoRA).
@@ -28,21 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from ._compat import set_adapter_frozen
-from .adapters import (  # noqa: F401  (re-exported: serve held the adapter files before)
-    BASE,
-    BIN_WEIGHTS_NAME,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    SavedAdapter,
-    check_adapter_fits,
-    load_adapter,
-    save_adapter,
-)
+from .adapters import BASE, load_adapter
 from .attach import check_rank_and_memory, has_adapter, is_peft, require_peft
 from .guards import Transaction
+from .modelkind import base_of, default_inputs
 from .models import generate_batch, restore_4bit_layout
 from .naming import tuner_layers
 from .quiet import peft_quiet
@@ -95,18 +84,14 @@ class MergeCheck:
 
 
 # -- merge / unmerge -----------------------------------------------------------------------
-def _lora_layers(peft_model) -> list[tuple[str, nn.Module]]:
-    return tuner_layers(peft_model, lora_only=True)
-
-
 def is_merged(peft_model) -> bool:
     """True when the adapter is merged into the base weights (``merge_in_place``)."""
-    return any(m.merged for _, m in _lora_layers(peft_model))
+    return any(m.merged for _, m in tuner_layers(peft_model, lora_only=True))
 
 
 def _quantized_layers(peft_model) -> list[str]:
     """Names of LoRA layers whose base layer is a bitsandbytes 4-bit / 8-bit Linear."""
-    return [n for n, m in _lora_layers(peft_model)
+    return [n for n, m in tuner_layers(peft_model, lora_only=True)
             if type(m.get_base_layer()).__name__ in ("Linear4bit", "Linear8bitLt")]
 
 
@@ -118,7 +103,8 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     """
     require_peft(peft_model, "merge_in_place")
     if is_merged(peft_model):
-        merged = sorted({a for _, m in _lora_layers(peft_model) for a in m.merged_adapters})
+        merged = sorted({a for _, m in tuner_layers(peft_model, lora_only=True)
+                         for a in m.merged_adapters})
         raise MergeStateError(
             f"the adapter is already merged (adapter(s) {merged}); merging again would add ΔW "
             "twice. Call lk.unmerge(peft_model) first.")
@@ -133,7 +119,7 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     # PEFT warns per layer on a quantized base; merge() reports the measured effect once
     with peft_quiet(*([_REQUANTIZED] if quantized else [])):
         peft_model.merge_adapter(adapter_names=names)
-    return sum(m.merged for _, m in _lora_layers(peft_model))
+    return sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))
 
 
 def unmerge(peft_model) -> int:
@@ -146,7 +132,7 @@ def unmerge(peft_model) -> int:
     if not is_merged(peft_model):
         raise MergeStateError("nothing to unmerge: the adapter is not merged into the base "
                               "weights (lk.merge_in_place merges it)")
-    count = sum(m.merged for _, m in _lora_layers(peft_model))
+    count = sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
@@ -156,18 +142,18 @@ def unmerge(peft_model) -> int:
 
 
 def default_probe(model, batch: int = 2, seq: int = 16) -> torch.Tensor:
-    """A small fixed batch of token ids, ``(batch, seq)``, the same on every call."""
-    emb = model.get_input_embeddings()
-    vocab = emb.num_embeddings if emb is not None else 32_000
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (batch, seq), generator=g)
+    """A small fixed batch of token ids, ``(batch, seq)``, the same on every call: the
+    ``input_ids`` of ``modelkind.default_inputs`` (the batch ``merge`` checks by default)."""
+    inputs = default_inputs(model, batch, seq)
+    if "input_ids" not in inputs:
+        raise TypeError(f"{type(base_of(model)).__name__} takes no token ids; its probe batch "
+                        "is lorakit.core.modelkind.default_inputs(model)")
+    return inputs["input_ids"]
 
 
 def _model_inputs(model, probe) -> dict[str, torch.Tensor]:
     device = next(model.parameters()).device
     if probe is None:  # per model kind: ids, + decoder ids (T5), or pixel values (ViT)
-        from .modelkind import default_inputs
-
         probe = default_inputs(model)
     if isinstance(probe, torch.Tensor):
         probe = {"input_ids": probe if probe.ndim == 2 else probe[None]}
@@ -255,7 +241,7 @@ def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | N
 
 def _weight_dtype(peft_model) -> torch.dtype:
     """The dtype the merged weights are held in (a quantized base: its compute dtype)."""
-    layers = _lora_layers(peft_model)
+    layers = tuner_layers(peft_model, lora_only=True)
     if not layers:
         return next(peft_model.parameters()).dtype
     base = layers[0][1].get_base_layer()
@@ -309,7 +295,7 @@ class AdapterBank:
     def __init__(self, base_model, tok=None):
         if is_peft(base_model):
             self.model = base_model
-            self._base = base_model.get_base_model()
+            self._base = base_of(base_model)
         elif has_adapter(base_model):
             raise ValueError("this model's layers already carry an adapter: pass the PeftModel "
                              "(what lk.attach returned) instead")
@@ -431,36 +417,36 @@ class AdapterBank:
                                       "batches need unmerged adapters: lk.unmerge(bank.model)")
         return prompts, adapters
 
-    def generate(self, prompts, adapters, max_new_tokens: int = 32, chat: bool = True) -> list[str]:
+    def generate(self, prompts, adapters, max_new_tokens: int = 32, prompt_format: str = "auto") -> list[str]:
         """Greedy replies for one mixed batch: row i uses ``adapters[i]`` (``"__base__"``: none)."""
         prompts, adapters = self._check_batch(prompts, adapters)
         model = self.model if self.model is not None else self._base
         if self.model is None:
-            return generate_batch(model, self.tok, prompts, max_new_tokens, chat=chat)[0]
+            return generate_batch(model, self.tok, prompts, max_new_tokens, prompt_format=prompt_format)[0]
         self.model.base_model.enable_adapter_layers()  # a disabled layer ignores adapter_names
         try:
-            return generate_batch(model, self.tok, prompts, max_new_tokens, chat=chat,
+            return generate_batch(model, self.tok, prompts, max_new_tokens, prompt_format=prompt_format,
                              adapter_names=adapters)[0]
         finally:
             if self._active == BASE:   # use("__base__") had disabled them: keep it so
                 self.model.base_model.disable_adapter_layers()
 
     def compare(self, prompts, adapters, max_new_tokens: int = 32,
-                chat: bool = True) -> MixedComparison:
+                prompt_format: str = "auto") -> MixedComparison:
         """Check the mixed batch against single-adapter generation, row by row (greedy).
 
         The reference for row i is the same padded batch generated with only ``adapters[i]``
         active (``use``), so a difference can only come from mixing adapters in one batch.
         """
         prompts, adapters = self._check_batch(prompts, adapters)
-        mixed = self.generate(prompts, adapters, max_new_tokens, chat)
+        mixed = self.generate(prompts, adapters, max_new_tokens, prompt_format)
         single: dict[int, str] = {}
         previous = self._active
         try:
             for name in dict.fromkeys(adapters):
                 self.use(name)
                 model = self.model if self.model is not None else self._base
-                replies = generate_batch(model, self.tok, prompts, max_new_tokens, chat=chat)[0]
+                replies = generate_batch(model, self.tok, prompts, max_new_tokens, prompt_format=prompt_format)[0]
                 single.update({i: replies[i] for i, a in enumerate(adapters) if a == name})
         finally:
             self.use(previous)
@@ -487,7 +473,7 @@ class LatencyResult:
 
 
 def latency(model, tok, prompt: str, max_new_tokens: int = 16, repeat: int = 5,
-            warmup: int = 1, chat: bool = True) -> LatencyResult:
+            warmup: int = 1, prompt_format: str = "auto") -> LatencyResult:
     """Median wall time of greedy generation of exactly ``max_new_tokens`` tokens.
 
     ``min_new_tokens = max_new_tokens`` so every model generates the same number of tokens,
@@ -502,12 +488,12 @@ def latency(model, tok, prompt: str, max_new_tokens: int = 16, repeat: int = 5,
     model.eval()
     try:
         for _ in range(warmup):
-            generate_batch(model, tok, [prompt], max_new_tokens, chat=chat,
+            generate_batch(model, tok, [prompt], max_new_tokens, prompt_format=prompt_format,
                            min_new_tokens=max_new_tokens)
         times, n = [], max_new_tokens
         for _ in range(repeat):
             t0 = time.perf_counter()
-            _, n = generate_batch(model, tok, [prompt], max_new_tokens, chat=chat,
+            _, n = generate_batch(model, tok, [prompt], max_new_tokens, prompt_format=prompt_format,
                              min_new_tokens=max_new_tokens)
             times.append(time.perf_counter() - t0)
     finally:

@@ -1,7 +1,11 @@
 """Settings objects: one flat dataclass per concept, validated on construction.
 
-Each field carries its help text once, in ``field(metadata={"help": ...})``; the widgets read
-it for tooltips, so the documentation and the UI cannot drift apart (DESIGN.md, style 2).
+They are the currency between the layers: ``attach(model, LoraSettings(...))``,
+``train(model, tok, task, TrainSettings(...))``, ``Recorder(model, RecordSettings(...))``; the
+panels, the tour and the ``lorakit`` command build these objects and pass them on, never their
+fields one by one. Each field carries its help text and its check once, in
+``field(metadata={"help": ..., "check": ...})``: the widgets' tooltips and the command's flags
+(``add_flags``) are generated from them, so documentation, UI and CLI cannot drift apart.
 Validation happens in ``__post_init__`` so a bad value is refused before anything else runs.
 
 ``LoraSettings.to_peft_config()`` mirrors PEFT's ``LoraConfig`` (peft/tuners/lora/config.py):
@@ -14,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 Variant = Literal["lora", "rslora", "dora"]
@@ -32,7 +36,7 @@ _PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora"
 # --------------------------------------------------------------------------- validators
 # The one set of value checks lorakit uses: settings dataclasses name one per field
 # (``metadata={"check": ...}``), ``check_fields`` runs them in ``__post_init__``, and the CLI
-# turns the same rule into an argparse type (lorakit.settings.add_flags).
+# turns the same rule into an argparse type (add_flags).
 
 
 def _is_int(value) -> bool:
@@ -75,12 +79,6 @@ POSITIVE = Check("must be a finite number > 0",
 NON_NEGATIVE = Check("must be a finite number ≥ 0",
                      lambda v: _is_number(v) and v >= 0 and math.isfinite(v))
 PROBABILITY = Check("must be in [0, 1)", lambda v: _is_number(v) and 0.0 <= v < 1.0)
-NON_EMPTY_STR = Check("must be a non-empty string", lambda v: isinstance(v, str) and bool(v))
-
-
-def _positive_int(name: str, value) -> None:
-    POSITIVE_INT(name, value)
-
 
 MAX_ALPHA = 1e6  # beyond this α/r·B·A overflows float16/float32 activations within steps
 
@@ -90,6 +88,53 @@ def _positive_number(name: str, value, limit: float = float("inf")) -> None:
     if value > limit:
         raise ValueError(f"{name}={value!r} is too large: at most {limit:g} (larger values "
                          f"overflow the activations and every logit becomes NaN)")
+
+
+class _FromSettings:
+    """The default of a keyword that overrides one field of a settings object."""
+
+    def __repr__(self) -> str:
+        return "<from settings>"
+
+
+# ``attach(model, settings, r=UNSET, ...)``: a keyword left at UNSET takes the settings' value
+UNSET: Any = _FromSettings()
+
+
+def settings_with(cls, settings, **given):
+    """``settings`` (an instance of ``cls``; None: ``cls()``) with the ``given`` fields that are
+    not ``UNSET`` replaced, checked like a new object. TypeError for another type."""
+    if settings is None:
+        settings = cls()
+    elif not isinstance(settings, cls):
+        raise TypeError(f"settings must be a {cls.__name__} (lk.{cls.__name__}(...)), got "
+                        f"{type(settings).__name__}")
+    changes = {k: v for k, v in given.items() if v is not UNSET}
+    return replace(settings, **changes) if changes else settings
+
+
+def split_fields(given: dict[str, Any], *classes) -> list[dict[str, Any]]:
+    """``given`` keywords split by which settings class has that field (the first that does),
+    one dict per class; TypeError naming the allowed keywords for any other."""
+    owner = {}
+    for i, cls in reversed(list(enumerate(classes))):
+        owner.update({f.name: i for f in fields(cls)})
+    parts: list[dict[str, Any]] = [{} for _ in classes]
+    for name, value in given.items():
+        if name not in owner:
+            raise TypeError(f"unexpected keyword {name!r}; allowed: {', '.join(sorted(owner))}")
+        parts[owner[name]][name] = value
+    return parts
+
+
+def parse_names(text: str):
+    """Comma-separated module names (``q_proj,v_proj``) as a tuple; one pattern
+    (``all-linear``, a regex) stays a string. For the ``--targets`` flag."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise ValueError(
+            f"must be comma-separated module names such as q_proj,v_proj; got {text!r}")
+    return names[0] if len(names) == 1 and is_pattern(names[0]) else names
 
 
 def check_fields(settings) -> None:
@@ -116,22 +161,24 @@ def check_quantize(value) -> None:
 class LoraSettings:
     """What ``lk.attach`` needs to build a PEFT ``LoraConfig``."""
 
-    r: int = field(default=8, metadata={"check": POSITIVE_INT, "label": "r (rank)", "help": (
+    r: int = field(default=8, metadata={"check": POSITIVE_INT, "label": "r (rank)",
+                                        "flags": ("-r", "--r"), "help": (
         "Rank r of the update ΔW = (α/r)·B·A: A is (r, d_in), B is (d_out, r). "
         "Trainable parameters grow linearly with r.")})
     alpha: float = field(default=16, metadata={"check": POSITIVE, "help": (
         "Scale α: the update is multiplied by α/r (or α/√r for rsLoRA). "
         "A common choice is α = 2r.")})
-    targets: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={"help": (
+    targets: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata={
+        "parse": parse_names, "metavar": "NAMES", "help": (
         "Names (suffixes) of the Linear modules that get an adapter, e.g. q_proj, v_proj; or "
         "'all-linear' (every Linear but the output head), or one regex string matched against "
         "full module names. lk.find_targets(model) lists the model's real names.")})
     dropout: float = field(default=0.0, metadata={"check": PROBABILITY, "help": (
         "Dropout on the adapter's input during training, in [0, 1). 0 disables it.")})
-    variant: Variant = field(default="lora", metadata={"help": (
+    variant: Variant = field(default="lora", metadata={"choices": VARIANTS, "help": (
         "lora: scale α/r. rslora: scale α/√r, stable at large r (Kalajdzievski 2023). "
         "dora: weight-decomposed LoRA, adds a magnitude vector per output (Liu et al. 2024).")})
-    init: Init = field(default="default", metadata={"help": (
+    init: Init = field(default="default", metadata={"choices": INITS, "help": (
         "How A and B start. default: A Kaiming-uniform, B = 0 (output unchanged at step 0). "
         "gaussian: A ~ N(0, 1/r), B = 0. pissa / olora: start from the principal singular "
         "vectors / a QR of W (the base weight is changed to compensate).")})
@@ -156,7 +203,7 @@ class LoraSettings:
         return self.alpha / (self.r ** 0.5 if self.variant == "rslora" else self.r)
 
     def to_peft_config(self, task_type: str | None = "CAUSAL_LM", target_parameters=None):
-        """The equivalent ``peft.LoraConfig`` (``task_type``: PEFT's, see lorakit.modelkind)."""
+        """The equivalent ``peft.LoraConfig`` (``task_type``: PEFT's, see core/modelkind.py)."""
         from peft import LoraConfig
 
         extra = {"target_parameters": list(target_parameters)} if target_parameters else {}
@@ -185,8 +232,8 @@ def is_pattern(targets) -> bool:
 class TrainSettings:
     """What ``lk.train`` needs besides the model, tokenizer and task (one run's optimizer).
 
-    ``lk.train(model, tok, task, **settings.kwargs())`` runs with these values; the
-    TrainPanel's controls and the CLI's flags are built from these fields and their help.
+    ``lk.train(model, tok, task, settings)`` runs with these values; the TrainPanel's controls
+    and the CLI's flags are built from these fields and their help.
     """
 
     steps: int = field(default=60, metadata={"check": POSITIVE_INT, "help": (
@@ -219,10 +266,6 @@ class TrainSettings:
         """``warmup``, or its default: 10% of the steps, at most 10."""
         return min(10, self.steps // 10) if self.warmup is None else self.warmup
 
-    def kwargs(self) -> dict[str, Any]:
-        """The fields as keyword arguments of ``lk.train``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 def help_text(settings_cls, name: str) -> str:
     """The help text of one field (what widgets show as a tooltip)."""
@@ -234,7 +277,7 @@ def help_text(settings_cls, name: str) -> str:
 
 @dataclass(frozen=True)
 class RecordSettings:
-    """What ``lk.Recorder`` snapshots, and how much memory it may keep (see lorakit/record.py)."""
+    """What ``lk.Recorder`` snapshots, and how much memory it may keep (see core/record.py)."""
 
     modules: tuple[str, ...] | None = field(default=None, metadata={"help": (
         "Which adapted modules to record. None: layer 0 and the last layer of each adapted "
@@ -297,23 +340,27 @@ def _flag_type(f):
     return convert
 
 
-def add_flags(parser, settings_cls, names=None) -> None:
-    """Add one ``--flag`` per field of ``settings_cls`` (or of ``names``) to an argparse parser.
+def add_flags(parser, settings, names=None, prefix: str = "") -> None:
+    """Add one ``--flag`` per field of ``settings`` (a settings class or an instance; only the
+    fields in ``names`` when given) to an argparse parser.
 
     The flag is the field name with dashes (``batch_size`` -> ``--batch-size``), unless
     ``metadata["flags"]`` names others; its type applies the field's ``check``, its help is the
-    field's help and its default the field's default. Optional metadata: ``choices`` (a tuple,
-    or a function returning one), ``parse`` (text -> value), ``metavar``, ``append`` (a
-    repeatable flag collecting a list).
+    field's help and its default the field's default (an instance's value when ``settings`` is
+    one: the tour's 40 steps). Optional metadata: ``choices`` (a tuple, or a function returning
+    one), ``parse`` (text -> value), ``metavar``, ``append`` (a repeatable flag collecting a
+    list). A field holding a settings object of its own gets no flag: add that object's.
+    ``prefix`` goes before each flag and destination (``record_``: ``--record-every``).
     """
     import argparse
 
-    for f in fields(settings_cls):
-        if names is not None and f.name not in names:
+    for f in fields(settings):
+        if (names is not None and f.name not in names) or f.metadata.get("nested"):
             continue
         meta = f.metadata
-        flags = meta.get("flags") or ("--" + f.name.replace("_", "-"),)
-        kwargs: dict[str, Any] = {"dest": f.name,   # argparse formats help with %: escape it
+        flags = (meta.get("flags") if not prefix else None) or (
+            "--" + (prefix + f.name).replace("_", "-"),)
+        kwargs: dict[str, Any] = {"dest": prefix + f.name,   # argparse formats help with %
                                   "help": meta.get("help", "").replace("%", "%%")}
         choices = meta.get("choices")
         if choices is not None:
@@ -325,6 +372,13 @@ def add_flags(parser, settings_cls, names=None) -> None:
         if meta.get("append"):
             kwargs.update(action="append", default=argparse.SUPPRESS)
         else:
-            default = f.default
+            default = f.default if isinstance(settings, type) else getattr(settings, f.name)
             kwargs["default"] = ",".join(default) if isinstance(default, tuple) else default
         parser.add_argument(*flags, **kwargs)
+
+
+def from_flags(cls, args, prefix: str = "", **extra):
+    """A ``cls`` from parsed flags (``add_flags``' destinations; ``extra`` fields added)."""
+    given = vars(args)
+    values = {f.name: given[prefix + f.name] for f in fields(cls) if prefix + f.name in given}
+    return cls(**values, **extra)

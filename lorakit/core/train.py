@@ -36,7 +36,7 @@ from .loss import answer_loss  # noqa: F401  (lk.train.answer_loss, as before)
 from .modelkind import check_trainable_kind
 from .models import restore_4bit_layout
 from .naming import is_lora_B_param
-from .settings import TrainSettings
+from .settings import UNSET, TrainSettings, settings_with
 from .task import Task
 
 
@@ -128,10 +128,11 @@ def _check_trainable(model, task, full_finetune: bool = False) -> list[torch.nn.
     return params
 
 
-def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size: int = 8, *,
+def train(model, tok, task: Task, settings: TrainSettings | None = None, *,
+          steps: int = UNSET, lr: float = UNSET, batch_size: int = UNSET,
+          loraplus_ratio: float | None = UNSET, weight_decay: float = UNSET,
+          max_grad_norm: float | None = UNSET, warmup: int | None = UNSET, seed: int = UNSET,
           recorder=None, callbacks: Sequence[Callable[[StepInfo], object]] = (),
-          loraplus_ratio: float | None = None, weight_decay: float = 0.0,
-          max_grad_norm: float | None = 1.0, warmup: int | None = None, seed: int = 0,
           progress: bool = True, full_finetune: bool = False) -> TrainResult:
     """Train the model's trainable parameters (the LoRA adapter) on ``task``.
 
@@ -142,8 +143,11 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
             or a seq2seq model (prompt in the encoder, answer in the decoder). Other kinds
             raise ValueError naming these.
         tok: its tokenizer. task: a ``Task`` (``lk.tasks.get("iso_dates")``).
-        steps, lr, batch_size, loraplus_ratio, weight_decay, max_grad_norm, warmup, seed: see
-            ``TrainSettings`` (help per field; ``lk.train(..., **settings.kwargs())``).
+        settings: a ``TrainSettings``; None: its defaults (60 steps, lr 2e-3, batch 8).
+        steps, lr, batch_size, loraplus_ratio, weight_decay, max_grad_norm, warmup, seed:
+            fields of ``settings`` to set (help per field in ``TrainSettings``); left out, the
+            settings' value. ``train(pm, tok, task, lk.TrainSettings(steps=40))`` and
+            ``train(pm, tok, task, steps=40)`` are the same call.
         recorder: an ``lk.Recorder``; gets ``on_step(0, None)`` before training,
             ``on_step(step, loss)`` after each step and ``on_end(step, loss)`` at the end.
             A recorder that already holds frames (a second ``train`` call to train longer)
@@ -160,9 +164,9 @@ def train(model, tok, task: Task, steps: int = 60, lr: float = 2e-3, batch_size:
     Returns:
         ``TrainResult`` (losses, lrs, step times, tokens/s); the model is left in eval mode.
     """
-    s = TrainSettings(steps=steps, lr=lr, batch_size=batch_size, loraplus_ratio=loraplus_ratio,
-                      weight_decay=weight_decay, max_grad_norm=max_grad_norm, warmup=warmup,
-                      seed=seed)
+    s = settings_with(TrainSettings, settings, steps=steps, lr=lr, batch_size=batch_size,
+                      loraplus_ratio=loraplus_ratio, weight_decay=weight_decay,
+                      max_grad_norm=max_grad_norm, warmup=warmup, seed=seed)
     params = _check_trainable(model, task, full_finetune)
     kind = task.check_kind(check_trainable_kind(model))
     if recorder is not None:

@@ -1,19 +1,17 @@
-"""Figures for slides and handouts: animations as GIF/MP4, print-quality SVG/PDF.
+"""Animations for slides and handouts: every frame of a plotly animation as a GIF or an MP4.
 
 * ``export_gif(fig, path)`` / ``export_mp4(fig, path)``: every frame of a plotly animation (the
   ``lk.figures.matrix_evolution`` heatmaps of A, B or ΔW, or any figure with ``frames``) drawn
   as a still (frame data and frame title applied: the step and the loss stay in the title;
-  Play button and slider left out), all frames in ONE kaleido browser session, then assembled:
-  a looping GIF with Pillow (one palette for all frames, built around the figure's diverging
-  colour scale, no dithering, so colours do not flicker between frames) or an H.264 MP4 with
-  imageio-ffmpeg (yuv420p, even width and height, ``+faststart``: the profile PowerPoint,
-  Keynote, Google Slides and browsers play).
-* ``export_svg(fig, path, preset="slide")`` / ``export_pdf(...)``: vector images for slides,
-  handouts and LaTeX/Beamer; a preset sets size, font sizes and line widths once
-  (``PRESETS``).
+  Play button and slider left out), all frames in ONE kaleido browser session
+  (``view.render``), then assembled: a looping GIF with Pillow (one palette for all frames,
+  built around the figure's diverging colour scale, no dithering, so colours do not flicker
+  between frames) or an H.264 MP4 with imageio-ffmpeg (yuv420p, even width and height,
+  ``+faststart``: the profile PowerPoint, Keynote, Google Slides and browsers play).
 
 A figure without frames has nothing to animate: ``export_gif``/``export_mp4`` raise a
-ValueError pointing to ``export_png`` (they never write a one-frame "animation").
+ValueError pointing to ``export_png`` / ``export_svg`` (they never write a one-frame
+"animation").
 
 Needs: kaleido 1.x and a Chrome/Chromium (as ``export_png``), Pillow for GIF, imageio-ffmpeg for
 MP4 (its wheel ships an ffmpeg binary); ``pip install 'lorakit[export]'`` installs all three.

@@ -1,6 +1,6 @@
-"""Export: figures and panels -> standalone HTML pages and PNG images for teaching material.
+"""Export: one figure or panel -> one file: a standalone HTML page, a PNG, an SVG or a PDF.
 
-Two functions, both writing one file atomically (a temporary file in the same folder, then
+Each function writes one file atomically (a temporary file in the same folder, then
 ``os.replace``), after checking that the path can be written, so a failed export never leaves
 a half-written file behind:
 
@@ -12,7 +12,10 @@ a half-written file behind:
   embedded the way ``ipywidgets.embed.embed_minimal_html`` does it, plus its current figures
   as plain plotly figures and a plain-text snapshot of its controls and labels.
 * ``export_png(fig, path)``: a PNG through kaleido 1.x, which drives a Chrome/Chromium browser
-  through ``choreographer``.
+  through ``choreographer`` (the rendering is ``view.render.png_bytes``).
+* ``export_svg(fig, path, preset="slide")`` / ``export_pdf(...)``: vector images for slides,
+  handouts and LaTeX/Beamer; a preset sets size, font sizes and line widths once
+  (``view.render.PRESETS``).
 
 References: plotly's ``plotly.io.to_html`` (https://plotly.com/python/interactive-html-export/),
 ipywidgets' ``ipywidgets.embed`` ("Embedding Jupyter Widgets in Other Contexts than the

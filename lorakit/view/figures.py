@@ -251,7 +251,7 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
     """Animated heatmaps of a module's A, B or ΔW = s·B·A over the recorded steps.
 
     Args:
-        recording: an ``lk.Recording`` (``rec.to_recording()`` or ``Recording.load(path)``).
+        recording: an ``lk.Recording`` (``rec.recording`` or ``Recording.load(path)``).
         module: a short name from ``recording.modules`` ("layers.0.q_proj"), a full name, or a
             module type ("q_proj") with ``layer=``.
         which: "A" (r, d_in), "B" (d_out, r), "delta" (d_out, d_in) or "all" (side by side).
@@ -462,10 +462,10 @@ def _check_sweep(rows) -> list[dict]:
 __all__ = ["DIVERGING", "OKABE_ITO", "TEMPLATE", "WHICH", "amplification_table", "budget_bars",
            "loss_curve", "matrix_evolution", "norms_over_time", "param_bars", "param_sunburst",
            "rank_sweep", "similarity_heatmap", "spectra", "spectrum_over_time",
-           "variant_comparison"]
+           "method_comparison"]
 
 
-# -- what LoRA learned (lorakit.analysis) and variants ------------------------------------------
+# -- what LoRA learned (lorakit.core.analysis) and variants -------------------------------------
 def similarity_heatmap(grid, title: str = "subspace similarity φ(i, j)",
                        labels: tuple[str, str] = ("i (first adapter)", "j (second adapter)"),
                        baseline=None) -> go.Figure:
@@ -522,10 +522,10 @@ def amplification_table(amps: dict) -> go.Figure:
     return _figure("amplification of W's directions by ΔW (Hu et al. 2021, Table 7)", fig)
 
 
-def variant_comparison(results) -> go.Figure:
-    """Loss curves of ``lk.compare_variants`` results, with final accuracy in the legend."""
+def method_comparison(results) -> go.Figure:
+    """Loss curves of ``lk.compare_methods`` results, with final accuracy in the legend."""
     if not results:
-        raise ValueError("variant_comparison needs the list returned by lk.compare_variants")
+        raise ValueError("method_comparison needs the list returned by lk.compare_methods")
     fig = _figure("LoRA variants on the same budget: training loss", xaxis_title="step",
                   yaxis_title="loss", yaxis_type="log", updatemenus=[_scale_menu(log=True)])
     for r in results:

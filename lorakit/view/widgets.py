@@ -13,11 +13,11 @@ Three panels, each driving the public API and showing ``lk.figures`` builders:
 * ``AdapterPanel(models_or_peft_model, tok)``: the same prompts through several adapters,
   replies side by side (PEFT ``set_adapter`` for a PeftModel holding several adapters).
 
-Every panel is built, driven and checked from Python (DESIGN.md, style 10): set a control's
-``.value`` or call ``button.click()``; observers run synchronously, so labels and figures are
-up to date when the call returns. ``panel.widget`` is the root ipywidgets container; a panel
-shows itself when it is the last expression of a cell (``_repr_mimebundle_``), the only place
-lorakit displays anything.
+Every panel is built, driven and checked from Python: set a control's ``.value`` or call
+``button.click()``; observers run synchronously, so labels and figures are up to date when the
+call returns. ``panel.widget`` is the root ipywidgets container; a panel shows itself when it
+is the last expression of a cell (``ShowsWidget._repr_mimebundle_``, which the explorers share),
+the only place lorakit displays anything.
 
 Errors raised inside a callback (an observer or a button) are shown in the panel, in red with
 the exception type and message (``shows_errors``), never lost in the log console. Methods
@@ -51,7 +51,7 @@ import sys
 import threading
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 try:
@@ -64,11 +64,27 @@ except ImportError as e:  # pragma: no cover - exercised only without the viz ex
 
 from ..core import tasks
 from ..core.adapters import BASE
-from ..core.attach import attach, find_targets, is_peft, settings_of
+from ..core.attach import attach, find_targets, is_peft, max_rank, rank_too_large, settings_of
 from ..core.models import generate
-from ..core.params import ParamCounts, count_params, projected_counts, shape_source
+from ..core.naming import tuner_layers
+from ..core.params import (
+    ParamCounts,
+    count_params,
+    linear_modules,
+    projected_counts,
+    shape_source,
+    targeted,
+)
 from ..core.record import Recorder
-from ..core.settings import VARIANTS, LoraSettings, TrainSettings, check_choice, help_text
+from ..core.settings import (
+    UNSET,
+    VARIANTS,
+    LoraSettings,
+    TrainSettings,
+    check_choice,
+    help_text,
+    settings_with,
+)
 from ..core.task import Accuracy
 from ..core.train import TrainResult, train
 from . import figures
@@ -216,7 +232,8 @@ def _placeholder(title: str) -> go.Figure:
 
 def _trained_before(model) -> bool:
     """True when some LoRA B of ``model`` is non-zero (a fresh adapter has B = 0)."""
-    return any(p.detach().any() for n, p in model.named_parameters() if "lora_B" in n)
+    return any(p.detach().any() for _, layer in tuner_layers(model, lora_only=True)
+               for p in layer.lora_B.parameters())
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -262,10 +279,27 @@ def shows_errors(method):
     return callback
 
 
-class _Panel:
-    """What the panels share: the error box and showing themselves in Jupyter."""
+class ShowsWidget:
+    """Shows ``self.widget`` when the object is the last expression of a cell: the widget's
+    own mime bundle (ipywidgets 8 and 7), ``repr(self)`` as plain text. The panels and the
+    adapter explorers (``lorakit.view.explorers``) show themselves through it."""
 
     widget: W.Box
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        """Jupyter shows the root widget (ipywidgets 8 and 7); plain text elsewhere."""
+        root = self.widget
+        if hasattr(root, "_repr_mimebundle_"):            # ipywidgets 8
+            data = dict(root._repr_mimebundle_(include=include, exclude=exclude, **kwargs))
+        else:                                             # ipywidgets 7: what its display sends
+            data = {"application/vnd.jupyter.widget-view+json": {
+                "version_major": 2, "version_minor": 0, "model_id": root.model_id}}
+        data["text/plain"] = repr(self)
+        return data
+
+
+class _Panel(ShowsWidget):
+    """What the panels share: the error box and showing themselves in Jupyter."""
 
     def __init__(self, display_mode: str | None):
         self.display_mode = resolve_display_mode(display_mode)
@@ -285,17 +319,6 @@ class _Panel:
         if self.error.value:
             self.error.value = ""
             self.error.layout.display = "none"
-
-    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
-        """Jupyter shows the panel's widget (ipywidgets 8 and 7); plain text elsewhere."""
-        root = self.widget
-        if hasattr(root, "_repr_mimebundle_"):            # ipywidgets 8
-            data = dict(root._repr_mimebundle_(include=include, exclude=exclude, **kwargs))
-        else:                                             # ipywidgets 7: what its display sends
-            data = {"application/vnd.jupyter.widget-view+json": {
-                "version_major": 2, "version_minor": 0, "model_id": root.model_id}}
-        data["text/plain"] = repr(self)
-        return data
 
 
 @contextlib.contextmanager
@@ -439,6 +462,11 @@ class LoRAPanel(_Panel):
         """The parameter chart: the live FigureWidget ("widget") or the last go.Figure shown."""
         return self.bar_view.widget if self.display_mode == "widget" else self.bar_view.figure
 
+    @functools.cached_property
+    def _linears(self):
+        """The model's Linear modules (what the rank check reads), walked once."""
+        return linear_modules(self.model)
+
     # -- observers -------------------------------------------------------------------------
     @shows_errors
     def _on_rank(self, change) -> None:
@@ -496,11 +524,11 @@ class LoRAPanel(_Panel):
                                              dropout=self.dropout_slider.value, variant=variant)
             except ValueError as e:
                 problems.append(str(e))
-        too_big = [t for t in self.targets_table
-                   if t.suffix in targets and r > min(min(shape) for shape in t.shapes)]
-        for t in too_big:
+        too_big = rank_too_large(r, targeted(self._linears, targets)) if targets else []
+        for suffix in dict.fromkeys(i.suffix for i in too_big):    # attach refuses these
+            t = self.targets_table[suffix]
             shapes = ", ".join(f"{i}→{o}" for i, o in t.shapes)
-            limit = min(min(shape) for shape in t.shapes)
+            limit = max_rank(i for i in too_big if i.suffix == suffix)
             problems.append(
                 f"r = {r} is larger than min(d_in, d_out) = {limit} of {t.suffix} "
                 f"({shapes}, {t.count} modules): ΔW there cannot have rank above {limit}. "
@@ -553,8 +581,7 @@ class LoRAPanel(_Panel):
         s = self.settings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            peft_model = attach(self.model, r=s.r, alpha=s.alpha, targets=list(s.targets),
-                                   dropout=s.dropout, variant=s.variant, seed=self.seed)
+            peft_model = attach(self.model, s, seed=self.seed)
         self.peft_model = peft_model
         self._base = count_params(self.model)   # now wrapped in place: the base is frozen
         trainable, total = peft_model.get_nb_trainable_parameters()
@@ -587,14 +614,20 @@ def _recorded_losses(recorder) -> tuple[list[int], list[float]]:
     return [s for s, _ in known], [v for _, v in known]
 
 
+# the TrainPanel's starting controls: short runs that redraw often
+PANEL_TRAINING = TrainSettings(steps=20, batch_size=4)
+
+
 class TrainPanel(_Panel):
     """Train an adapter from a panel: settings, Train/Stop, progress, live loss, what changed.
 
     Args:
         peft_model: the model to train (``lk.attach(...)`` or ``LoRAPanel.peft_model``).
         tok: its tokenizer. task: a ``Task`` or a built-in task name ("iso_dates").
-        steps, lr, batch_size: the starting values of the controls (see ``lk.train``).
-        n: held-out examples for accuracy (``accuracy_n``: the name it had before).
+        settings: the ``TrainSettings`` the controls start from (default: 20 steps, lr 2e-3,
+            batch 4); ``steps``, ``lr``, ``batch_size`` change those fields of it. Fields
+            without a control (seed, LoRA+, clipping, ...) are trained with as given.
+        eval_n: held-out examples scored for accuracy.
         measure_accuracy: measure it before and after each run (the "Accuracy now" button
             measures on demand).
         callbacks: extra ``lk.train`` callbacks, called after the panel's own each step.
@@ -612,12 +645,14 @@ class TrainPanel(_Panel):
     ``accuracy_before`` / ``accuracy_after``.
     """
 
-    def __init__(self, peft_model, tok, task, *, steps: int = 20, lr: float = 2e-3,
-                 batch_size: int = 4, n: int = 20, measure_accuracy: bool = True,
-                 callbacks=(), background: bool = True, display_mode: str | None = None,
-                 accuracy_n: int | None = None, recorder=None):
+    def __init__(self, peft_model, tok, task, settings: TrainSettings | None = None, *,
+                 steps: int = UNSET, lr: float = UNSET, batch_size: int = UNSET,
+                 eval_n: int = 20, measure_accuracy: bool = True, callbacks=(),
+                 background: bool = True, display_mode: str | None = None, recorder=None):
         super().__init__(display_mode)
-        n = accuracy_n if accuracy_n is not None else n
+        start = settings_with(TrainSettings, settings or PANEL_TRAINING, steps=steps, lr=lr,
+                              batch_size=batch_size)
+        self._start = start
         self.peft_model, self.tok = peft_model, tok
         self.task = tasks.get(task) if isinstance(task, str) else task
         self.callbacks = list(callbacks)
@@ -635,22 +670,22 @@ class TrainPanel(_Panel):
         self._running = False
 
         self.steps_text = _tooltip(W.BoundedIntText(
-            value=steps, min=1, max=100_000, description="steps", style=_wide(),
+            value=start.steps, min=1, max=100_000, description="steps", style=_wide(),
             layout=W.Layout(width="11em")), help_text(TrainSettings, "steps"))
         self.lr_text = _tooltip(W.BoundedFloatText(
-            value=lr, min=1e-7, max=1.0, step=1e-4, description="lr", style=_wide(),
+            value=start.lr, min=1e-7, max=1.0, step=1e-4, description="lr", style=_wide(),
             layout=W.Layout(width="11em")), help_text(TrainSettings, "lr"))
         self.batch_text = _tooltip(W.BoundedIntText(
-            value=batch_size, min=1, max=256, description="batch", style=_wide(),
+            value=start.batch_size, min=1, max=256, description="batch", style=_wide(),
             layout=W.Layout(width="10em")), help_text(TrainSettings, "batch_size"))
         self.accuracy_box = _tooltip(W.Checkbox(
             value=measure_accuracy, description="accuracy before/after", indent=False,
             layout=W.Layout(width="auto")),
             "Measure exact-match accuracy on held-out examples before and after each run "
             "(greedy generation: a few seconds per 10 examples on a CPU).")
-        self.n_text = _tooltip(W.BoundedIntText(
-            value=min(n, len(self.task.test)), min=1, max=len(self.task.test),
-            description="n", style=_wide(), layout=W.Layout(width="8em")),
+        self.eval_n_text = _tooltip(W.BoundedIntText(
+            value=min(eval_n, len(self.task.test)), min=1, max=len(self.task.test),
+            description="eval_n", style=_wide(), layout=W.Layout(width="9em")),
             "How many held-out examples the accuracy uses.")
         self.train_button = _tooltip(W.Button(
             description="Train", button_style="success", icon="play"),
@@ -660,7 +695,7 @@ class TrainPanel(_Panel):
             "Stop after the current step; the adapter keeps what it learned so far.")
         self.accuracy_button = _tooltip(W.Button(description="Accuracy now"),
                                         "Measure accuracy now (task.accuracy).")
-        self.progress = W.IntProgress(value=0, min=0, max=steps, description="progress",
+        self.progress = W.IntProgress(value=0, min=0, max=start.steps, description="progress",
                                       style=_wide())
         self.status = W.Label()
         self.accuracy_label = W.HTML()
@@ -692,7 +727,7 @@ class TrainPanel(_Panel):
             W.HTML(f"<b>Training</b> on <i>{html.escape(self.task.name)}</i>: "
                    f"{html.escape(self.task.description)}"),
             W.HBox([self.steps_text, self.lr_text, self.batch_text]),
-            W.HBox([self.accuracy_box, self.n_text, self.accuracy_button]),
+            W.HBox([self.accuracy_box, self.eval_n_text, self.accuracy_button]),
             W.HBox([self.train_button, self.stop_button, self.progress]),
             self.status, self.accuracy_label, self.loss_view.widget,
             W.HBox([self.module_dropdown, self.which_buttons]), self.evolution_view.widget,
@@ -710,9 +745,10 @@ class TrainPanel(_Panel):
 
     @property
     def settings(self) -> TrainSettings:
-        """The ``TrainSettings`` the controls show (validated: a bad value raises here)."""
-        return TrainSettings(steps=self.steps_text.value, lr=self.lr_text.value,
-                             batch_size=self.batch_text.value)
+        """The ``TrainSettings`` the controls show (validated: a bad value raises here); the
+        fields without a control keep the values the panel started from."""
+        return replace(self._start, steps=self.steps_text.value, lr=self.lr_text.value,
+                       batch_size=self.batch_text.value)
 
     @property
     def evolution_figure(self) -> go.Figure | None:
@@ -729,7 +765,7 @@ class TrainPanel(_Panel):
 
     @shows_errors
     def _on_accuracy(self, button) -> None:
-        acc = self.task.accuracy(self.peft_model, self.tok, n=self.n_text.value)
+        acc = self.task.accuracy(self.peft_model, self.tok, n=self.eval_n_text.value)
         self.accuracy_label.value = f"accuracy now: {html.escape(str(acc))}"
 
     @shows_errors
@@ -776,7 +812,7 @@ class TrainPanel(_Panel):
 
     def _run(self):
         try:
-            steps, n = self.steps_text.value, self.n_text.value
+            steps, n = self.steps_text.value, self.eval_n_text.value
             self.progress.max, self.progress.value = steps, 0
             if self.accuracy_box.value:
                 self.status.value = f"measuring accuracy on {n} held-out examples…"
@@ -790,7 +826,7 @@ class TrainPanel(_Panel):
                                                        else 0)
             self.status.value = f"training {steps} steps…"
             self.result = train(
-                self.peft_model, self.tok, self.task, **self.settings.kwargs(),
+                self.peft_model, self.tok, self.task, self.settings,
                 recorder=self.recorder,
                 callbacks=[self._on_step, *self.callbacks, self._stop_requested],
                 progress=False)
@@ -847,7 +883,7 @@ class TrainPanel(_Panel):
         if self.recorder is None or not len(self.recorder) or not self.module_dropdown.value:
             return
         self.evolution_view.show(figures.matrix_evolution(
-            self.recorder.to_recording(), self.module_dropdown.value,
+            self.recorder.recording, self.module_dropdown.value,
             which=self.which_buttons.value))
 
     def __repr__(self) -> str:
@@ -978,6 +1014,6 @@ def _table(prompts: list[str], replies: dict[str, list[str]]) -> str:
 
 
 __all__ = ["DISPLAY_MODES", "MAX_RANK", "NO_ADAPTER", "RANKS", "AdapterPanel",
-           "DisplaySettings", "FigureView", "LoRAPanel", "TrainPanel",
+           "DisplaySettings", "FigureView", "LoRAPanel", "ShowsWidget", "TrainPanel",
            "figure_widget_available", "get_display_mode", "resolve_display_mode",
            "set_display_mode", "shows_errors"]
