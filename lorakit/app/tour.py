@@ -310,8 +310,9 @@ def load(run: TourRun):
 def evaluate(run: TourRun, model, tok, when: str):
     """Phase 2 (and 5): accuracy on held-out examples, then replies to the shown prompts."""
     s, task = run.s, run.task
-    shown = ([(e.prompt, e.answer) for e in task.test[:SHOWN_PROMPTS]]
-             + [(p, None) for p in s.prompts])
+    shown: list[tuple[str, str | None]] = (
+        [(e.prompt, e.answer) for e in task.test[:SHOWN_PROMPTS]]
+        + [(p, None) for p in s.prompts])
     with _timed(run.times, f"accuracy {when}"):
         acc = task.accuracy(model, tok, n=s.eval_n)
     if when == "before":

@@ -33,8 +33,8 @@ MIN_VERSIONS = {"transformers": "4.46.3", "peft": "0.13.2"}
 def _parse(v: str) -> tuple[int, ...]:
     """(major, minor, micro) of a version string; ``4.57.0.dev0`` -> (4, 57, 0), ``5.0.0rc1``
     -> (5, 0, 0)."""
-    nums = [int(n) for n in re.match(r"\d+(?:\.\d+){0,2}", v.strip()).group().split(".")] \
-        if re.match(r"\d", v.strip()) else []
+    m = re.match(r"\d+(?:\.\d+){0,2}", v.strip())
+    nums = [int(n) for n in m.group().split(".")] if m else []
     return tuple(nums + [0] * (3 - len(nums)))
 
 

@@ -153,7 +153,7 @@ def _adapter_dims(module: nn.Module) -> tuple[int, int] | None:
         return module.num_embeddings, module.embedding_dim
     dims = in_out_features(module)
     if dims is None and hasattr(module, "in_features") and hasattr(module, "out_features"):
-        dims = int(module.in_features), int(module.out_features)
+        dims = int(module.in_features), int(module.out_features)  # type: ignore[arg-type]
     return dims
 
 

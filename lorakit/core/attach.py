@@ -258,7 +258,7 @@ def attach(model: nn.Module, settings: LoraSettings | None = None, *, r: int = U
             peft_model = get_peft_model(base, settings.to_peft_config(task_type,
                                                                       target_parameters))
         # Kept on the base model, which both the PeftModel and the user's variable reach.
-        base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,
+        base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,  # type: ignore[assignment]
                                "saved_weights": saved}
     return peft_model
 
@@ -370,7 +370,8 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
     from peft import AdaLoraConfig, get_peft_model
 
     config = AdaLoraConfig(target_r=settings.r, init_r=init_r or max(settings.r + 1,
-                           round(1.5 * settings.r)), lora_alpha=settings.alpha,
+                           round(1.5 * settings.r)),
+                           lora_alpha=settings.alpha,  # type: ignore[arg-type]  # PEFT says int
                            target_modules=list(settings.targets), total_step=total_step,
                            tinit=tinit, tfinal=tfinal, task_type="CAUSAL_LM")
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
@@ -378,7 +379,7 @@ def attach_adalora(model: nn.Module, r: int = 8, alpha: float = 16, targets=("q_
         if seed is not None:
             torch.manual_seed(seed)
         peft_model = get_peft_model(base, config)
-    base._lorakit_state = {"settings": None, "requires_grad": requires_grad,
+    base._lorakit_state = {"settings": None, "requires_grad": requires_grad,  # type: ignore[assignment]
                            "saved_weights": {}}
     return peft_model
 

@@ -80,7 +80,8 @@ def compare_methods(model, tok, task: Task, methods: Sequence[str] = METHODS,
                                 total_step=training.steps, seed=training.seed)
         else:
             pm = attach(model, lora, seed=training.seed,
-                        variant=name if name in ("rslora", "dora") else "lora",
+                        variant="rslora" if name == "rslora" else "dora" if name == "dora"
+                        else "lora",
                         init="pissa" if name == "pissa" else "default")
         model = pm
         trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)

@@ -211,7 +211,7 @@ def exclusive(model: nn.Module, what: str = "training"):
                 f"this model is already {base._lorakit_busy} (another lk.train or TrainPanel "
                 "run); wait for it to finish or stop it first. Two trainings of one model at "
                 "once would corrupt each other's gradients.")
-        base._lorakit_busy = what
+        base._lorakit_busy = what  # type: ignore[assignment]
     try:
         yield
     finally:

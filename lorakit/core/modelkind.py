@@ -15,6 +15,7 @@ encoder with a classification head, a seq2seq model and a bare encoder or vision
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ def default_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> dict[str,
     logits on this batch; ``serve.default_probe`` is its token ids.
     """
     base = base_of(model)
-    config = base.config
+    config: Any = base.config  # a transformers config (torch types it Tensor | Module)
     g = torch.Generator().manual_seed(0)
     if takes(base, "pixel_values") and not takes(base, "input_ids"):
         size = config.image_size

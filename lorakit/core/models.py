@@ -145,7 +145,7 @@ def _convert(gguf: Path, target: Path, stamp: dict, progress: bool) -> None:
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, **_compat.dtype_kwargs(torch.float32), **tie)
             # The weights are now plain float32: drop the GGUF marker so they can be saved.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.config.name_or_path = EMBEDDED_NAME
@@ -214,6 +214,7 @@ def restore_4bit_layout(model) -> int:
         weight = getattr(module, "weight", None)
         state = getattr(weight, "quant_state", None)
         if state is not None and getattr(state, "packing_format_for_cpu", False):
+            assert weight is not None  # it has a quant_state
             weight.data, weight.quant_state = inverse(weight.data, state)
             if getattr(module, "quant_state", None) is not None:
                 module.quant_state = weight.quant_state
@@ -308,7 +309,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, quantize: Quant
         _compat.check_cpu_quantization(quantize)
 
     if name_or_path is None:
-        source = embedded_model_dir(progress=progress)
+        source: Path | str = embedded_model_dir(progress=progress)
     else:
         source = Path(os.fspath(name_or_path)).expanduser()
         if not source.exists():
@@ -405,7 +406,7 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
     return bool(ok)
 
 
-def _check_hub_name(name: str) -> None:
+def _check_hub_name(name: str | Path) -> None:
     """A hub id that is not in the local cache, while offline: fail now, not after retries."""
     if not isinstance(name, str):
         return
@@ -443,7 +444,9 @@ def chat_prompt_ids(tok, user: str, system: str | None = None,
     for i, piece in enumerate(re.split(f"({re.escape(marks[0])}|{re.escape(marks[1])})",
                                        rendered)):
         if i % 2:  # a placeholder: the user's own text, literally
-            ids += literal_ids(tok, user if piece == marks[0] else system)
+            text = user if piece == marks[0] else system
+            assert text is not None  # the system mark is only rendered with a system text
+            ids += literal_ids(tok, text)
         elif piece:
             ids += tok(piece, add_special_tokens=False)["input_ids"]
     return ids
@@ -549,7 +552,8 @@ def generate(model, tok, prompts: str | list[str], max_new_tokens: int = 32,
     special tokens: a string for a string, a list for a list. Extra keyword arguments go to
     ``model.generate`` (see ``generate_batch``)."""
     single = isinstance(prompts, str)
-    replies, _ = generate_batch(model, tok, [prompts] if single else list(prompts),
+    replies, _ = generate_batch(model, tok,
+                                [prompts] if isinstance(prompts, str) else list(prompts),
                                 max_new_tokens, system, prompt_format=prompt_format,
                                 **generate_kwargs)
     return replies[0] if single else replies

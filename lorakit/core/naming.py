@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -55,7 +55,8 @@ class ModulePath(NamedTuple):
     """Where a module sits: ``stack`` (e.g. "model.layers"), block ``index``, path in block."""
 
     stack: str | None   # the block list's full name; None outside the blocks
-    index: int | None   # the block's index in its list; None outside the blocks
+    # the block's index in its list; None outside the blocks (the field shadows tuple.index)
+    index: int | None  # type: ignore[assignment]
     path: str           # the name inside the block ("self_attn.q_proj"), or the whole name
 
 
@@ -98,12 +99,13 @@ def layer_numbers(names: Iterable[str]) -> dict[str, int | None]:
     paths = {strip_prefix(n): split_path(n) for n in names}
     sizes: dict[str, int] = {}
     for p in paths.values():
-        if p.stack is not None:
+        if p.stack is not None and p.index is not None:  # both set inside a block
             sizes[p.stack] = max(sizes.get(p.stack, 0), p.index + 1)
     offsets, total = {}, 0
     for stack, size in sizes.items():
         offsets[stack], total = total, total + size
-    return {n: None if p.stack is None else offsets[p.stack] + p.index for n, p in paths.items()}
+    return {n: None if p.stack is None or p.index is None else offsets[p.stack] + p.index
+            for n, p in paths.items()}
 
 
 def _suffix(path: str, k: int) -> str:
@@ -199,11 +201,10 @@ def tuner_layers(model: nn.Module, lora_only: bool = False) -> list[tuple[str, n
     The one layer finder: every other view of a model's adapter layers (``lora_linears``,
     ``find_layer``) is built on it.
     """
-    if lora_only:
-        from peft.tuners.lora import LoraLayer as kind
-    else:
-        from peft.tuners.tuners_utils import BaseTunerLayer as kind
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
+    kind: type[Any] = LoraLayer if lora_only else BaseTunerLayer
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
 
 
@@ -226,11 +227,11 @@ def lora_linears(model: nn.Module, adapter: str = "default") -> dict[str, tuple[
             continue  # target_parameters (MoE experts): r·E factors, one ΔW per expert
         found.append((strip_prefix(full), module))
     shorts = short_names(full for full, _ in found)
-    found = [(shorts[full], full, module) for full, module in found]
+    named = [(shorts[full], full, module) for full, module in found]
     counts: dict[str, int] = {}
-    for short, _, _ in found:
+    for short, _, _ in named:
         counts[short] = counts.get(short, 0) + 1
-    return {(short if counts[short] == 1 else full): (full, m) for short, full, m in found}
+    return {(short if counts[short] == 1 else full): (full, m) for short, full, m in named}
 
 
 def _first_and_last(available: Mapping[str, str]) -> list[str]:

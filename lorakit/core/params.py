@@ -33,6 +33,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ def in_out_features(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):  # bnb Linear4bit / Linear8bitLt subclass nn.Linear
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight (d_in, d_out)
-        return module.weight.shape[0], module.nf
+        return module.weight.shape[0], module.nf  # type: ignore[return-value]
     return None
 
 
@@ -684,7 +685,7 @@ def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
     n_q = sum(i.in_features * i.out_features for i in quantized)
     q_bytes = sum(quantized_bytes(i.in_features, i.out_features, fmt, double_quant)
                   for i in quantized)
-    adapter = {"gradients": 4 * lora, "optimizer": 8 * lora, "master": 0}
+    adapter: dict[str, Any] = {"gradients": 4 * lora, "optimizer": 8 * lora, "master": 0}
     return Budget(
         name=name, r=settings.r, targets=settings.targets, variant=settings.variant,
         quantize=fmt, total_params=total, lora_params=lora, quantized_params=n_q,

@@ -392,8 +392,8 @@ class Recorder:
         self._targets = []
         for n in names:
             full, layer = available[n]
-            (r, d_in), d_out = layer.lora_A[adapter].weight.shape, \
-                layer.lora_B[adapter].weight.shape[0]
+            (r, d_in), d_out = (layer.lora_A[adapter].weight.shape,  # type: ignore[union-attr]
+                                layer.lora_B[adapter].weight.shape[0])  # type: ignore[union-attr]
             self._targets.append(_Target(layer, n, full, kinds[full], numbers[full],
                                          (int(r), int(d_in), int(d_out))))
         self._model = peft_model  # searched for FSDP1 units when the factors are sharded

@@ -57,7 +57,7 @@ def _check_dropout(dropout: object) -> float:
     return float(dropout)  # type: ignore[arg-type]
 
 
-def _check_init(init: object) -> str:
+def _check_init(init: object) -> InitName:
     if init not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, got {init!r}")
     return init  # type: ignore[return-value]
@@ -352,7 +352,7 @@ class LoRALinear(nn.Module):
                 )
         if adapter not in peft_layer.lora_A:
             raise ValueError(
-                f"adapter {adapter!r} not found; layer has {list(peft_layer.lora_A.keys())}"
+                f"adapter {adapter!r} not found; layer has {list(peft_layer.lora_A.keys())}"  # type: ignore[union-attr]
             )
         base = peft_layer.base_layer
         if not isinstance(base, nn.Linear):
@@ -378,8 +378,8 @@ class LoRALinear(nn.Module):
         drop = peft_layer.lora_dropout[adapter]
         layer = cls(
             copy.deepcopy(base),
-            r=peft_layer.r[adapter],
-            alpha=peft_layer.lora_alpha[adapter],
+            r=peft_layer.r[adapter],  # type: ignore[arg-type]
+            alpha=peft_layer.lora_alpha[adapter],  # type: ignore[arg-type]
             dropout=drop.p if isinstance(drop, nn.Dropout) else 0.0,
             use_rslora=uses_rslora(peft_layer, adapter),
         )
@@ -389,8 +389,8 @@ class LoRALinear(nn.Module):
                 "(was set_scale/scale_layer used?)"
             )
         with torch.no_grad():
-            layer.lora_A.weight.copy_(peft_layer.lora_A[adapter].weight)  # (r, d_in)
-            layer.lora_B.weight.copy_(peft_layer.lora_B[adapter].weight)  # (d_out, r)
+            layer.lora_A.weight.copy_(peft_layer.lora_A[adapter].weight)  # type: ignore[union-attr]  # (r, d_in)
+            layer.lora_B.weight.copy_(peft_layer.lora_B[adapter].weight)  # type: ignore[union-attr]  # (d_out, r)
         return layer
 
     def extra_repr(self) -> str:

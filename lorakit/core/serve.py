@@ -104,7 +104,7 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     require_peft(peft_model, "merge_in_place")
     if is_merged(peft_model):
         merged = sorted({a for _, m in tuner_layers(peft_model, lora_only=True)
-                         for a in m.merged_adapters})
+                         for a in m.merged_adapters})  # type: ignore[union-attr]
         raise MergeStateError(
             f"the adapter is already merged (adapter(s) {merged}); merging again would add ΔW "
             "twice. Call lk.unmerge(peft_model) first.")
@@ -119,7 +119,7 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
     # PEFT warns per layer on a quantized base; merge() reports the measured effect once
     with peft_quiet(*([_REQUANTIZED] if quantized else [])):
         peft_model.merge_adapter(adapter_names=names)
-    return sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))
+    return sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))  # type: ignore[misc]
 
 
 def unmerge(peft_model) -> int:
@@ -132,7 +132,7 @@ def unmerge(peft_model) -> int:
     if not is_merged(peft_model):
         raise MergeStateError("nothing to unmerge: the adapter is not merged into the base "
                               "weights (lk.merge_in_place merges it)")
-    count = sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))
+    count = sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))  # type: ignore[misc]
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
@@ -370,7 +370,8 @@ class AdapterBank:
         targets = config.target_modules
         check_rank_and_memory(self._base, LoraSettings(
             r=config.r, alpha=config.lora_alpha,
-            targets=[targets] if isinstance(targets, str) else sorted(targets or ["q_proj"])),
+            targets=(targets,) if isinstance(targets, str)
+            else tuple(sorted(targets or ["q_proj"]))),
             allow_large_r=False)
         return config
 

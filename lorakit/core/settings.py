@@ -19,7 +19,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 Variant = Literal["lora", "rslora", "dora"]
 Init = Literal["default", "gaussian", "pissa", "olora"]
@@ -30,7 +30,8 @@ INITS: tuple[str, ...] = get_args(Init)
 QUANTIZE: tuple[str, ...] = get_args(Quantize)
 
 # Our init names -> PEFT's ``init_lora_weights`` values.
-_PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+_PEFT_INIT: dict[str, bool | Literal["gaussian", "pissa", "olora"]] = {
+    "default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
 # --------------------------------------------------------------------------- validators
@@ -206,9 +207,11 @@ class LoraSettings:
         """The equivalent ``peft.LoraConfig`` (``task_type``: PEFT's, see core/modelkind.py)."""
         from peft import LoraConfig
 
-        extra = {"target_parameters": list(target_parameters)} if target_parameters else {}
+        extra: dict[str, Any] = ({"target_parameters": list(target_parameters)}
+                                 if target_parameters else {})
         return LoraConfig(
-            r=int(self.r), lora_alpha=self.alpha, lora_dropout=float(self.dropout),
+            r=int(self.r), lora_dropout=float(self.dropout),
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # PEFT says int; floats work
             target_modules=self.targets if is_pattern(self.targets) else list(self.targets),
             bias="none", task_type=task_type, **extra,
             use_rslora=self.variant == "rslora", use_dora=self.variant == "dora",
@@ -219,7 +222,7 @@ class LoraSettings:
 _REGEX_CHARS = set("*+?|()[]{}^$\\")
 
 
-def is_pattern(targets) -> bool:
+def is_pattern(targets) -> TypeGuard[str]:
     """True for PEFT's string target forms: ``"all-linear"`` or a regex (``.*\\.(q|v)_proj``).
 
     A plain name such as ``"q_proj"`` or ``"self_attn.q_proj"`` is a one-name list instead.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -72,7 +73,8 @@ class Task:
 
         check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
 
-    kinds = ("causal_lm", "seq2seq")  # model kinds (lorakit.core.modelkind) this task can train
+    # model kinds (lorakit.core.modelkind) this task can train
+    kinds: ClassVar[tuple[str, ...]] = ("causal_lm", "seq2seq")
 
     def check_kind(self, kind: str) -> str:
         """``kind`` if this task can train that model kind, else a ValueError saying which."""

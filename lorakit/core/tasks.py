@@ -63,7 +63,8 @@ def _json_person(seed: int, n_train: int, n_test: int) -> Task:
     rng = random.Random(seed)
     forms = ["{n} is {a} and lives in {c}.", "{n}, aged {a}, is from {c}.",
              "Meet {n} from {c}, who is {a} years old."]
-    seen, examples = set(), []
+    seen: set[tuple[str, int, str]] = set()
+    examples: list[Example] = []
     while len(examples) < n_train + n_test:
         name, age, city = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}", rng.randint(18, 90), \
             rng.choice(_CITIES)

@@ -142,7 +142,7 @@ def _colorscales(specs: Sequence[dict]) -> list[list]:
     return scales
 
 
-def _scale_colours(scale: list, n: int) -> list[tuple[int, int, int]]:
+def _scale_colours(scale: list, n: int) -> list[tuple[int, ...]]:
     from plotly.colors import sample_colorscale, unlabel_rgb
 
     cols = sample_colorscale(scale, [i / (n - 1) for i in range(n)], colortype="rgb")
@@ -153,7 +153,7 @@ def gif_palette(images: Sequence, scales: Sequence[list], Image):
     """A 256-colour ``P`` image whose palette is: 160 steps along each diverging colour scale
     (split between scales when there are several), 32 greys (text, axes, anti-aliasing) and
     the rest chosen by median cut from the first and last frames (any other colours)."""
-    colours: list[tuple[int, int, int]] = []
+    colours: list[tuple[int, ...]] = []
     if scales:
         per = max(16, 160 // len(scales))
         for s in scales:

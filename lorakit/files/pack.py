@@ -108,8 +108,10 @@ def _sources(run_or_recording, recording) -> tuple[TrainResult | None, Recording
     if rec is not None and len(rec) == 0:
         raise ValueError("the recording has no frames: record a run with "
                          "rec = lk.Recorder(peft_model) and lk.train(..., recorder=rec)")
-    if rec is None and not result.losses:
-        raise ValueError("the TrainResult has no steps, so there is nothing to draw")
+    if rec is None:
+        assert result is not None  # checked above: not both None
+        if not result.losses:
+            raise ValueError("the TrainResult has no steps, so there is nothing to draw")
     return result, rec
 
 
@@ -297,7 +299,8 @@ def _render(items, width: int, height: int, max_frames: int | None,
             progress: bool) -> dict[str, dict]:
     """Every image of the pack in one browser session: per figure key, "png"/"svg" (the
     statics) and 0, 1, ... (the animation frames)."""
-    jobs, slots = [], []
+    jobs = []
+    slots: list[tuple[str, str | int]] = []  # (figure key, "png"/"svg" or frame number)
     for fig_info, fig in items:
         still = render.apply_preset(fig, "slide", -1 if fig_info.animated else None)
         spec = json.loads(still.to_json())

@@ -23,6 +23,7 @@ import torch
 from ..core.attach import find_targets
 from ..core.naming import tuner_layers
 from ..core.params import BUILTIN_CONFIGS, builtin_config, estimate, lora_layer_params
+from ..core.settings import Quantize
 from .widgets import ShowsWidget
 
 # ============================================================================================
@@ -118,7 +119,8 @@ class RankExplorer(_Explorer):
 
 
 # -- 02: estimate ---------------------------------------------------------------------------
-_QUANT = {"16-bit base": None, "nf4": "nf4", "fp4": "fp4", "int8": "int8"}
+_QUANT: dict[str, Quantize | None] = {"16-bit base": None, "nf4": "nf4", "fp4": "fp4",
+                                      "int8": "int8"}
 
 
 class EstimateExplorer(_Explorer):

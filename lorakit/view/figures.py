@@ -510,7 +510,7 @@ def amplification_table(amps: dict) -> go.Figure:
     if not amps:
         raise ValueError("amplification_table needs at least one name → Amplification entry")
     cols = ["", "r", "‖ΔW‖_F", "U, V from", "‖UᵀWVᵀ‖_F", "‖ΔW‖_F / ‖UᵀWVᵀ‖_F"]
-    cells = [[] for _ in cols]
+    cells: list[list[object]] = [[] for _ in cols]
     for name, amp in amps.items():
         for row in amp.rows():
             values = [str(name), amp.r, f"{amp.delta_norm:.4g}", row["U, V from"],

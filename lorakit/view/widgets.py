@@ -52,7 +52,7 @@ import threading
 import traceback
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 try:
     import ipywidgets as W
@@ -128,7 +128,7 @@ def set_display_mode(mode: DisplayMode) -> str:
     return previous
 
 
-def get_display_mode() -> str:
+def get_display_mode() -> DisplayMode:
     """The display switch as set: "auto" (the default), "widget" or "static"."""
     return _display.mode
 
@@ -233,7 +233,7 @@ def _placeholder(title: str) -> go.Figure:
 def _trained_before(model) -> bool:
     """True when some LoRA B of ``model`` is non-zero (a fresh adapter has B = 0)."""
     return any(p.detach().any() for _, layer in tuner_layers(model, lora_only=True)
-               for p in layer.lora_B.parameters())
+               for p in layer.lora_B.parameters())  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -302,7 +302,8 @@ class _Panel(ShowsWidget):
     """What the panels share: the error box and showing themselves in Jupyter."""
 
     def __init__(self, display_mode: str | None):
-        self.display_mode = resolve_display_mode(display_mode)
+        # any str is accepted here: DisplaySettings checks it against DISPLAY_MODES
+        self.display_mode = resolve_display_mode(cast("DisplayMode | None", display_mode))
         self.error = W.HTML(value="", layout=W.Layout(display="none"))
         self.last_error: BaseException | None = None
 
@@ -559,6 +560,7 @@ class LoRAPanel(_Panel):
             self.peft_label.value = ""
             return
         trainable, total = self.verified
+        assert self.counts is not None  # refresh() sets it; __init__ calls refresh
         peft = (f"PEFT get_nb_trainable_parameters of the applied adapter: trainable "
                 f"{trainable:,} of {total:,} = {100 * trainable / total:.3f}%")
         if self.settings != self._applied:
