@@ -1,6 +1,8 @@
 # lorakit: the one place that creates .venv and installs everything.
 #   make lab    set up, then open JupyterLab on the tutorials
 #   make test   set up, then run every test (pytest + nbval notebooks; not the gpu-marked ones)
+#   make test-fast  set up, then every test that neither trains nor drives a browser (tests/
+#               only, no notebooks; under 2 min on 2 cores): the edit-run loop
 #   make tour   set up, then the headless end-to-end tour (writes an HTML report)
 #   make bench  set up, then the benchmarks (results in benchmarks/RESULTS.md)
 #   make screenshots  set up, then the README's PNGs and GIF in docs/ from a real run
@@ -25,7 +27,7 @@ LAB_ARGS ?=
 # JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it may.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup chromium lab test test-lowest gpu-check tour bench screenshots binder-check lint clean
+.PHONY: setup chromium lab test test-fast test-lowest gpu-check tour bench screenshots binder-check lint clean
 
 setup: $(STAMP)
 
@@ -53,14 +55,22 @@ test: setup chromium
 	$(PY) -m pytest -m "not gpu" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 		$(PYTEST_ARGS)
 
+# The edit-run loop: tests/ without the slow (training) and browser tests, and no notebooks, on
+# the same workers and in the same order as make test.
+FAST := not slow and not browser and not gpu
+test-fast: setup chromium
+	$(PY) -m pytest -m "$(FAST)" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		tests $(PYTEST_ARGS)
+
 # The lowest supported versions (Colab's ipywidgets 7.7.1 and plotly 5.x among them): a second
 # venv with exactly the floors declared in pyproject.toml (.ci/lowest_pins.py), then the tests
 # of what differs between versions and notebooks 00-02. Its model cache is its own (the cache
 # folder is named after transformers' major.minor).
 LOWEST := .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.lorakit-installed
-LOWEST_TESTS ?= tests/test_compat.py tests/test_models.py tests/test_attach.py \
-	tests/test_scratch.py tests/test_params.py tests/test_notebook_setup.py tests/test_widgets.py \
+LOWEST_TESTS ?= tests/core/test_compat.py tests/core/test_models.py tests/core/test_attach.py \
+	tests/core/test_scratch.py tests/core/test_params.py tests/view/test_notebook.py \
+	tests/view/test_widgets.py \
 	notebooks/00_start_here.ipynb notebooks/01_lora_from_scratch.ipynb \
 	notebooks/02_attach_and_count.ipynb
 

@@ -2,7 +2,7 @@
 
 The issue's targets: base held-out accuracy ≤ 10%; LoRA r=8 on q,v trained in ≤ 120 s of wall
 time on the 2-core CPU reaches ≥ 90% on ≥ 50 held-out items; QLoRA (nf4) reaches ≥ 80%.
-Asserted without timing: the LoRA settings by tests/test_cli.py (the default tour); QLoRA
+Asserted without timing: the LoRA settings by tests/app/test_cli.py (the default tour); QLoRA
 ≥ 80% on 50 by notebook 04 under nbval (20 steps of the same kind) and, on CUDA, by
 tests/test_qlora.py's gpu test with these 30 steps.
 

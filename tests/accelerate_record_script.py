@@ -1,4 +1,4 @@
-"""Helper for tests/test_record.py: a tiny Trainer run with the Recorder callback, meant to be
+"""Helper for tests/core/test_record.py: a tiny Trainer run with the Recorder callback, meant to be
 started by ``accelerate launch --num_processes 2 --cpu``. Each rank writes
 ``OUT_DIR/rank{i}.json`` with how many frames its Recorder holds; only rank 0 should have any.
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real embedded SmolLM2 (loaded from the cached safetensors folder)."""
+"""Shared fixtures: the real embedded SmolLM2 (loaded from the cached safetensors folder), its
+tokenizer alone, and the tiny random models and adapters of the fault cases (tests/faults.py)."""
 
 import copy
 import os
@@ -6,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from tiny_models import tiny_llama
+from tiny_models import make_tiny, tiny_llama
 from workers import longest_first, worker_threads
 
 import lorakit as lk
@@ -111,3 +112,55 @@ def recording_subset():
                                    losses=[recording.losses[i] for i in keep], data=data)
 
     return subset
+
+
+# -- SmolLM2's tokenizer and the tiny models of the fault cases ------------------------------
+@pytest.fixture(scope="session")
+def tok():
+    """The embedded SmolLM2's tokenizer alone (no model load), with a pad token."""
+    from transformers import AutoTokenizer
+
+    from lorakit.core.models import embedded_model_dir
+
+    t = AutoTokenizer.from_pretrained(embedded_model_dir(progress=False))
+    t.pad_token = t.pad_token or t.eos_token
+    return t
+
+
+@pytest.fixture
+def tiny(tok):
+    """A new tiny random Llama (hidden 64, 2 layers, 256-token context; SmolLM2's vocabulary),
+    in eval mode, without an adapter."""
+    return make_tiny(tok)
+
+
+@pytest.fixture
+def plain(tok):
+    """A second tiny model with no adapter (the ``saved`` fixture wraps ``tiny``)."""
+    return make_tiny(tok)
+
+
+@pytest.fixture
+def pm(tiny):
+    """A tiny model with a LoRA adapter whose B is non-zero (as after training)."""
+    p = lk.attach(tiny, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for n, prm in p.named_parameters():
+            if "lora_B" in n:
+                prm.normal_(0, 0.02)
+    return p
+
+
+@pytest.fixture
+def saved(pm, tmp_path):
+    """``pm``'s adapter saved to a folder."""
+    folder = tmp_path / "adapter"
+    lk.save_adapter(pm, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def task():
+    """A small iso_dates task (16 training, 4 test examples)."""
+    return lk.tasks.get("iso_dates", n_train=16, n_test=4)

@@ -1,4 +1,4 @@
-"""Helper for tests/test_distributed.py: one ``torchrun --nproc_per_node 2`` launch that runs
+"""Helper for tests/core/test_distributed.py: one ``torchrun --nproc_per_node 2`` launch that runs
 every 2-process scenario in one process group (torch's import costs seconds per process):
 
   fsdp2  a tiny Llama + lorakit adapter, ``fully_shard`` on each decoder layer and the root,

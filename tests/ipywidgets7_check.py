@@ -1,6 +1,6 @@
 """The panels under ipywidgets 7.7.1 (Colab's version), driven from Python.
 
-Run by tests/test_widgets.py::test_ipywidgets_7 in a subprocess with a folder holding
+Run by tests/view/test_widgets.py::test_ipywidgets_7 in a subprocess with a folder holding
 ipywidgets 7.7.1 first on PYTHONPATH (the project's environment has ipywidgets 8). Exits
 non-zero on the first failed check; prints "ipywidgets 7.7.1 OK" at the end.
 
@@ -62,12 +62,12 @@ for mode in ("static", "widget"):
     for box in panel.target_boxes.values():
         box.value = False
     assert panel.apply_button.disabled and "No target module" in panel.message.value
-    original, lk.attach = lk.attach, None        # a callback that fails: shown in the panel
+    original, widgets.attach = widgets.attach, None   # a callback that fails: shown in the panel
     try:
         panel.target_boxes["q_proj"].value = True
         panel.apply_button.click()
     finally:
-        lk.attach = original
+        widgets.attach = original
     assert "TypeError" in panel.error.value, panel.error.value
 
 model, tok = lk.load_model(progress=False)

@@ -19,13 +19,6 @@ def fam(name):
     return next(f for f in FAMILIES if f.name == name)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(lk.core.models.embedded_model_dir(progress=False))
-
-
 @pytest.fixture
 def plain_tok(tok):
     """The same tokenizer without a chat template, as a pretrained-only checkpoint has."""

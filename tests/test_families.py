@@ -21,13 +21,6 @@ LOGIT_SCALE = 60.0   # random init gives |logits| ≈ 0.5; ×60 gives trained-mo
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(lk.core.models.embedded_model_dir(progress=False))
-
-
-@pytest.fixture(scope="module")
 def tasks():
     return {"causal_lm": lk.tasks.get("iso_dates", n_train=32, n_test=4),
             "seq2seq": lk.tasks.get("iso_dates", n_train=32, n_test=4),

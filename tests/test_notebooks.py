@@ -1,6 +1,6 @@
 """Static checks on the tutorial notebooks and the README table (nbval executes them).
 
-The issue's rules: each notebook ≤ 1.5 MB, no inlined plotly.js, a title with Colab and Binder
+The rules: each notebook ≤ 1.5 MB, no inlined plotly.js, a title with Colab and Binder
 badges, a Colab-only install cell nbval skips, a ``parameters`` cell; every notebook listed in
 the README with its badges; the README's screenshots exist and are real PNGs.
 """
@@ -87,7 +87,7 @@ def test_readme_screenshots_are_real_pngs():
 
 
 def test_readme_shows_the_delta_w_evolution_as_an_animated_gif():
-    """Issue #15: the README shows the training animation itself, not a still of it."""
+    """The README shows the training animation itself, not a still of it."""
     from PIL import Image
 
     gifs = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.gif)\)", README)
@@ -101,7 +101,7 @@ def test_readme_shows_the_delta_w_evolution_as_an_animated_gif():
         assert gif.convert("RGB").tobytes() != first        # ΔW visibly changes over training
 
 
-# ---------------------------------------------------------------- #13: exercises, explorers
+# ---------------------------------------------------------------- exercises, explorers
 
 
 def _exercises(path: Path) -> list[tuple[dict, dict]]:
@@ -152,7 +152,7 @@ WIDGET = re.compile(r"lk\.(?:explorers\.)?\w+(?:Explorer|Panel)\(")
 
 
 def test_at_least_six_notebooks_use_a_widget():
-    """Issue #13: widgets where a knob teaches (a panel or an explorer), in ≥ 6 notebooks."""
+    """Widgets where a knob teaches (a panel or an explorer), in ≥ 6 notebooks."""
     using = [p.stem[:2] for p in NOTEBOOKS if any(
         c["cell_type"] == "code" and WIDGET.search("".join(c["source"])) for c in _cells(p))]
     assert len(using) >= 6, using

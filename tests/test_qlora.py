@@ -11,7 +11,7 @@ import lorakit as lk
 
 TASK = lk.tasks.get("iso_dates")
 # Shared with benchmarks/train_accuracy.py (QLORA_TRAIN), used by the CUDA test below.
-QLORA_TRAIN = dict(steps=30, lr=3e-3, batch_size=8)
+QLORA_TRAIN = lk.TrainSettings(steps=30, lr=3e-3, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def test_counts_and_footprint(nf4, smol):
     assert fp32 - q4 == pytest.approx(linear * (4 - 0.5), rel=0.05)
 
 
+@pytest.mark.slow
 def test_qlora_step_trains_only_the_adapter(nf4):
     model, tok = nf4
     pm = lk.attach(model, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
@@ -68,11 +69,12 @@ def test_qlora_on_cuda(quantize):
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert q.weight.device.type == "cuda" and q.compute_dtype == expected
     pm = lk.attach(model, r=8, alpha=16, seed=0)
-    res = lk.train(pm, tok, TASK, progress=False, **QLORA_TRAIN)
+    res = lk.train(pm, tok, TASK, QLORA_TRAIN, progress=False)
     assert res.losses[-1] < 0.2 * res.losses[0]
     assert TASK.accuracy(pm, tok, n=50).score >= 0.80
 
 
+@pytest.mark.slow
 def test_training_after_inference_learns_the_same(nf4):
     """bitsandbytes packs 4-bit weights for CPU inference on an eval-mode forward; training
     through that layout gets silently wrong gradients. lk.train restores the layout first, so

@@ -10,6 +10,7 @@ runs the block with 2 training steps: every line executes and prints what it pro
 
 import ast
 import contextlib
+import dataclasses
 import inspect
 import io
 import re
@@ -19,6 +20,7 @@ import pytest
 from notebook_source import notebook_code
 
 import lorakit as lk
+from lorakit.core.settings import settings_with
 from lorakit.core.task import Task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -48,6 +50,7 @@ def _called(func: ast.expr) -> str | None:
 
 
 VARIABLE = object()  # an argument that is a variable of the code (a model, a tokenizer, ...)
+SETTINGS = {"lk.attach": lk.LoraSettings, "lk.train": lk.TrainSettings}
 
 
 def calls(source: str, params: dict) -> dict[str, list[dict]]:
@@ -70,8 +73,12 @@ def calls(source: str, params: dict) -> dict[str, list[dict]]:
         bound = inspect.signature(FUNCTIONS[name]).bind(
             *args, **{k.arg: value(k.value) for k in node.keywords})
         bound.apply_defaults()
-        found[name].append({k: f"<{k}>" if v is VARIABLE else v
-                            for k, v in bound.arguments.items()})
+        arguments = dict(bound.arguments)
+        if name in SETTINGS:   # keywords change fields of a settings object: compare the object
+            cls = SETTINGS[name]
+            given = {f.name: arguments.pop(f.name) for f in dataclasses.fields(cls)}
+            arguments["settings"] = settings_with(cls, arguments["settings"], **given)
+        found[name].append({k: f"<{k}>" if v is VARIABLE else v for k, v in arguments.items()})
     return found
 
 
@@ -85,7 +92,7 @@ def test_quickstart_trains_what_notebook_03_trains_and_asserts():
     for name, made in readme.items():
         for arguments in made:
             assert arguments in nb[name], (name, arguments, nb[name])
-    assert readme["lk.train"][0]["steps"] == 40 and readme[".accuracy"][0]["n"] == 50
+    assert readme["lk.train"][0]["settings"].steps == 40 and readme[".accuracy"][0]["n"] == 50
     # 03 asserts the comment's promise after that training
     assert params["MAX_STEPS"] == 40 and params["N_EVAL"] == 50
     assert "if MAX_STEPS >= 40:\n    assert after.score >= 0.9" in code

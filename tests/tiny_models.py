@@ -20,3 +20,9 @@ def tiny_llama(tok, *, layers: int = 2, hidden: int = 64, seed: int = 0,
                              num_key_value_heads=2, intermediate_size=2 * hidden,
                              vocab_size=len(tok), pad_token_id=tok.pad_token_id, **extra)
         return LlamaForCausalLM(config)
+
+
+def make_tiny(tok, hidden: int = 64, seed: int = 0, context: int = 256):
+    """The tiny model of the fault cases (the ``tiny`` fixture, tests/conftest.py): a 2-layer
+    ``tiny_llama`` with a 256-token context, in eval mode."""
+    return tiny_llama(tok, hidden=hidden, seed=seed, context=context).eval()

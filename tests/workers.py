@@ -18,7 +18,7 @@ def worker_threads(workers: int, cores: int) -> int:
 # item time (benchmarks/RESULTS.md, "Whole test suite").
 FILE_SECONDS = {
     "notebooks/07_variants.ipynb": 201,
-    "tests/test_cli.py": 114,
+    "tests/app/test_cli.py": 114,
     "notebooks/06_what_lora_learns.ipynb": 108,
     "notebooks/05_merge_swap_serve.ipynb": 101,
     "notebooks/08_practical.ipynb": 96,
@@ -26,14 +26,14 @@ FILE_SECONDS = {
     "notebooks/04_qlora.ipynb": 84,
     "tests/browser/test_lab_figures.py": 69,
     "notebooks/00_start_here.ipynb": 56,
-    "tests/test_widgets.py": 37,
-    "tests/test_animate.py": 33,
-    "tests/test_models.py": 30,
-    "tests/test_distributed.py": 22,
-    "tests/test_train.py": 21,
-    "tests/test_variants.py": 21,
-    "tests/test_analysis.py": 21,
-    "tests/test_serve.py": 20,
+    "tests/view/test_widgets.py": 37,
+    "tests/files/test_animate.py": 33,
+    "tests/core/test_models.py": 30,
+    "tests/core/test_distributed.py": 22,
+    "tests/core/test_train.py": 21,
+    "tests/core/test_experiments.py": 21,
+    "tests/core/test_analysis.py": 21,
+    "tests/core/test_serve.py": 20,
 }
 
 

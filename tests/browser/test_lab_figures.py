@@ -5,8 +5,8 @@ the notebook, runs all cells, and then checks each figure output, not only the p
 output of plotly's mimetype (what ``lk.setup_notebook()`` chooses in JupyterLab) holds an
 SVG with drawn traces, and no figure anywhere on the page is an empty box. The number of
 figure outputs must equal the number the stored notebook has. 03 runs with a smaller
-training budget (``SMALLER``) than nbval gives it: the same figures, other numbers. Issue #10:
-with ``notebook_connected`` these were blank offline ("Plotly is not defined"). Screenshots go
+training budget (``SMALLER``) than nbval gives it: the same figures, other numbers. With
+``notebook_connected`` they would be blank offline ("Plotly is not defined"). Screenshots go
 to tests/artifacts/lab_figures_<nn>.png (gitignored).
 """
 

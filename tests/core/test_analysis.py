@@ -200,8 +200,8 @@ def test_full_vs_lora_on_one_layer_restores_the_model(fresh):
 
 
 def test_base_weight_of_a_4bit_model(tmp_path):
-    """base_weight dequantizes a bitsandbytes 4-bit base (it used to raise ImportError), also
-    after an eval-mode forward that may repack the weight for the CPU."""
+    """base_weight dequantizes a bitsandbytes 4-bit base (no ImportError), also after
+    an eval-mode forward that may repack the weight for the CPU."""
     pytest.importorskip("bitsandbytes")
     import warnings
 

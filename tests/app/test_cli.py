@@ -1,7 +1,8 @@
-"""Tests for lorakit.cli (`lorakit tour`) and lorakit.report: a short real tour on the embedded
-SmolLM2 writes an HTML report with the accuracy numbers and escaped model/user text; the report
-writer escapes everything but trusted ``Html`` blocks; bad flags exit non-zero with argparse's
-message before any model is loaded; and (slow) the default tour reaches ≥ 90% accuracy."""
+"""Tests for lorakit.app.cli and lorakit.app.tour (`lorakit tour`): bad flags exit non-zero with
+argparse's message before any model is loaded; (slow: they train) a short real tour on the
+embedded SmolLM2 writes an HTML report with the accuracy numbers and escaped model/user text,
+and the default tour reaches ≥ 90% accuracy. The report writer itself:
+tests/files/test_report.py."""
 
 from __future__ import annotations
 
@@ -19,58 +20,11 @@ import pytest
 import torch
 
 from lorakit.app import cli
-from lorakit.app.cli import TourResult, TourSettings, main, run_tour
-from lorakit.files.report import Html, KeyValues, Report, Sparkline, Table, Text
+from lorakit.app.cli import main
+from lorakit.app.tour import TourResult, TourSettings, run_tour, tour_report
+from lorakit.core.settings import LoraSettings, TrainSettings
 
 EVIL = '<script>alert("x")</script> & "quotes"'
-
-
-# --------------------------------------------------------------------------- report writer
-
-
-def test_report_escapes_every_text_field(tmp_path):
-    rep = Report(f"title {EVIL}", subtitle=f"sub {EVIL}", footer=f"foot {EVIL}")
-    rep.add(f"section {EVIL}",
-            KeyValues([(f"key {EVIL}", f"value {EVIL}")]),
-            Table([f"head {EVIL}", "n"], [[f"cell {EVIL}", 3]], caption=f"cap {EVIL}"),
-            Text(f"para {EVIL}\n\nsecond"), Text(f"pre {EVIL}", pre=True),
-            Sparkline([3.0, 2.0, 1.0], label=f"spark {EVIL}"))
-    html = rep.to_html()
-    assert "<script" not in html and "alert(\"x\")" not in html
-    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;"
-    for where in ("title", "sub", "foot", "section", "key", "value", "head", "cell", "cap",
-                  "para", "pre", "spark"):
-        assert f"{where} {escaped}" in html, where
-    assert "<p>second</p>" in html
-    path = rep.write(tmp_path / "r.html")
-    assert path == (tmp_path / "r.html").resolve() and path.read_text("utf-8") == html
-    assert not list(tmp_path.glob(".*.tmp"))         # the temporary file was renamed away
-
-
-def test_report_html_block_is_trusted_and_sections_can_grow():
-    rep = Report("r")
-    section = rep.add("figures", Html('<div id="fig">plot</div>'))
-    section.blocks.append(Table(["a"], [["<b>"]]))
-    html = rep.to_html()
-    assert '<div id="fig">plot</div>' in html        # a figure's markup goes in as it is
-    assert "<td>&lt;b&gt;</td>" in html
-    assert rep.section("figures") is section
-    with pytest.raises(KeyError, match="figures"):
-        rep.section("nope")
-
-
-def test_table_alignment_and_sparkline_edge_cases():
-    html = Table(["name", "n", "pct"], [["a", "1,024", "0.34%"], ["b", 7, "1%"]]).to_html()
-    assert '<th>name</th><th class="num">n</th><th class="num">pct</th>' in html
-    spark = Sparkline([None, 2.0, math.nan, 1.0, math.inf], x=[0, 1, 2, 3, 4])
-    assert spark.points() == [(1.0, 2.0), (3.0, 1.0)]
-    assert "<polyline" in spark.to_html() and "2 → 1" in spark.to_html()
-    assert "<polyline" in Sparkline([5.0, 5.0]).to_html()           # flat line, no 0/0
-    assert "<polyline" in Sparkline([5.0]).to_html()                # a single point
-    assert "no data" in Sparkline([], label="empty").to_html()
-    assert Sparkline([1.0, 0.0, -1.0], log=True).points() == [(0.0, 1.0)]
-    with pytest.raises(ValueError, match="x has 1"):
-        Sparkline([1.0, 2.0], x=[0]).points()
 
 
 # --------------------------------------------------------------------------- flags
@@ -78,7 +32,8 @@ def test_table_alignment_and_sparkline_edge_cases():
 
 @pytest.mark.parametrize("argv, message", [
     (["tour", "--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
-    (["tour", "--rank", "-2"], "argument --rank/-r: must be a positive integer"),
+    (["tour", "-r", "-2"], "argument -r/--r: must be a positive integer"),
+    (["tour", "--variant", "qlora"], "argument --variant: invalid choice: 'qlora'"),
     (["tour", "--batch-size", "2.5"], "argument --batch-size: must be a positive integer"),
     (["tour", "--eval-n", "zero"], "argument --eval-n: must be a positive integer"),
     (["tour", "--lr", "nan"], "argument --lr: must be a finite number > 0"),
@@ -111,9 +66,12 @@ def test_help_and_version_exit_0(capsys):
     assert "tour" in capsys.readouterr().out
     assert main(["tour", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--quantize", "--rank", "--alpha", "--targets", "--steps", "--lr",
-                 "--batch-size", "--eval-n", "--out", "--prompt", "--threads"):
+    for flag in ("--quantize", "--r", "--alpha", "--targets", "--dropout", "--variant", "--init",
+                 "--steps", "--lr", "--batch-size", "--seed", "--eval-n", "--out", "--prompt",
+                 "--threads"):
         assert flag in out
+    for f in [*dataclasses.fields(LoraSettings), *dataclasses.fields(TrainSettings)]:
+        assert "--" + f.name.replace("_", "-") in out      # every field of both is a flag
     out = " ".join(out.split())    # argparse wraps lines at the terminal width
     assert "(default: q_proj,v_proj)" in out and "(default: 40)" in out
     assert main(["--version"]) == 0
@@ -130,29 +88,36 @@ def test_flags_become_settings(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(cli, "run_tour", fake_run_tour)
     out = tmp_path / "t.html"
-    code = main(["tour", "--steps", "5", "--rank", "4", "--alpha", "8", "--targets",
+    code = main(["tour", "--steps", "5", "-r", "4", "--alpha", "8", "--targets",
                  "q_proj, k_proj,", "--lr", "1e-3", "--batch-size", "2", "--eval-n", "7",
                  "--quantize", "nf4", "--seed", "3", "--threads", "1", "--out", str(out),
                  "--prompt", "hi", "--prompt", "<b>"])
     assert code == 130
     assert seen["settings"] == TourSettings(
-        steps=5, rank=4, alpha=8.0, targets=("q_proj", "k_proj"), lr=1e-3, batch_size=2,
+        lora=LoraSettings(r=4, alpha=8.0, targets=("q_proj", "k_proj")),
+        train=TrainSettings(steps=5, lr=1e-3, batch_size=2, seed=3),
+        eval_n=7, quantize="nf4", threads=1, out=str(out), prompts=("hi", "<b>"))
+    assert seen["settings"] == TourSettings.of(
+        steps=5, r=4, alpha=8.0, targets=("q_proj", "k_proj"), lr=1e-3, batch_size=2,
         eval_n=7, quantize="nf4", seed=3, threads=1, out=str(out), prompts=("hi", "<b>"))
     captured = capsys.readouterr()
     assert "a progress line" in captured.out and "interrupted" in captured.err
 
 
 def test_settings_validate_before_any_work(tmp_path):
-    for bad in ({"steps": 0}, {"rank": 1.5}, {"lr": -1.0}, {"alpha": math.inf},
+    for bad in ({"steps": 0}, {"r": 1.5}, {"lr": -1.0}, {"alpha": math.inf},
                 {"eval_n": True}, {"targets": ()}, {"targets": [" "]}, {"task": "nope"},
                 {"quantize": "nf3"}, {"threads": 0}, {"seed": "0"}, {"prompts": [""]},
                 {"out": str(tmp_path)}, {"out": str(tmp_path / "no" / "r.html")}):
         with pytest.raises(ValueError):
             run_tour(**bad)           # raises in TourSettings, before loading the model
-    assert TourSettings(targets="q_proj").targets == ("q_proj",)
-    assert TourSettings(targets=[" q_proj ", "v_proj"]).targets == ("q_proj", "v_proj")
+    assert TourSettings.of(targets="q_proj").lora.targets == ("q_proj",)
     with pytest.raises(TypeError, match="either"):
         run_tour(TourSettings(), steps=3)
+    with pytest.raises(TypeError, match="unexpected keyword 'rank'; allowed: .*alpha"):
+        run_tour(rank=4)
+    with pytest.raises(TypeError, match="train must be a TrainSettings"):
+        TourSettings(train=LoraSettings())
 
 
 def test_wrong_target_fails_right_after_loading(tmp_path):
@@ -186,6 +151,7 @@ def short_tour(tmp_path_factory):
     return result, lines
 
 
+@pytest.mark.slow
 def test_short_tour_result(short_tour):
     r, lines = short_tour
     assert isinstance(r, TourResult)
@@ -214,6 +180,7 @@ def test_short_tour_result(short_tour):
     assert sum("step " in line and "loss" in line for line in lines) == 3
 
 
+@pytest.mark.slow
 def test_short_tour_report(short_tour):
     r, _ = short_tour
     html = Path(r.report).read_text("utf-8")
@@ -240,14 +207,16 @@ def test_short_tour_report(short_tour):
     assert im.n_frames == len(r.recorded_steps) == 4 and im.size == (480, 360)
 
 
+@pytest.mark.slow
 def test_short_tour_report_with_cdn_is_small(short_tour, tmp_path):
     r, _ = short_tour
     tour = dataclasses.replace(r, settings=dataclasses.replace(r.settings, cdn=True, pack=None))
-    html = cli.tour_report(tour).to_html()
+    html = tour_report(tour).to_html()
     assert html.count('src="https://cdn.plot.ly') == 1 and "* plotly.js v" not in html
     assert len(html) < 1_000_000 and "data:image/gif;base64," in html
 
 
+@pytest.mark.slow
 def test_short_tour_pack_holds_every_figure_in_every_format(short_tour):
     r, _ = short_tour
     folder = Path(r.pack).parent
@@ -262,6 +231,7 @@ def test_short_tour_pack_holds_every_figure_in_every_format(short_tour):
     assert "Q4_1 GGUF" in md and "| learning rate | 0.003 |" in md   # the run's settings
 
 
+@pytest.mark.slow
 def test_cli_prints_the_summary_and_exits_0(short_tour, monkeypatch, capsys):
     r, _ = short_tour
     monkeypatch.setattr(cli, "run_tour", lambda settings, log: r)   # the tour above, via main
@@ -273,6 +243,7 @@ def test_cli_prints_the_summary_and_exits_0(short_tour, monkeypatch, capsys):
             in out)
 
 
+@pytest.mark.slow
 def test_recording_comes_back(short_tour):
     r, _ = short_tour
     assert r.recording is not None and r.recording.steps == r.recorded_steps
@@ -290,9 +261,11 @@ def _lorakit_command() -> list[str]:
 def test_tour_defaults_are_the_acceptance_settings():
     """The default tour is the iso_dates acceptance run: r=8, α=16 on q,v; 40 steps of 8 at 3e-3
     (the README quickstart's and notebook 03's settings)."""
-    s = cli.TourSettings()
-    assert (s.task, s.rank, s.alpha, tuple(s.targets), s.steps, s.batch_size, s.lr, s.seed) == \
+    s = TourSettings()
+    assert (s.task, s.lora.r, s.lora.alpha, tuple(s.lora.targets), s.train.steps,
+            s.train.batch_size, s.train.lr, s.train.seed) == \
         ("iso_dates", 8, 16.0, ("q_proj", "v_proj"), 40, 8, 3e-3, 0)
+    assert s.lora == LoraSettings() and s.train == TrainSettings(steps=40, lr=3e-3)
     assert cli.build_parser().parse_args(["tour"]).steps == 40
 
 

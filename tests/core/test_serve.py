@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from faults import assert_intact, case, edit_config, fail_after, raises, refused, snap
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
@@ -37,12 +38,12 @@ def logits(model, ids):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def smol_adapter(tmp_path_factory):
     """One perturbed r=8 q,v adapter, saved by us and by PEFT, with its reference logits."""
     model, _ = lk.load_model(progress=False)
     pm = perturb(lk.attach(model, r=8, alpha=16, targets=TARGETS, seed=0), seed=1)
     ours, theirs = tmp_path_factory.mktemp("ours"), tmp_path_factory.mktemp("peft")
-    info = serve.save_adapter(pm, ours)
+    info = lk.save_adapter(pm, ours)
     pm.save_pretrained(theirs)
     ids = serve.default_probe(model)
     with torch.no_grad():
@@ -54,8 +55,8 @@ def saved(tmp_path_factory):
 
 
 # -- save / load ---------------------------------------------------------------------------
-def test_save_adapter_writes_peft_files_of_the_expected_size(saved):
-    info = saved["info"]
+def test_save_adapter_writes_peft_files_of_the_expected_size(smol_adapter):
+    info = smol_adapter["info"]
     assert info.files == ("adapter_config.json", "adapter_model.safetensors")
     assert sorted(p.name for p in info.path.iterdir()) == sorted(info.files)
     tensors = 460_800 * 4                     # r=8 on q (576→576) and v (576→192), 30 layers, fp32
@@ -66,24 +67,24 @@ def test_save_adapter_writes_peft_files_of_the_expected_size(saved):
     assert sorted(config["target_modules"]) == TARGETS
 
 
-def test_peft_from_pretrained_loads_ours_with_identical_logits(saved, fresh):
+def test_peft_from_pretrained_loads_ours_with_identical_logits(smol_adapter, fresh):
     model, _ = fresh
-    pm = PeftModel.from_pretrained(model, saved["ours"])
-    assert torch.equal(logits(pm, saved["ids"]), saved["ref"])
+    pm = PeftModel.from_pretrained(model, smol_adapter["ours"])
+    assert torch.equal(logits(pm, smol_adapter["ids"]), smol_adapter["ref"])
 
 
-def test_load_adapter_loads_peft_saved_and_adds_named_adapters(saved, fresh):
+def test_load_adapter_loads_peft_saved_and_adds_named_adapters(smol_adapter, fresh):
     model, _ = fresh
-    pm = serve.load_adapter(model, saved["peft"])
+    pm = lk.load_adapter(model, smol_adapter["peft"])
     assert isinstance(pm, PeftModel)
-    assert torch.equal(logits(pm, saved["ids"]), saved["ref"])
+    assert torch.equal(logits(pm, smol_adapter["ids"]), smol_adapter["ref"])
     assert not any(p.requires_grad for p in pm.parameters())  # loaded for inference
-    serve.load_adapter(pm, saved["ours"], name="copy")        # a second adapter on the same base
+    lk.load_adapter(pm, smol_adapter["ours"], name="copy")  # a second adapter on the same base
     assert list(pm.peft_config) == ["default", "copy"] and pm.active_adapter == "default"
     pm.set_adapter("copy")
-    assert torch.equal(logits(pm, saved["ids"]), saved["ref"])
+    assert torch.equal(logits(pm, smol_adapter["ids"]), smol_adapter["ref"])
     with pytest.raises(ValueError, match="already has an adapter named 'copy'"):
-        serve.load_adapter(pm, saved["ours"], name="copy")
+        lk.load_adapter(pm, smol_adapter["ours"], name="copy")
 
 
 def _copy_with(src, dst, change):
@@ -94,58 +95,58 @@ def _copy_with(src, dst, change):
     return dst
 
 
-def test_load_refuses_wrong_shapes_naming_module_and_shapes(saved, smol, tmp_path):
+def test_load_refuses_wrong_shapes_naming_module_and_shapes(smol_adapter, smol, tmp_path):
     key = f"base_model.model.{Q0}.lora_A.weight"
 
     def widen(state):
         state[key] = torch.zeros(8, 960)       # an adapter trained on a model with d = 960
         return state
 
-    bad = _copy_with(saved["ours"], tmp_path / "wide", widen)
+    bad = _copy_with(smol_adapter["ours"], tmp_path / "wide", widen)
     model, _ = smol
     with pytest.raises(ValueError) as err:
-        serve.load_adapter(model, bad)
+        lk.load_adapter(model, bad)
     msg = str(err.value)
     assert Q0 in msg and "(576, 576)" in msg and "(8, 960)" in msg and "d_in" in msg
     assert not has_adapter(model)              # checked before loading: the model is untouched
 
 
-def test_load_refuses_an_adapter_for_another_architecture(saved, smol, tmp_path):
+def test_load_refuses_an_adapter_for_another_architecture(smol_adapter, smol, tmp_path):
     def gpt2_names(state):
         return {k.replace("model.layers.", "transformer.h.").replace("self_attn.q_proj", "attn.c_attn")
                 .replace("self_attn.v_proj", "attn.c_proj"): v for k, v in state.items()}
 
-    bad = _copy_with(saved["ours"], tmp_path / "gpt2", gpt2_names)
+    bad = _copy_with(smol_adapter["ours"], tmp_path / "gpt2", gpt2_names)
     config = json.loads((bad / "adapter_config.json").read_text())
     config["target_modules"] = ["c_attn", "c_proj"]
     (bad / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"does not have, e\.g\. 'transformer\.h\.0\.attn\.c_attn'"
                        r".*another architecture.*q_proj"):
-        serve.load_adapter(smol[0], bad)
+        lk.load_adapter(smol[0], bad)
 
 
-def test_load_refuses_truncated_safetensors(saved, smol, tmp_path):
+def test_load_refuses_truncated_safetensors(smol_adapter, smol, tmp_path):
     bad = tmp_path / "cut"
-    shutil.copytree(saved["ours"], bad)
+    shutil.copytree(smol_adapter["ours"], bad)
     f = bad / "adapter_model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])      # an interrupted copy
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        serve.load_adapter(smol[0], bad)
+        lk.load_adapter(smol[0], bad)
     f.write_bytes(data[:5])                    # not even a header
     with pytest.raises(ValueError, match="not a readable safetensors file"):
-        serve.load_adapter(smol[0], bad)
+        lk.load_adapter(smol[0], bad)
 
 
-def test_load_refuses_missing_config_and_missing_folder(saved, smol, tmp_path):
+def test_load_refuses_missing_config_and_missing_folder(smol_adapter, smol, tmp_path):
     bad = tmp_path / "noconfig"
-    shutil.copytree(saved["ours"], bad)
+    shutil.copytree(smol_adapter["ours"], bad)
     (bad / "adapter_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json in .*"
                        r"adapter_model\.safetensors"):
-        serve.load_adapter(smol[0], bad)
+        lk.load_adapter(smol[0], bad)
     with pytest.raises(FileNotFoundError, match="no adapter folder"):
-        serve.load_adapter(smol[0], tmp_path / "nowhere")
+        lk.load_adapter(smol[0], tmp_path / "nowhere")
 
 
 # -- merge / unmerge -------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def bank(fresh, tmp_path):
     model, tok = fresh
     other, _ = lk.load_model(progress=False)
     a = perturb(lk.attach(other, r=8, alpha=16, targets=TARGETS, seed=0), seed=1, scale=0.1)
-    serve.save_adapter(a, tmp_path / "a")
+    lk.save_adapter(a, tmp_path / "a")
     b = perturb(lk.attach(lk.detach(a), r=4, alpha=8, targets=TARGETS, seed=5), seed=3, scale=0.1)
     b.save_pretrained(tmp_path / "b")           # one of each format
     bank = serve.AdapterBank(model, tok)
@@ -241,22 +242,22 @@ def bank(fresh, tmp_path):
     return bank
 
 
-PROMPT = "My favourite colour is"   # raw text (chat=False): short prompts keep this fast
+PROMPT = "My favourite colour is"   # raw text (prompt_format="raw"): short prompts keep this fast
 
 
 def test_bank_mixed_batch_equals_single_adapter_outputs(bank):
     assert bank.names == ["a", "b"] and bank.active == "a"
-    result = bank.compare([PROMPT] * 3, ["a", "b", "__base__"], max_new_tokens=5, chat=False)
+    result = bank.compare([PROMPT] * 3, ["a", "b", "__base__"], max_new_tokens=5, prompt_format="raw")
     assert result.all_equal, str(result)
     replies = [r.mixed for r in result.rows[:3]]
     assert len(set(replies)) == 3, replies     # the same prompt, three different models
     assert bank.active == "a"                   # compare puts the active adapter back
     bank.use("b")                               # hot-swap: plain generation now uses b
-    assert lk.generate(bank.model, bank.tok, PROMPT, max_new_tokens=5, chat=False) == replies[1]
+    assert lk.generate(bank.model, bank.tok, PROMPT, max_new_tokens=5, prompt_format="raw") == replies[1]
     bank.use("__base__")
-    assert lk.generate(bank.model, bank.tok, PROMPT, max_new_tokens=5, chat=False) == replies[2]
-    assert bank.generate([PROMPT], ["a"], max_new_tokens=5, chat=False) == replies[:1]
-    assert lk.generate(bank.model, bank.tok, PROMPT, max_new_tokens=5, chat=False) == replies[2]
+    assert lk.generate(bank.model, bank.tok, PROMPT, max_new_tokens=5, prompt_format="raw") == replies[2]
+    assert bank.generate([PROMPT], ["a"], max_new_tokens=5, prompt_format="raw") == replies[:1]
+    assert lk.generate(bank.model, bank.tok, PROMPT, max_new_tokens=5, prompt_format="raw") == replies[2]
 
 
 def test_bank_refuses_unknown_names_and_dora_in_mixed_batches(bank):
@@ -302,3 +303,75 @@ def test_merge_is_exact_in_float64_and_at_the_float32_floor(fresh):
     assert check.dtype == torch.float64 and check.adapter_effect > 0.1
     assert check.max_abs_diff <= 1e-10
     assert 1e-5 < floor < 1e-3  # why an absolute 1e-5 cannot be asked of float32 logits
+
+
+# -- bad input and faults: a clear error, nothing changed (docs/reliability.md) --------------------
+@case("AdapterBank.add of a folder whose config and weights disagree", "ValueError: says r=8, "
+      "but the weights …", "bank: names, active adapter; model untouched")
+def test_bank_add_bad_folder(pm, saved):
+    edit_config(saved, r=8)
+    bank = lk.AdapterBank(pm)
+    before = snap(pm)
+    raises(ValueError, "says r=8", bank.add, "x", saved)
+    assert bank.names == ["default"] and bank.active == "default"
+    assert_intact(pm, before)
+
+
+@case("AdapterBank.add with a name it already has", "ValueError: the bank already has an "
+      "adapter named", "bank and model untouched")
+def test_bank_add_duplicate(pm):
+    bank = lk.AdapterBank(pm)
+    refused(pm, ValueError, "already has an adapter named", bank.add, "default", {"r": 2})
+
+
+@case("AdapterBank.add(name, {'alpha': inf})", "ValueError: alpha must be a finite number > 0",
+      "bank and model untouched")
+def test_bank_add_infinite_alpha(pm):
+    bank = lk.AdapterBank(pm)
+    before = snap(pm)
+    raises(ValueError, "finite", bank.add, "x", {"alpha": float("inf")})
+    assert bank.names == ["default"]
+    assert_intact(pm, before)
+
+
+@case("AdapterBank.add(name, LoraConfig(r=10**6))", "ValueError: exceeds min(d_in, d_out) … "
+      "would need about N GB", "bank and model untouched, nothing allocated")
+def test_bank_add_huge_rank(pm):
+    from peft import LoraConfig
+
+    bank = lk.AdapterBank(pm)
+    refused(pm, ValueError, "would need about", bank.add, "x",
+            LoraConfig(r=10**6, target_modules=["q_proj"]))
+
+
+@case("out of memory half-way through AdapterBank.add (fresh adapter)", "MemoryError "
+      "(re-raised)", "bank names and model as before: no dead adapter name")
+def test_bank_add_memory_error_rolls_back(pm, monkeypatch):
+    from peft.tuners.lora.layer import LoraLayer
+
+    bank = lk.AdapterBank(pm)
+    before = snap(pm)
+    fail_after(monkeypatch, LoraLayer, "update_layer", 2)
+    raises(MemoryError, "out of memory", bank.add, "x", {"r": 2})
+    assert bank.names == ["default"] and bank.active == "default"
+    assert_intact(pm, before)
+
+
+@case("out of memory on the first AdapterBank.add (plain base)", "MemoryError (re-raised)",
+      "bank has no model yet, base unwrapped")
+def test_bank_first_add_memory_error(tiny, monkeypatch):
+    from peft.tuners.lora.layer import LoraLayer
+
+    bank = lk.AdapterBank(tiny)
+    before = snap(tiny)
+    fail_after(monkeypatch, LoraLayer, "update_layer", 2)
+    raises(MemoryError, "out of memory", bank.add, "x", {"r": 2})
+    assert bank.model is None and bank.names == []
+    assert_intact(tiny, before)
+
+
+@case("AdapterBank.add(name, 42)", "TypeError: source must be an adapter folder, "
+      "LoraSettings, …", "bank and model untouched")
+def test_bank_add_bad_source(pm):
+    bank = lk.AdapterBank(pm)
+    refused(pm, TypeError, "source must be an adapter folder", bank.add, "x", 42)

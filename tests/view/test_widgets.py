@@ -25,7 +25,7 @@ from lorakit.core.attach import has_adapter
 from lorakit.core.settings import LoraSettings, help_text
 from lorakit.view import widgets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLOTLY = "application/vnd.plotly.v1+json"
 MODES = ("static", "widget")
 SMOL_BASE = 134_515_008          # SmolLM2-135M parameters (tied embedding once)
@@ -188,7 +188,7 @@ def test_apply_attaches_for_real_and_reattach_replaces(fresh):
     assert panel.peft_label.value.endswith("✓ same as the live count above")
     panel.rank_slider.value = 2                # sliders after Apply: analytic, no re-wrap
     assert panel.peft_model is pm and pm.peft_config["default"].r == 16
-    # the label no longer claims "same as above" for counts it did not compare
+    # no "same as above" for counts it did not compare
     assert "✓" not in panel.peft_label.value and "changed since Apply" in panel.peft_label.value
     assert f"trainable {trainable:,}" in panel.peft_label.value   # still PEFT's applied count
     panel.rank_slider.value = 16               # back to the applied settings: compared again
@@ -305,10 +305,11 @@ def test_figure_view_updates_in_both_modes():
 # --------------------------------------------------------------------------- TrainPanel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_train_panel_short_run(trainable_model, mode):
     pm, tok = trainable_model
-    panel = lk.TrainPanel(pm, tok, "iso_dates", steps=3, batch_size=2, accuracy_n=2,
+    panel = lk.TrainPanel(pm, tok, "iso_dates", steps=3, batch_size=2, eval_n=2,
                           measure_accuracy=mode == "static", display_mode=mode)
     empty = panel.loss_view.figure
     assert empty.layout.title.text.startswith("Training loss — press Train")
@@ -335,6 +336,7 @@ def test_train_panel_short_run(trainable_model, mode):
     assert not panel.train_button.disabled and panel.stop_button.disabled
 
 
+@pytest.mark.slow
 def test_train_panel_stop_from_a_callback(trainable_model):
     pm, tok = trainable_model
     seen = []
@@ -352,6 +354,7 @@ def test_train_panel_stop_from_a_callback(trainable_model):
     assert panel.status.value.startswith("stopped at step 2 of 50")
 
 
+@pytest.mark.slow
 def test_train_panel_background_thread_stop_and_errors(trainable_model):
     pm, tok = trainable_model
     panel = lk.TrainPanel(pm, tok, "iso_dates", steps=50, batch_size=2,
@@ -461,6 +464,7 @@ def _ipywidgets_7(request) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_ipywidgets_7(request):
     site = _ipywidgets_7(request)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -471,6 +475,7 @@ def test_ipywidgets_7(request):
     assert "ipywidgets 7.7.1 OK" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_panel_second_run_and_an_earlier_recording_continue_the_steps(trainable_model):
     pm, tok = trainable_model
     rec = lk.Recorder(pm)

@@ -302,7 +302,7 @@ def test_budget_bars_llama_2_7b():
     np.testing.assert_allclose(totals, [b.total_bytes(s) / 1e9 for s in setups])
     assert totals[0] == pytest.approx(16 * b.total_params / 1e9)      # 16 B/param, full FT
     assert fig.layout.barmode == "stack" and "llama-2-7b" in fig.layout.title.text
-    # the title used to be one 120-character line running under the mode bar: two short ones
+    # two short title lines, not one 120-character line running under the mode bar
     lines = fig.layout.title.text.replace("<sup>", "").replace("</sup>", "").split("<br>")
     assert len(lines) == 2 and max(map(len, lines)) <= 70 and fig.layout.margin.t >= 100
     assert [a.text for a in fig.layout.annotations] == [f"{x:.1f} GB" for x in totals]

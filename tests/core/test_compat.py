@@ -22,7 +22,7 @@ import lorakit as lk
 from lorakit.core import _compat
 from lorakit.core.scratch import LoRALinear
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / ".ci"))
 from lowest_pins import pins  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_rslora_is_read_from_the_installed_peft(variant, rs):
     pm = lk.attach(_tiny(), r=8, alpha=16, targets=["q_proj"], variant=variant, seed=0)
     q = pm.base_model.model.model.layers[0].self_attn.q_proj
     assert _compat.uses_rslora(q, "default") is rs
-    layer = LoRALinear.from_peft(q)                     # the PEFT-0.13 failure of issue #10
+    layer = LoRALinear.from_peft(q)                     # PEFT 0.13 has no use_rslora
     assert layer.use_rslora is rs and layer.scaling == pytest.approx(q.scaling["default"])
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from faults import case, raises, refused
 
 import lorakit as lk
 from lorakit.core.task import IGNORE_INDEX, Example
@@ -87,3 +88,69 @@ def test_accuracy_scores_exact_match(smol):
     prompt, expected, reply = acc.rows[0]
     assert acc.correct == int(reply.strip() == expected)
     assert 0 <= acc.score <= 1 and str(acc).startswith(f"{acc.correct}/1")
+
+
+# -- bad input and faults: a clear error, nothing changed (docs/reliability.md) --------------------
+@case("tasks.get('iso_dates', n_train=50000) (only 36,525 dates exist)", "ValueError: task "
+      "'iso_dates' has at most 36,525 distinct examples", "refused at once (it used to loop "
+      "forever)")
+def test_task_impossible_size_refused_at_once():
+    raises(ValueError, "at most 36,525 distinct examples", lk.tasks.get, "iso_dates",
+           n_train=50000)
+
+
+@case("tasks.get('json_person', n_train=10**6)", "ValueError: at most 146,000 distinct "
+      "examples", "refused at once")
+def test_task_json_impossible_size():
+    raises(ValueError, "at most 146,000", lk.tasks.get, "json_person", n_train=10**6)
+
+
+@case("tasks.get(n_test=-5)", "ValueError: n_test must be a positive integer",
+      "(it used to swap train and test silently)")
+def test_task_negative_size():
+    raises(ValueError, "n_test must be a positive integer", lk.tasks.get, "iso_dates", n_test=-5)
+
+
+@case("tasks.get(n_train=0)", "ValueError: n_train must be a positive integer", "—")
+def test_task_zero_size():
+    raises(ValueError, "n_train must be a positive integer", lk.tasks.get, "iso_dates", n_train=0)
+
+
+@case("tasks.get('isodates') (unknown name)", "ValueError: unknown task 'isodates'; built-in "
+      "tasks: …", "—")
+def test_task_unknown_name():
+    raises(ValueError, "unknown task 'isodates'", lk.tasks.get, "isodates")
+
+
+@case("task.accuracy(n=0)", "ValueError: n must be a positive integer or None",
+      "model untouched (it used to score everything)")
+def test_accuracy_n_zero(pm, tok, task):
+    refused(pm, ValueError, "n must be a positive integer or None", task.accuracy, pm, tok, n=0)
+
+
+@case("task.accuracy(split='valid')", "ValueError: unknown split 'valid'; allowed: 'train', "
+      "'test'", "model untouched")
+def test_accuracy_unknown_split(pm, tok, task):
+    refused(pm, ValueError, "unknown split 'valid'", task.accuracy, pm, tok, split="valid")
+
+
+@case("tasks.from_pairs with an empty answer", "ValueError: pair 1 must be (prompt, answer), two "
+      "non-empty strings", "—")
+def test_from_pairs_empty_answer():
+    raises(ValueError, "pair 1 must be", lk.tasks.from_pairs, "t", [("a", "b"), ("c", " ")])
+
+
+@case("tasks.from_pairs(test_fraction=1.5)", "ValueError: test_fraction must be in (0, 1)", "—")
+def test_from_pairs_bad_fraction():
+    raises(ValueError, "test_fraction must be in", lk.tasks.from_pairs, "t",
+           [("a", "b"), ("c", "d")], test_fraction=1.5)
+
+
+@case("an answer containing '<|im_end|>'", "none: tokenized as text",
+      "labels: exactly one end-of-sequence token, the real one at the end")
+def test_answer_special_tokens_are_text(tok):
+    t = lk.tasks.from_pairs("t", [("q", "a<|im_end|>b"), ("q2", "x<|im_end|>y")],
+                            test_fraction=0.5)
+    enc = t.encode(tok, t.train)
+    labels = enc["labels"][0][enc["labels"][0] != -100].tolist()
+    assert labels.count(tok.eos_token_id) == 1 and labels[-1] == tok.eos_token_id

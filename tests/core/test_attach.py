@@ -1,9 +1,14 @@
 """find_targets / attach / re-attach / detach on the real SmolLM2, and the errors."""
 
+import re
+import resource
 import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
+from faults import assert_intact, case, fail_after, raises, refused, snap
 from peft import PeftModel
 
 import lorakit as lk
@@ -187,3 +192,148 @@ def test_rerunning_attach_on_the_base_variable_replaces(fresh, probe):
     assert pm.get_nb_trainable_parameters()[0] == 30 * 4 * (576 + 192)
     base = lk.detach(model)
     assert lora_names(base) == [] and torch.equal(logits(base, probe), before)
+
+
+# -- bad input and faults: a clear error, nothing changed (docs/reliability.md) --------------------
+BAD_ATTACH = [
+    ("r=0", dict(r=0), "r \\(rank\\) must be a positive integer"),
+    ("r=2.5", dict(r=2.5), "r \\(rank\\) must be a positive integer"),
+    ("r=True", dict(r=True), "r \\(rank\\) must be a positive integer"),
+    ("alpha=inf", dict(alpha=float("inf")), "alpha must be a finite number > 0"),
+    ("alpha=nan", dict(alpha=float("nan")), "alpha must be a finite number > 0"),
+    ("alpha=1e40", dict(alpha=1e40), "alpha=1e\\+40 is too large"),
+    ("alpha=-1", dict(alpha=-1), "alpha must be a finite number > 0"),
+    ("dropout=1.0", dict(dropout=1.0), "dropout must be in \\[0, 1\\)"),
+    ("targets=[]", dict(targets=[]), "targets must be a non-empty list"),
+    ("targets=['nope']", dict(targets=["nope"]), "no Linear module matches"),
+    ("targets=['embed_tokens'] (not Linear)", dict(targets=["embed_tokens"]),
+     "of type Embedding, not Linear"),
+    ("variant='lorax'", dict(variant="lorax"), "unknown variant 'lorax'"),
+    ("init='zeros'", dict(init="zeros"), "unknown init 'zeros'"),
+    ("r=65 > min(d_in, d_out)=32", dict(r=65), "exceeds min\\(d_in, d_out\\).*r ≤ 32"),
+]
+
+
+def _attach_case(label, kwargs, phrase):
+    def test(tiny):
+        refused(tiny, ValueError, phrase, lk.attach, tiny, **kwargs)
+
+    test.__name__ = "test_attach_refuses_" + re.sub(r"\W+", "_", label.split(" ")[0]).strip("_")
+    return case(f"attach({label})", f"ValueError: {phrase.replace(chr(92), '')}",
+                "model: module tree, parameters, requires_grad")(test)
+
+
+for _label, _kw, _phrase in BAD_ATTACH:
+    _t = _attach_case(_label, _kw, _phrase)
+    globals()[_t.__name__] = _t
+
+
+@case("attach(model, r=10**6) (would need GBs)", "ValueError: exceeds min(d_in, d_out) … "
+      "would need about N GB of memory", "model untouched; refused in < 5 s, nothing allocated")
+def test_attach_huge_rank_refused_fast_with_memory(tiny):
+    before = snap(tiny)
+    err = raises(ValueError, "would need about [0-9.,]+ GB of memory", lk.attach, tiny, r=10**6)
+    assert "r ≤ 32" in str(err)
+    assert_intact(tiny, before)
+
+
+@contextmanager
+def address_space_limit(extra: int):
+    """Cap this process's address space at its current size + ``extra`` bytes (restored after):
+    a regression that allocates raises MemoryError instead of swapping or being OOM-killed."""
+    used = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmSize")).split()[1]) * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@case("attach(r=10**6, allow_large_r=True) under a 2 GB address-space limit",
+      "MemoryError: … would need N GB, but only M GB is available", "model untouched (run under "
+      "RLIMIT_AS: a regression fails the test, it cannot kill the run)")
+def test_attach_memory_estimate_refuses_before_allocating(tiny):
+    before = snap(tiny)
+    with address_space_limit(2 << 30):
+        err = raises(MemoryError, "would need .* GB, but only .* is available", lk.attach, tiny,
+                     r=10**6, allow_large_r=True)
+    assert "nothing was changed" in str(err)
+    assert_intact(tiny, before)
+
+
+@case("attach(replace=False) on a model that has an adapter", "ValueError: already has a LoRA "
+      "adapter", "the old adapter: weights, layers, requires_grad")
+def test_attach_replace_false_keeps_old_adapter(pm):
+    refused(pm, ValueError, "already has a LoRA adapter", lk.attach, pm, r=2, replace=False)
+
+
+@case("re-attach with a bad value (r=-1) over a trained adapter", "ValueError: r (rank) must "
+      "be a positive integer", "the old adapter and its trained weights")
+def test_reattach_bad_value_keeps_old_adapter(pm):
+    refused(pm, ValueError, "positive integer", lk.attach, pm, r=-1)
+
+
+@case("out of memory half-way through attach (3rd layer)", "MemoryError (re-raised)",
+      "model: no LoRA layer left, parameters and requires_grad as before (rolled back)")
+def test_attach_memory_error_half_way_rolls_back(tiny, monkeypatch):
+    from peft.tuners.lora.layer import LoraLayer
+
+    before = snap(tiny)
+    fail_after(monkeypatch, LoraLayer, "update_layer", 3)
+    raises(MemoryError, "out of memory", lk.attach, tiny, r=4)
+    assert_intact(tiny, before)
+    monkeypatch.undo()
+    assert lk.attach(tiny, r=4) is not None  # and the model still takes an adapter
+
+
+@case("out of memory half-way through a re-attach", "MemoryError (re-raised)",
+      "the previous adapter: its layers, trained weights and PeftModel still work")
+def test_reattach_memory_error_keeps_old_adapter(pm, tok, monkeypatch):
+    from peft.tuners.lora.layer import LoraLayer
+
+    before = snap(pm)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        ref = pm(input_ids=ids).logits
+    fail_after(monkeypatch, LoraLayer, "update_layer", 2)
+    raises(MemoryError, "out of memory", lk.attach, pm, r=8)
+    assert_intact(pm, before)
+    with torch.no_grad():
+        assert torch.equal(pm(input_ids=ids).logits, ref)
+
+
+@case("Ctrl-C (KeyboardInterrupt) half-way through attach", "KeyboardInterrupt (re-raised)",
+      "model rolled back: no LoRA layer, parameters and flags as before")
+def test_attach_interrupt_rolls_back(tiny, monkeypatch):
+    from peft.tuners.lora.layer import LoraLayer
+
+    before = snap(tiny)
+    fail_after(monkeypatch, LoraLayer, "update_layer", 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        lk.attach(tiny, r=4)
+    assert_intact(tiny, before)
+
+
+@case("failure half-way through a PiSSA attach (rewrites base weights)", "RuntimeError "
+      "(re-raised)", "base weights bit-identical (the rewritten ones are put back)")
+def test_pissa_failure_restores_base_weights(tiny, monkeypatch):
+    from peft.tuners.lora.layer import LoraLayer
+
+    before = snap(tiny)
+    fail_after(monkeypatch, LoraLayer, "update_layer", 3, RuntimeError("simulated failure"))
+    raises(RuntimeError, "simulated", lk.attach, tiny, r=4, init="pissa")
+    assert_intact(tiny, before)
+
+
+@case("attach_adalora(total_step=0)", "ValueError: AdaLoRA needs total_step > tinit + tfinal",
+      "model untouched")
+def test_adalora_bad_steps(tiny):
+    refused(tiny, ValueError, "total_step > tinit", lk.attach_adalora, tiny, total_step=0)
+
+
+@case("detach on a model without an adapter", "ValueError: this model has no LoRA adapter",
+      "model untouched")
+def test_detach_without_adapter(tiny):
+    refused(tiny, ValueError, "has no LoRA adapter", lk.detach, tiny)

@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import case, raises, refused, train_quiet
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit
+import lorakit as lk
 from lorakit.core import record
 from lorakit.core.record import FORMAT_VERSION, Recorder, Recording, block_average
 from lorakit.core.settings import RecordSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 256
 
 
@@ -391,6 +393,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_only_rank0_records(tmp_path):
     # accelerate 1.x: "--cpu" alone starts one process unless mpirun is set up; --multi_gpu
     # selects its torchrun launcher, and ACCELERATE_USE_CPU / use_cpu=True keep both on CPU.
@@ -408,3 +411,64 @@ def test_accelerate_two_processes_only_rank0_records(tmp_path):
     assert results[0]["frames"] > 0 and results[0]["steps"] == [0, 1, 2, 3, 4]
     assert results[1]["frames"] == 0
     assert results[0]["direct_frames"] == 2 and results[1]["direct_frames"] == 0
+
+
+# -- bad input and faults: a clear error, nothing changed (docs/reliability.md) --------------------
+@case("Recording.save into an unwritable folder (/proc)", "PermissionError: cannot write the "
+      "file '/proc/…'", "the recording in memory intact")
+def test_recording_save_unwritable(pm):
+    rec = lk.Recorder(pm)
+    rec.on_step(0, None)
+    before = len(rec.recording)
+    raises(PermissionError, "cannot write the file '/proc/r.safetensors'",
+           rec.recording.save, "/proc/r.safetensors")
+    assert len(rec.recording) == before
+
+
+@case("Recording.load of a damaged file", "ValueError: PATH is damaged (truncated or corrupt)",
+      "the file unchanged")
+def test_recording_load_damaged(tmp_path):
+    f = tmp_path / "r.safetensors"
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    raises(ValueError, "is damaged", lk.Recording.load, f)
+    assert f.read_bytes().startswith(b"\x10")
+
+
+@case("a Recorder made before a re-attach", "ValueError: this Recorder records … no longer the "
+      "model's adapter layer … make a new one", "new adapter untouched; recording intact")
+def test_stale_recorder_refused(pm, tok, task):
+    rec = lk.Recorder(pm)
+    rec.on_step(0, None)
+    frames = len(rec.recording)
+    pm2 = lk.attach(pm, r=2, seed=0)
+    refused(pm2, ValueError, "no longer the model's adapter layer", train_quiet, pm2, tok, task,
+            steps=1, recorder=rec)
+    assert len(rec.recording) == frames
+
+
+@case("Recorder on a model without an adapter", "ValueError: this model has no LoRA Linear "
+      "layers", "model untouched")
+def test_recorder_without_adapter(tiny):
+    refused(tiny, ValueError, "no LoRA Linear layers", lk.Recorder, tiny)
+
+
+@case("Recorder(modules=['nope'])", "ValueError: no LoRA layer matches ['nope']. Recordable "
+      "names …", "model untouched")
+def test_recorder_unknown_module(pm):
+    refused(pm, ValueError, "no LoRA layer matches", lk.Recorder, pm, modules=["nope"])
+
+
+@case("Recorder(every=0)", "ValueError: every must be a positive integer", "model untouched")
+def test_recorder_every_zero(pm):
+    raises(ValueError, "every must be a positive integer", lk.Recorder, pm, every=0)
+
+
+@case("Recorder asked to snapshot NaN adapter weights", "ValueError: the adapter weights of … "
+      "are not finite (not a LinAlgError from an SVD)", "the frames so far intact")
+def test_recorder_nan_weights(pm):
+    rec = lk.Recorder(pm)
+    rec.on_step(0, None)
+    with torch.no_grad():
+        next(p for n, p in pm.named_parameters() if "lora_A" in n).fill_(float("nan"))
+    raises(ValueError, "not finite", rec.on_step, 1, 1.0)
+    assert rec.recording.steps == [0]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lorakit as lk
-from lorakit.files import animate, export, pack
+from lorakit.files import animate, pack
 from lorakit.view import figures, render
 
 needs_browser = pytest.mark.skipif(render.find_browser() is None,

@@ -21,6 +21,7 @@ import plotly
 import plotly.graph_objects as go
 import pytest
 import torch
+from faults import case, raises
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
@@ -344,3 +345,18 @@ def test_png_without_browser_or_kaleido_says_what_to_install(anim, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="scale"):
         export.export_png(anim, tmp_path / "x.png", scale=0)
+
+
+# -- bad input and faults: a clear error, nothing changed (docs/reliability.md) --------------------
+@case("export_html into an unwritable folder (/proc)", "PermissionError: cannot write the file "
+      "'/proc/…'", "checked before anything is rendered")
+def test_export_unwritable_before_render(monkeypatch):
+    import plotly.graph_objects as go
+
+    from lorakit.files import export
+
+    rendered = []
+    monkeypatch.setattr(export, "write_atomic", lambda *a: rendered.append(a))
+    raises(PermissionError, "cannot write the file '/proc/f.html'", export.export_html,
+           go.Figure(), "/proc/f.html")
+    assert rendered == []

@@ -4,17 +4,18 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.core.experiments import VARIANT_NAMES, compare_variants
+from lorakit.core.experiments import METHODS, compare_methods
 
 TASK = lk.tasks.get("iso_dates")
 
 
-def test_compare_variants_trains_each_and_restores_the_base(fresh, probe):
+@pytest.mark.slow
+def test_compare_methods_trains_each_and_restores_the_base(fresh, probe):
     model, tok = fresh
     with torch.no_grad():
         before = model(**probe).logits
-    rows = compare_variants(model, tok, TASK, steps=3, batch_size=2, eval_n=2)
-    assert [r.name for r in rows] == list(VARIANT_NAMES)
+    rows = compare_methods(model, tok, TASK, steps=3, batch_size=2, eval_n=2)
+    assert [r.name for r in rows] == list(METHODS)
     by = {r.name: r for r in rows}
     lora = 30 * 8 * ((576 + 576) + (576 + 192))
     assert by["lora"].trainable == by["rslora"].trainable == by["loraplus"].trainable == lora
@@ -31,6 +32,7 @@ def test_compare_variants_trains_each_and_restores_the_base(fresh, probe):
         assert torch.equal(model(**probe).logits, before)  # PiSSA's rewrite undone too
 
 
+@pytest.mark.slow
 def test_adalora_allocates_its_rank_budget(fresh):
     model, tok = fresh
     pm = lk.attach_adalora(model, r=4, targets=["q_proj", "v_proj"], total_step=6, seed=0)
@@ -42,9 +44,9 @@ def test_adalora_allocates_its_rank_budget(fresh):
     assert kept == 4 * len(pattern)  # pruned from init_r=6 to the average budget r=4
 
 
-def test_bad_variants():
-    with pytest.raises(ValueError, match="unknown variants \\['qlora'\\]; choose from lora"):
-        compare_variants(None, None, TASK, variants=["lora", "qlora"])
+def test_bad_methods():
+    with pytest.raises(ValueError, match="unknown methods \\[.qlora.\\]; choose from lora"):
+        compare_methods(None, None, TASK, methods=["lora", "qlora"])
     with pytest.raises(ValueError, match="AdaLoRA needs total_step"):
         lk.attach_adalora(None, total_step=0)
 
