@@ -160,3 +160,18 @@ def test_make_test_runs_the_longest_files_first():
         "notebooks/07_variants.ipynb::Cell 0", "notebooks/07_variants.ipynb::Cell 1",
         "notebooks/04_qlora.ipynb::Cell 0", "notebooks/04_qlora.ipynb::Cell 1",
         "tests/test_a.py::x", "tests/test_a.py::y", "tests/test_b.py::z"]
+
+
+def test_no_settings_field_is_declared_twice():
+    """The commands' settings hold LoraSettings / TrainSettings / RecordSettings objects; none
+    of their fields is declared again beside them."""
+    from dataclasses import fields
+
+    from lorakit.app.tour import TourSettings
+    from lorakit.app.train_cli import TrainCommand
+
+    core = {f.name for cls in (lk.LoraSettings, lk.TrainSettings, lk.RecordSettings)
+            for f in fields(cls)}
+    for cls in (TourSettings, TrainCommand):
+        assert core & {f.name for f in fields(cls)} == set(), cls.__name__
+    assert {f.name for f in fields(TourSettings) if f.metadata.get("nested")} == {"lora", "train"}

@@ -337,3 +337,24 @@ def test_adalora_bad_steps(tiny):
       "model untouched")
 def test_detach_without_adapter(tiny):
     refused(tiny, ValueError, "has no LoRA adapter", lk.detach, tiny)
+
+
+def test_attach_takes_a_lora_settings_object(tiny):
+    """attach(model, LoraSettings(...)) is the keyword call; a keyword changes one field."""
+    s = lk.LoraSettings(r=4, alpha=8, targets=("q_proj", "k_proj"), variant="rslora")
+    pm = lk.attach(tiny, s, seed=0)
+    first = {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_A" in n}
+    assert settings_of(pm) == s and len(first) == 4
+    lk.detach(pm)
+    pm = lk.attach(tiny, r=4, alpha=8, targets=["q_proj", "k_proj"], variant="rslora", seed=0)
+    assert settings_of(pm) == s
+    assert all(torch.equal(first[n], p) for n, p in pm.named_parameters() if "lora_A" in n)
+    lk.detach(pm)
+    pm = lk.attach(tiny, s, r=2)
+    assert settings_of(pm) == lk.LoraSettings(r=2, alpha=8, targets=("q_proj", "k_proj"),
+                                              variant="rslora")
+    lk.detach(pm)
+    before = snap(tiny)
+    raises(TypeError, "settings must be a LoraSettings", lk.attach, tiny, {"r": 4})
+    raises(ValueError, "r .rank. must be a positive integer", lk.attach, tiny, s, r=0)
+    assert_intact(tiny, before)

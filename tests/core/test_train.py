@@ -386,3 +386,22 @@ def test_interrupt_keeps_weights(pm, tok, task):
     res = train_quiet(pm, tok, task, steps=5, batch_size=2, callbacks=[stop])
     assert res.interrupted and res.steps_done == 1 and not pm.training
     assert all(torch.equal(p, hist[-1][n]) for n, p in pm.named_parameters() if p.requires_grad)
+
+
+def test_train_takes_a_train_settings_object(tiny, tok, task):
+    """train(..., TrainSettings(...)) is the keyword call; a keyword changes one field."""
+    s = lk.TrainSettings(steps=2, lr=1e-3, batch_size=2, seed=3)
+    calls = [((s,), {}), ((), dict(steps=2, lr=1e-3, batch_size=2, seed=3)),
+             ((lk.TrainSettings(steps=5, lr=1e-3, batch_size=2, seed=3),), dict(steps=2))]
+    runs = []
+    for args, kwargs in calls:
+        pm = lk.attach(tiny, r=2, targets=["q_proj"], seed=0)
+        res = lk.train(pm, tok, task, *args, **kwargs, progress=False)
+        runs.append((res.losses, res.lrs, res.tokens))
+        lk.detach(pm)
+    assert runs[0] == runs[1] == runs[2] and len(runs[0][0]) == 2
+    pm = lk.attach(tiny, r=2, targets=["q_proj"], seed=0)
+    before = snap(pm)
+    raises(TypeError, "settings must be a TrainSettings", lk.train, pm, tok, task, {"steps": 1})
+    raises(ValueError, "steps must be a positive integer", lk.train, pm, tok, task, s, steps=0)
+    assert_intact(pm, before)
