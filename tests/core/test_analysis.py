@@ -175,29 +175,6 @@ def test_trained_r8_and_r64_adapters_grid_and_amplification():
         assert an.effective_rank(delta[r]) <= r
 
 
-@pytest.mark.slow
-def test_full_vs_lora_on_one_layer_restores_the_model(fresh):
-    model, tok = fresh
-    task = lk.tasks.get("iso_dates")
-    ids = serve.default_probe(model)[:1, :8]
-    with torch.no_grad():
-        before = model(input_ids=ids).logits
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    res = an.full_vs_lora(model, tok, task, "layers.15.q_proj", steps=4, r=8)
-    assert res.module == "model.layers.15.self_attn.q_proj"
-    assert len(res.losses_full) == len(res.losses_lora) == 4
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=ids).logits, before)   # weight restored, adapter gone
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert res.delta_full.shape == res.delta_lora.shape == (D_MODEL, D_MODEL)
-    norm = torch.linalg.matrix_norm(res.delta_full.double()).item()
-    assert norm > 0 and 0 < res.energy_at_r <= 1
-    assert res.error_at_r == pytest.approx(norm * math.sqrt(1 - res.energy_at_r), rel=1e-6)
-    assert res.effective_rank_lora <= 8 < res.effective_rank_full   # full FT is not low rank
-    assert an.best_rank_r(res.delta_lora, 8).error < 1e-6 * max(1.0, norm)
-    assert -1 <= res.cosine <= 1 and 0 <= res.subspace_right <= 1 and 0 <= res.subspace_left <= 1
-    assert "energy of ΔW_full in its top-r" in str(res)
-
 
 def test_base_weight_of_a_4bit_model(tmp_path):
     """base_weight dequantizes a bitsandbytes 4-bit base (no ImportError), also after

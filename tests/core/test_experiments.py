@@ -1,10 +1,14 @@
 """Variants on one budget: LoRA, rsLoRA, DoRA, LoRA+, PiSSA init, AdaLoRA (through PEFT)."""
 
+import math
+
 import pytest
 import torch
 
 import lorakit as lk
-from lorakit.core.experiments import METHODS, compare_methods
+from lorakit.core.analysis import best_rank_r
+from lorakit.core.experiments import METHODS, compare_methods, full_vs_lora
+from lorakit.core.serve import default_probe
 
 TASK = lk.tasks.get("iso_dates")
 
@@ -70,3 +74,30 @@ def test_analysis_figures_show_the_numbers():
     assert table.cells.values[5][0] == f"{amp.factor:.3g}"
     with pytest.raises(ValueError, match="at least one"):
         figures.spectra({})
+
+
+D_MODEL = 576   # SmolLM2 hidden size: d_in of q_proj / v_proj
+
+
+@pytest.mark.slow
+def test_full_vs_lora_on_one_layer_restores_the_model(fresh):
+    model, tok = fresh
+    task = lk.tasks.get("iso_dates")
+    ids = default_probe(model)[:1, :8]
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    res = full_vs_lora(model, tok, task, "layers.15.q_proj", steps=4, r=8)
+    assert res.module == "model.layers.15.self_attn.q_proj"
+    assert len(res.losses_full) == len(res.losses_lora) == 4
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)   # weight restored, adapter gone
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert res.delta_full.shape == res.delta_lora.shape == (D_MODEL, D_MODEL)
+    norm = torch.linalg.matrix_norm(res.delta_full.double()).item()
+    assert norm > 0 and 0 < res.energy_at_r <= 1
+    assert res.error_at_r == pytest.approx(norm * math.sqrt(1 - res.energy_at_r), rel=1e-6)
+    assert res.effective_rank_lora <= 8 < res.effective_rank_full   # full FT is not low rank
+    assert best_rank_r(res.delta_lora, 8).error < 1e-6 * max(1.0, norm)
+    assert -1 <= res.cosine <= 1 and 0 <= res.subspace_right <= 1 and 0 <= res.subspace_left <= 1
+    assert "energy of ΔW_full in its top-r" in str(res)
