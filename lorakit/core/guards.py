@@ -104,6 +104,38 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def probe_writable(folder: Path) -> None:
+    """Create and remove a probe file in ``folder``; the OSError if that fails. The test that
+    counts: ``os.access`` says yes to root on a read-only file system."""
+    fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(path, what: str = "file") -> Path:
+    """Check that ``path`` (a file or folder to write) can really be created; return it.
+
+    ``probe_writable`` in the nearest existing parent folder. Errors name the user's path.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is "
+                                 "not a folder")
+    if path.is_dir() and what == "file":
+        raise IsADirectoryError(f"cannot write the {what} {str(path)!r}: it is a folder")
+    try:
+        probe_writable(parent)
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable "
+            f"({err.strerror}). Choose another folder.") from err
+    return path
+
+
+
 # -- memory ---------------------------------------------------------------------------------
 def available_memory(device: torch.device | str | None = None) -> int:
     """Bytes that can still be allocated on ``device`` (CPU: RAM available, and the address
@@ -150,38 +182,6 @@ def check_memory(need: int, what: str, device=None, *, headroom: float = 0.8) ->
             f"{what} would need {format_bytes(need)}, but only {format_bytes(free)} is "
             f"available on {torch.device(device or 'cpu')}; nothing was changed. Use a smaller "
             "rank r or fewer target modules.")
-
-
-# -- files ----------------------------------------------------------------------------------
-def probe_writable(folder: Path) -> None:
-    """Create and remove a probe file in ``folder``; the OSError if that fails. The test that
-    counts: ``os.access`` says yes to root on a read-only file system."""
-    fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=folder)
-    os.close(fd)
-    os.unlink(probe)
-
-
-def check_writable(path, what: str = "file") -> Path:
-    """Check that ``path`` (a file or folder to write) can really be created; return it.
-
-    ``probe_writable`` in the nearest existing parent folder. Errors name the user's path.
-    """
-    path = Path(os.fspath(path)).expanduser()
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"cannot write the {what} {str(path)!r}: {str(parent)!r} is "
-                                 "not a folder")
-    if path.is_dir() and what == "file":
-        raise IsADirectoryError(f"cannot write the {what} {str(path)!r}: it is a folder")
-    try:
-        probe_writable(parent)
-    except OSError as err:
-        raise PermissionError(
-            f"cannot write the {what} {str(path)!r}: the folder {str(parent)!r} is not writable "
-            f"({err.strerror}). Choose another folder.") from err
-    return path
 
 
 # -- user text ------------------------------------------------------------------------------
