@@ -1,8 +1,9 @@
 """Static checks on the tutorial notebooks and the README table (nbval executes them).
 
-The rules: each notebook ≤ 1.5 MB, no inlined plotly.js, a title with Colab and Binder
-badges, a Colab-only install cell nbval skips, a ``parameters`` cell; every notebook listed in
-the README with its badges; the README's screenshots exist and are real PNGs.
+The rules: no inlined plotly.js, a title with Colab and Binder links, a Colab-only install
+cell nbval skips, a ``parameters`` cell; every notebook listed in the README with its links;
+the README's screenshots exist and are real PNGs. The size budget, the static pictures and the
+solutions' stored outputs: test_notebook_static.py.
 """
 
 from __future__ import annotations
@@ -31,12 +32,9 @@ def test_all_nine_tutorials_exist():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_small_and_loads_plotly_from_the_cdn(path):
+def test_notebook_loads_plotly_from_the_cdn(path):
     text = path.read_text()
-    assert path.stat().st_size <= 1_500_000, f"{path.name}: {path.stat().st_size:,} bytes"
     assert PLOTLY_BANNER not in text, f"{path.name} inlines plotly.js"
-    assert "application/vnd.jupyter.widget-view+json" not in text   # widget outputs stripped
-    assert "widgets" not in json.loads(text)["metadata"]
     for cell in _cells(path):
         for out in cell.get("outputs", []):
             assert out["output_type"] != "error", f"{path.name}: stored error output"
@@ -67,12 +65,19 @@ def test_links_to_other_notebooks_resolve(path):
                 assert (path.parent / link).is_file(), f"{path.name} links to {link}"
 
 
-def test_readme_lists_every_notebook_with_badges():
+def test_readme_lists_every_notebook_with_colab_and_binder_links():
     for path in NOTEBOOKS:
         row = next((line for line in README.splitlines()
                     if line.startswith(f"| [`{path.stem}`](notebooks/{path.name})")), None)
         assert row, f"README table lacks {path.name}"
-        assert "colab-badge.svg" in row and "mybinder.org/badge_logo.svg" in row
+        assert f"[Colab](https://colab.research.google.com/github/lorakit/lorakit/blob/main/" \
+               f"notebooks/{path.name})" in row
+        assert f"[Binder](https://mybinder.org/v2/gh/lorakit/lorakit/main?labpath=" \
+               f"notebooks/{path.name})" in row
+    # text links, no remote badge images: an offline JupyterLab shows no broken image
+    assert not re.findall(r"!\[[^\]]*\]\(https?://", README)
+    for path in NOTEBOOKS:
+        assert not re.findall(r"!\[[^\]]*\]\(https?://", "".join(_cells(path)[0]["source"]))
     for link in re.findall(r"\]\((notebooks/[^)]+\.ipynb)\)", README):
         assert (ROOT / link).is_file(), link
 
@@ -126,8 +131,8 @@ def test_notebook_kernel_is_python3(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_exercises_predict_then_run(path):
     """Each exercise: a guess cell (``guess_… = None``), then a hidden solution cell that
-    reports on the guess with ``check_guess`` (so nbval runs it green with the default guess)
-    and has stored that report."""
+    reports on the guess with ``check_guess`` (so nbval runs it green with the default guess);
+    what it stores is checked in test_notebook_static.py (nothing: the answer stays hidden)."""
     pairs = _exercises(path)
     if not pairs:
         pytest.skip(f"{path.name} has no exercises yet")
@@ -138,9 +143,6 @@ def test_exercises_predict_then_run(path):
         assert name.startswith("guess_") and "= None" in g, g
         assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True, s[:60]
         assert f"check_guess({name}," in s, s[:80]
-        outs = "".join("".join(o.get("text", "")) for o in solution.get("outputs", []))
-        assert outs.strip().splitlines()[-1].startswith("no guess yet: the answer is"), (
-            path.name, name, outs)
 
 
 def test_at_least_eight_notebooks_end_with_exercises():
