@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -78,29 +79,119 @@ class Transaction:
 
 
 # -- files ----------------------------------------------------------------------------------
+def kept_mode(path: Path) -> int:
+    """The permission bits ``path`` keeps when it is replaced: its own when it exists (a 0600
+    file stays 0600), else what a new file gets under the process's umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of a temporary file or folder written beside ``path``: ``.NAME.PID.``,
+    so ``stale_temporaries`` can tell a killed writer's leftovers from a live writer's."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _running(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporaries beside ``path`` (``.NAME.PID.XXXX.tmp``, and ``.tmp.old`` for a folder
+    moved aside) whose writing process is gone (killed mid-write), newest first. Those of a
+    process still running (another save in progress) are not listed."""
+    prefix = f".{path.name}."
+    found = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            if p.name.startswith(prefix) and p.name.endswith((".tmp", ".tmp.old")):
+                pid = p.name[len(prefix):].split(".", 1)[0]
+                if not _running(int(pid) if pid.isdigit() else None):
+                    found.append((p.lstat().st_mtime, p))
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
     """Write ``data`` (str: UTF-8) to a temporary file next to ``path``, then ``os.replace`` it:
-    a reader never sees a half-written file, and a failed write leaves the old one. Errors name
-    ``path`` (the user's file), never the temporary one."""
+    a reader never sees a half-written file, and a failed write leaves the old one. An existing
+    file keeps its permission bits. Errors name ``path`` (the user's file), never the temporary
+    one."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(missing_folder(path))
+    mode = kept_mode(path)
+    for stale in stale_temporaries(path):  # what a killed write left
+        with contextlib.suppress(OSError):
+            stale.unlink()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise PermissionError(f"cannot write {str(path)!r}: {err.strerror}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as err:
         raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror}") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def missing_folder(path: Path) -> str:
+    """The message for a file whose folder does not exist: the folder and the fix."""
+    return (f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist "
+            f"(create it first, e.g. os.makedirs({str(path.parent)!r}))")
+
+
+def writable_file(path) -> Path:
+    """``path`` (a file to write) as an absolute Path, or an OSError naming it and the fix:
+    a folder in its place, a missing or unwritable folder. Checked before anything is built or
+    written, so a bad path leaves nothing behind."""
+    p = Path(os.fspath(path)).expanduser().absolute()
+    if p.is_dir():
+        raise IsADirectoryError(f"cannot write {str(p)!r}: it is a directory; give a file "
+                                f"name, e.g. {str(p / 'figure.html')!r}")
+    if not p.parent.exists():
+        raise FileNotFoundError(missing_folder(p))
+    return check_writable(p)
+
+
+def regular_file(path, what: str = "file") -> Path:
+    """``path`` if it is a regular file (symlinks followed); else FileNotFoundError (nothing
+    there) or ValueError (a FIFO, socket, device or folder: opening one can block for good)."""
+    path = Path(os.fspath(path)).expanduser()
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {str(path)!r}") from None
+    except OSError as err:
+        raise OSError(err.errno, f"cannot read the {what} {str(path)!r}: {err.strerror}") from err
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise ValueError(f"the {what} {str(path)!r} is {kind}, not a regular file; lorakit "
+                         "reads only regular files (reading a pipe or device can block for "
+                         "good). Give the path of the real file.")
     return path
 
 

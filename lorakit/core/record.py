@@ -45,6 +45,8 @@ it, and ``save``/``load`` use one safetensors file with the metadata as JSON in 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -231,9 +233,13 @@ class Recording:
     def save(self, path) -> Path:
         """Write ONE safetensors file: tensors + JSON metadata in the header. Returns the path.
 
-        Written atomically (a temporary file, then a rename): a failed save keeps the old file.
+        Written atomically (a temporary file, then a rename): a failed save keeps the old file,
+        and an existing file keeps its permissions. Its folder must exist; ``extra`` must be
+        JSON (str, number, bool, None, lists and dicts of them): anything else is named.
         """
-        path = Path(path)
+        from .guards import writable_file, write_atomic
+
+        path = writable_file(path)  # before the work, naming the user's path
         tensors = {}
         for i, m in enumerate(self.data.values()):
             for k, t in m.tensors().items():
@@ -247,45 +253,42 @@ class Recording:
             "model_name": self.model_name, "extra": self.extra,
             "modules": [m.meta() for m in self.data.values()],
         }
-        from .guards import check_writable, write_atomic
-
-        check_writable(path)  # before the work, naming the user's path
+        try:
+            header = json.dumps(meta)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"cannot save the recording to {str(path)!r}: {_not_json(self.extra)} "
+                             f"({err}). Recording.extra holds JSON only: str, int, float, "
+                             "bool, None, and lists and dicts of them.") from err
         from safetensors.torch import save
 
-        write_atomic(path, save(tensors, metadata={_META_KEY: json.dumps(meta)}))
+        write_atomic(path, save(tensors, metadata={_META_KEY: header}))
         return path
 
     @classmethod
     def load(cls, path) -> Recording:
         """Read a file written by ``save`` (safetensors only: no pickle, no code execution).
 
-        Raises FileNotFoundError for a missing file, ValueError for a damaged file or one
-        written by a newer lorakit (format version above ``FORMAT_VERSION``).
+        Raises FileNotFoundError for a missing file, ValueError for a damaged file, one
+        written by a newer lorakit (format version above ``FORMAT_VERSION``), one whose
+        tensors do not have the shapes its metadata says (checked before any tensor is read,
+        as are the memory they need and the module names), or a path that is not a regular
+        file (a FIFO would block for good).
         """
         from safetensors import safe_open
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no recording at {str(path)!r}")
+        from .guards import regular_file
+
+        path = regular_file(path, "recording")
         damaged = (f"{str(path)!r} is damaged (truncated or corrupt) or is not a lorakit "
                    f"recording; save it again with Recording.save")
         try:
             with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                if _META_KEY not in header:
-                    raise ValueError(f"{damaged}: no lorakit metadata in its header")
-                meta = json.loads(header[_META_KEY])
-                version = meta.get("format_version")
-                if not isinstance(version, int):
-                    raise ValueError(f"{damaged}: no format version")
-                if version > FORMAT_VERSION:
-                    raise ValueError(
-                        f"{str(path)!r} was written in recording format version {version} "
-                        f"(lorakit {meta.get('lorakit_version', '?')}); this lorakit "
-                        f"({_lorakit_version()}) reads format version {FORMAT_VERSION} and "
-                        f"older. Upgrade lorakit to load it.")
+                meta = _read_meta(f.metadata() or {}, path, damaged)
+                check_declared(meta, {k: (f.get_slice(k).get_dtype(),
+                                          tuple(f.get_slice(k).get_shape())) for k in f.keys()},
+                               path, damaged)
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except ValueError:
+        except (ValueError, MemoryError):
             raise
         except Exception as e:  # safetensors' own errors: header/buffer size mismatches etc.
             raise ValueError(f"{damaged}: {e}") from e
@@ -295,16 +298,99 @@ class Recording:
             for i, mm in enumerate(meta["modules"]):
                 kw = {k: tensors[f"m{i}.{k}"] for k in ModuleFrames._TENSORS}
                 frames = ModuleFrames(**{k: mm[k] for k in ModuleFrames._META}, **kw)
-                if any(t.shape[0] != len(steps) for t in kw.values()):
-                    raise ValueError("frame counts disagree")
                 data[frames.name] = frames
             return cls(steps=steps, losses=list(meta["losses"]), data=data,
                        every=meta["every"], stride=meta["stride"], max_frames=meta["max_frames"],
                        display_size=meta["display_size"], top_k=meta["top_k"],
                        adapter=meta["adapter"], model_name=meta.get("model_name"),
-                       format_version=version, extra=meta.get("extra", {}))
+                       format_version=meta["format_version"], extra=meta.get("extra", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{damaged}: {e!r}") from e
+
+
+def _not_json(value, where: str = "extra") -> str:
+    """Where in ``value`` the first thing ``json.dumps`` cannot write sits, and its type."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                return f"{where} has a key of type {type(k).__name__} ({k!r})"
+            found = _not_json(v, f"{where}[{k!r}]")
+            if found:
+                return found
+        return ""
+    if isinstance(value, (list, tuple)):
+        return next((found for i, v in enumerate(value)
+                     if (found := _not_json(v, f"{where}[{i}]"))), "")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return ""
+    return f"{where} is a {type(value).__name__}"
+
+
+def _read_meta(header: dict, path: Path, damaged: str) -> dict:
+    """The lorakit metadata of a recording file's header, its format version checked."""
+    if _META_KEY not in header:
+        raise ValueError(f"{damaged}: no lorakit metadata in its header")
+    meta = json.loads(header[_META_KEY])
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(version, int):
+        raise ValueError(f"{damaged}: no format version")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} was written in recording format version {version} (lorakit "
+            f"{meta.get('lorakit_version', '?')}); this lorakit ({_lorakit_version()}) reads "
+            f"format version {FORMAT_VERSION} and older. Upgrade lorakit to load it.")
+    return meta
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_DTYPES = {"A": "F16", "B": "F16", "delta": "F16", "norm_A": "F32", "norm_B": "F32",
+           "norm_delta": "F32", "sv": "F32"}
+
+
+def expected_shapes(mm: dict, frames: int, display_size: int, top_k: int) -> dict:
+    """The shape ``save`` gives each tensor of one module, from its metadata ``mm``."""
+    r, d_in, d_out = (int(mm[k]) for k in ("r", "d_in", "d_out"))
+    cols, rows = min(d_in, display_size), min(d_out, display_size)
+    return {"A": (frames, r, cols), "B": (frames, rows, r), "delta": (frames, rows, cols),
+            "norm_A": (frames,), "norm_B": (frames,), "norm_delta": (frames,),
+            "sv": (frames, min(top_k, r, d_in, d_out))}
+
+
+def check_declared(meta: dict, declared: dict, path: Path, damaged: str) -> None:
+    """Check a recording's declared tensors against its metadata before reading any: the
+    names and shapes ``save`` writes, module names that are plain names (no ``/``), frame
+    counts that agree, and the memory they need (a crafted header can declare gigabytes)."""
+    try:
+        frames = len(meta["steps"])
+        if len(meta["losses"]) != frames:
+            raise ValueError(f"{frames} steps but {len(meta['losses'])} losses")
+        want = {}
+        for i, mm in enumerate(meta["modules"]):
+            for key in ("name", "full_name", "module_type"):
+                if not isinstance(mm[key], str) or not _SAFE_NAME.fullmatch(mm[key]):
+                    raise ValueError(f"module {key} {mm[key]!r} is not a plain module name "
+                                     "(letters, digits, '_', '-', '.')")
+            for k, shape in expected_shapes(mm, frames, int(meta["display_size"]),
+                                            int(meta["top_k"])).items():
+                want[f"m{i}.{k}"] = (_DTYPES[k], shape)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{damaged}: its metadata is not valid ({e})") from e
+    if set(declared) != set(want):
+        odd = sorted(set(declared) ^ set(want))[:3]
+        raise ValueError(f"{damaged}: its tensors are not the ones its metadata lists ({odd})")
+    for key, (dtype, shape) in declared.items():
+        if (dtype, shape) != want[key]:
+            raise ValueError(f"{damaged}: tensor {key} is {dtype} {list(shape)}, but its "
+                             f"metadata says {want[key][0]} {list(want[key][1])}")
+    need = sum(math.prod(shape) * (2 if dtype == "F16" else 4)
+               for dtype, shape in declared.values())
+    from .guards import check_memory
+
+    check_memory(need, f"loading the recording {str(path)!r}")
+    on_disk = path.stat().st_blocks * 512
+    if need > 64 << 20 and 0 < on_disk < need // 16:
+        raise ValueError(f"{damaged}: it declares {need:,} bytes of tensors but only "
+                         f"{on_disk:,} bytes are on disk (a sparse file)")
 
 
 def _lorakit_version() -> str:

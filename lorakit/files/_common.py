@@ -11,7 +11,7 @@ import html
 import math
 from pathlib import Path
 
-from ..core.guards import check_writable
+from ..core.guards import writable_file
 
 
 def page(title: str, body: str, css: str, heading: bool = True) -> str:
@@ -25,22 +25,9 @@ def page(title: str, body: str, css: str, heading: bool = True) -> str:
 
 
 def writable(path) -> Path:
-    """``path`` as an absolute Path, or an OSError naming it if it cannot be written there.
-
-    Checked before anything is built or written, so a bad path leaves nothing behind.
-    """
-    p = Path(path).expanduser().absolute()
-    if p.is_dir():
-        raise IsADirectoryError(f"cannot write {str(p)!r}: it is a directory; give a file "
-                                f"name, e.g. {str(p / 'figure.html')!r}")
-    parent = p.parent
-    if not parent.exists():
-        raise FileNotFoundError(f"cannot write {str(p)!r}: the folder {str(parent)!r} does "
-                                f"not exist (create it first, e.g. os.makedirs)")
-    if not parent.is_dir():
-        raise NotADirectoryError(f"cannot write {str(p)!r}: {str(parent)!r} is not a folder")
-
-    return check_writable(p)
+    """``path`` as an absolute Path, or an OSError naming it if it cannot be written there
+    (``guards.writable_file``: checked before anything is built or written)."""
+    return writable_file(path)
 
 
 def check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from ..core.guards import check_writable, write_atomic
-from ._common import page
+from ..core.guards import write_atomic
+from ._common import page, writable
 
 
 def _e(value) -> str:
@@ -245,10 +245,9 @@ class Report:
         return page(self.title, f"{sub}\n{body}\n{foot}", _CSS)
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the HTML (UTF-8) to ``path``, replacing it atomically; return the absolute path."""
-
-        path = check_writable(Path(path).expanduser().resolve())
-        return write_atomic(path, self.to_html())
+        """Write the HTML (UTF-8) to ``path``, replacing it atomically (an existing file keeps
+        its permissions); its folder must exist. Returns the absolute path."""
+        return write_atomic(writable(Path(path).expanduser().resolve()), self.to_html())
 
 
 __all__ = ["Block", "Html", "KeyValues", "Report", "Section", "Sparkline", "Table", "Text"]

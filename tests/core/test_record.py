@@ -472,3 +472,118 @@ def test_recorder_nan_weights(pm):
         next(p for n, p in pm.named_parameters() if "lora_A" in n).fill_(float("nan"))
     raises(ValueError, "not finite", rec.on_step, 1, 1.0)
     assert rec.recording.steps == [0]
+
+
+def _crafted(path: Path, meta: dict, tensors: dict[str, tuple[str, list[int]]]) -> Path:
+    """A safetensors file with ``meta`` as its lorakit metadata and ``tensors`` (name ->
+    (dtype, shape)) declared in its header; the data is a hole (a sparse file: only the
+    header takes disk space)."""
+    header, offset = {"__metadata__": {"lorakit": json.dumps(meta)}}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = (2 if dtype == "F16" else 4) * int(torch.tensor(shape).prod())
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob)
+        f.truncate(8 + len(blob) + offset)
+    return path
+
+
+def _declared(path: Path) -> tuple[dict, dict]:
+    """(lorakit metadata, name -> (dtype, shape)) of a saved recording."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lorakit"])
+        return meta, {k: (str(f.get_slice(k).get_dtype()), list(f.get_slice(k).get_shape()))
+                      for k in f.keys()}
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@case("a crafted 4 KB sparse recording declaring a 24 GB tensor its metadata does not list",
+      "ValueError: PATH is damaged …: tensor m0.delta is F16 [4, 50000, 60000], but its "
+      "metadata says F16 [4, 64, 64]", "nothing allocated (peak memory unchanged)")
+def test_recording_load_huge_declared_shape(recording, tmp_path):
+    meta, tensors = _declared(recording.save(tmp_path / "real.safetensors"))
+    frames = len(meta["steps"])
+    tensors["m0.delta"] = ("F16", [frames, 50000, 60000])
+    f = _crafted(tmp_path / "big.safetensors", meta, tensors)
+    assert f.stat().st_size > 6e9 and f.stat().st_blocks * 512 < 1 << 20
+    peak = _peak_rss()
+    raises(ValueError, r"tensor m0.delta is F16 \[\d+, 50000, 60000\], but its metadata says",
+           lk.Recording.load, f)
+    assert _peak_rss() - peak < 256 << 20
+
+
+@case("a crafted sparse recording whose metadata agrees with its 512 MB of declared tensors",
+      "ValueError: … declares 512,… bytes of tensors but only … bytes are on disk (a sparse file)",
+      "nothing allocated (peak memory unchanged)")
+def test_recording_load_huge_consistent_sparse(recording, tmp_path):
+    meta, _ = _declared(recording.save(tmp_path / "real.safetensors"))
+    mm = meta["modules"][0]
+    mm.update(r=1, d_in=8000, d_out=8000)
+    meta.update(modules=[mm], display_size=8000, top_k=1)
+    frames = len(meta["steps"])
+    shapes = record.expected_shapes(mm, frames, 8000, 1)
+    tensors = {f"m0.{k}": ("F16" if k in ("A", "B", "delta") else "F32", list(s))
+               for k, s in shapes.items()}
+    f = _crafted(tmp_path / "big.safetensors", meta, tensors)
+    peak = _peak_rss()
+    raises(ValueError, "bytes are on disk", lk.Recording.load, f)
+    assert _peak_rss() - peak < 256 << 20
+
+
+@case("a recording whose module name contains '/' (e.g. 'a/b')", "ValueError: … module name "
+      "'a/b' is not a plain module name", "the file unchanged; nothing loaded")
+def test_recording_load_slash_module_name(recording, tmp_path):
+    meta, tensors = _declared(recording.save(tmp_path / "real.safetensors"))
+    meta["modules"][0]["name"] = "a/b"
+    f = tmp_path / "slash.safetensors"
+    with safe_open(str(tmp_path / "real.safetensors"), framework="pt") as src:
+        save_file({k: src.get_tensor(k) for k in src.keys()}, f,
+                  metadata={"lorakit": json.dumps(meta)})
+    raises(ValueError, "module name 'a/b' is not a plain module name", lk.Recording.load, f)
+
+
+@case("Recording.load of a FIFO", "ValueError: the recording PATH is a FIFO (named pipe), not "
+      "a regular file", "returns at once (no read from the pipe)")
+def test_recording_load_fifo(tmp_path):
+    os.mkfifo(tmp_path / "r.safetensors")
+    raises(ValueError, "is a FIFO", lk.Recording.load, tmp_path / "r.safetensors")
+
+
+@case("Recording.save into a folder that does not exist", "FileNotFoundError: cannot write "
+      "PATH: the folder … does not exist (create it first, e.g. os.makedirs(…))",
+      "nothing created")
+def test_recording_save_missing_folder(recording, tmp_path):
+    raises(FileNotFoundError, "does not exist .create it first", recording.save,
+           tmp_path / "nope" / "r.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+@case("Recording.save with extra={'lr': np.float32(1e-3), 'when': datetime}", "ValueError: "
+      "cannot save the recording to PATH: extra['when'] is a datetime … JSON only",
+      "nothing written")
+def test_recording_save_extra_not_json(recording, tmp_path):
+    import datetime
+
+    recording.extra = {"lr": 1e-3, "runs": [1, {"when": datetime.date(2024, 1, 2)}]}
+    raises(ValueError, r"extra\['runs'\]\[1\]\['when'\] is a date", recording.save,
+           tmp_path / "r.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+@case("Recording.save over an existing 0600 file", "none: replaced atomically",
+      "the file's mode stays 0600 (not widened to 0644)")
+def test_recording_save_keeps_mode(recording, tmp_path):
+    f = tmp_path / "r.safetensors"
+    f.write_bytes(b"old")
+    f.chmod(0o600)
+    recording.save(f)
+    assert (f.stat().st_mode & 0o777) == 0o600
+    assert len(lk.Recording.load(f)) == len(recording)

@@ -66,3 +66,21 @@ def test_report_write_unwritable():
 
     raises(PermissionError, "cannot write the file '/proc/lk.html'", Report("t").write,
            "/proc/lk.html")
+
+
+@case("Report.write into a folder that does not exist", "FileNotFoundError: cannot write PATH: "
+      "the folder … does not exist (create it first, e.g. os.makedirs(…))", "nothing created")
+def test_report_write_missing_folder(tmp_path):
+    raises(FileNotFoundError, "does not exist .create it first", Report("t").write,
+           tmp_path / "nope" / "r.html")
+    assert list(tmp_path.iterdir()) == []
+
+
+@case("Report.write over an existing 0600 file", "none: replaced atomically",
+      "the file's mode stays 0600")
+def test_report_write_keeps_mode(tmp_path):
+    f = tmp_path / "r.html"
+    f.write_text("old")
+    f.chmod(0o600)
+    Report("t").write(f)
+    assert (f.stat().st_mode & 0o777) == 0o600 and "<html" in f.read_text()
