@@ -37,9 +37,11 @@ class Family:
         if "image_size" not in kw:
             kw.setdefault("vocab_size", vocab)
             kw.setdefault("pad_token_id", pad)
+        kw.setdefault("architectures", [self.model])   # as a hub config.json says
         config = getattr(transformers, self.config)(**kw)
         for key, value in list(vars(config).items()):  # same loss in train and eval mode
-            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+            if any(k in key for k in ("dropout", "pdrop", "drop_path")) and isinstance(
+                    value, float):
                 setattr(config, key, 0.0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -95,24 +97,97 @@ FAMILIES = [
     Family("ViT", "ViTConfig", "ViTModel",
            dict(_LM, image_size=32, patch_size=8), ("q_proj", "v_proj"), "image encoder",
            kind="feature"),
+    Family("Qwen3", "Qwen3Config", "Qwen3ForCausalLM", dict(_GQA, head_dim=16),
+           note="q/k norms"),
+    Family("Qwen2-MoE", "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+           dict(_GQA, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                shared_expert_intermediate_size=64), note="MoE + shared expert (64→1 gate)"),
+    Family("BLOOM", "BloomConfig", "BloomForCausalLM", dict(hidden_size=64, n_layer=2, n_head=4),
+           ("query_key_value",), "fused qkv, ALiBi"),
+    Family("StableLM", "StableLmConfig", "StableLmForCausalLM", dict(_GQA)),
+    Family("Starcoder2", "Starcoder2Config", "Starcoder2ForCausalLM", dict(_GQA),
+           note="c_fc / c_proj MLP"),
+    Family("OLMo2", "Olmo2Config", "Olmo2ForCausalLM", dict(_GQA)),
+    Family("GPT-J", "GPTJConfig", "GPTJForCausalLM",
+           dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8)),
+    Family("GPT-BigCode", "GPTBigCodeConfig", "GPTBigCodeForCausalLM",
+           dict(n_embd=64, n_layer=2, n_head=4), ("c_attn",), "multi-query attention"),
+    Family("Phi", "PhiConfig", "PhiForCausalLM", dict(_LM), note="fc1 / fc2 MLP"),
+    Family("DistilBERT classifier", "DistilBertConfig", "DistilBertForSequenceClassification",
+           dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, num_labels=2), ("q_lin", "v_lin"),
+           "pre_classifier trained in full too", kind="seq_cls"),
+    Family("DeBERTa-v2 classifier", "DebertaV2Config", "DebertaV2ForSequenceClassification",
+           dict(_LM, num_labels=2), ("query_proj", "value_proj"), kind="seq_cls"),
+    Family("ALBERT classifier", "AlbertConfig", "AlbertForSequenceClassification",
+           dict(_LM, embedding_size=32, num_labels=2), ("query", "value"), "shared layers",
+           kind="seq_cls"),
+    Family("ELECTRA classifier", "ElectraConfig", "ElectraForSequenceClassification",
+           dict(_LM, embedding_size=64, num_labels=2), ("query", "value"),
+           "head with its own Linear layers", kind="seq_cls"),
+    Family("ModernBERT classifier", "ModernBertConfig", "ModernBertForSequenceClassification",
+           dict(_LM, num_labels=2), ("Wqkv",), "fused Wqkv", kind="seq_cls"),
+    Family("Qwen2 classifier", "Qwen2Config", "Qwen2ForSequenceClassification",
+           dict(_GQA, num_labels=2), kind="seq_cls"),
+    Family("BERT token classifier", "BertConfig", "BertForTokenClassification",
+           dict(_LM, num_labels=5), ("query", "value"), "a label per token", kind="token_cls"),
+    Family("CLIP text", "CLIPTextConfig", "CLIPTextModel", dict(_LM), ("q_proj", "v_proj"),
+           "text encoder, own forward", kind="feature"),
+    Family("BART", "BartConfig", "BartForConditionalGeneration",
+           dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                decoder_start_token_id=0), kind="seq2seq"),
+    Family("Marian", "MarianConfig", "MarianMTModel",
+           dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                decoder_start_token_id=0), kind="seq2seq"),
+    Family("Swin", "SwinConfig", "SwinModel",
+           dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                window_size=4), ("q_proj", "v_proj"), "image encoder, windows", kind="feature"),
 ]
 
 _TRAINS = {"causal_lm": "prompt → answer (answer tokens only)",
            "seq_cls": "text → label (classification task)",
+           "token_cls": "words → a tag per word (token-tagging task)",
            "seq2seq": "prompt in the encoder, answer in the decoder", "feature": "—"}
+README_R = 8   # the rank of the README's "all-linear" column (LoraSettings' default)
+
+
+def _names(targets) -> str:
+    return ", ".join(f"`{t}`" for t in targets)
+
+
+def all_linear_summary(model, r: int = README_R) -> str:
+    """What ``"all-linear"`` adapts on ``model`` at rank ``r``: the suffixes wrapped, the
+    parameters PEFT adds (MoE experts), the head trained in full, the modules too small."""
+    from lorakit.core.params import plan_targets
+
+    plan = plan_targets(model, "all-linear", r)
+    parts = [_names(dict.fromkeys(i.suffix for i in plan.modules))]
+    if plan.target_parameters:
+        parts.append(f"+ parameters {_names(plan.target_parameters)}")
+    if plan.heads:
+        parts.append(f"+ head {_names(plan.heads)} in full")
+    if plan.skipped:
+        parts.append(f"(not {_names(dict.fromkeys(i.suffix for i in plan.skipped))}: < r)")
+    return " ".join(parts)
 
 
 def readme_table() -> str:
     """The README's table of supported families (each row is a case of tests/test_families)."""
-    from lorakit.core.modelkind import _TASK_TYPE
+    from lorakit.core.modelkind import peft_task_type
+    from lorakit.core.params import plan_targets
 
     rows = ["| family | model class | kind (PEFT task type) | `lk.train` | targets tested | "
-            "notes |", "|---|---|---|---|---|---|"]
+            f"default targets | \"all-linear\" (r={README_R}) | notes |",
+            "|---|---|---|---|---|---|---|---|"]
     for f in FAMILIES:
-        task_type = _TASK_TYPE.get(f.kind, "FEATURE_EXTRACTION / none")
-        targets = ", ".join(f"`{t}`" for t in f.targets + f.target_parameters)
+        model = f.build(vocab=1000)
+        task_type = peft_task_type(model) or "none"
+        targets = _names(f.targets + f.target_parameters)
+        default = plan_targets(model).targets
+        default = f"`{default}`" if isinstance(default, str) else _names(default)
         rows.append(f"| {f.name} | `{f.model}` | {f.kind} ({task_type}) | {_TRAINS[f.kind]} | "
-                    f"{targets} | {f.note} |")
+                    f"{targets} | {default} | {all_linear_summary(model)} | {f.note} |")
     return "\n".join(rows)
 
 

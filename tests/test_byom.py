@@ -2,13 +2,16 @@
 a BERT classifier trained on the built-in sentiment task, and refusals before any change."""
 
 import json
+import warnings
 
 import pytest
 import torch
 from families import FAMILIES
+from faults import case, refused, snap
 from torch import nn
 
 import lorakit as lk
+from lorakit.core.attach import settings_of
 from lorakit.core.modelkind import peft_task_type
 from lorakit.core.naming import tuner_layers
 
@@ -109,8 +112,9 @@ def test_train_refuses_a_kind_it_cannot_train_before_any_change(tok):
     bert = fam("BERT").build(len(tok), tok.pad_token_id)
     pm = lk.attach(bert, r=R, targets=["query", "value"], seed=0)
     before = {n: p.detach().clone() for n, p in pm.named_parameters()}
-    with pytest.raises(ValueError, match=r"cannot train a BertModel.*causal LMs.*sequence "
-                                         r"classifiers.*seq2seq"):
+    with pytest.raises(ValueError, match=r"cannot train a BertModel.*load it with a head.*"
+                                         r"AutoModelForSequenceClassification.*causal LMs and "
+                                         r"seq2seq.*sequence classifiers.*token classifiers"):
         lk.train(pm, tok, lk.tasks.get("sentiment"), steps=2, progress=False)
     assert all(torch.equal(p, before[n]) for n, p in pm.named_parameters())
 
@@ -230,3 +234,137 @@ def test_from_dataset():
     bad = datasets.Dataset.from_list([*ROWS[:3], {"q": "x", "a": ""}])
     with pytest.raises(ValueError, match="row 4, column 'a' is empty"):
         lk.tasks.from_dataset(bad, prompt="q", answer="a")
+
+
+# -- the long tail: kinds, heads, MoE names, defaults, a class lorakit has never seen ---------
+@pytest.mark.parametrize("name, kind, task_type, advice", [
+    ("CLIP text", "feature", None, "load it with a head"),
+    ("Swin", "feature", None, "vision model"),
+    ("Marian", "seq2seq", "SEQ_2_SEQ_LM", None),
+    ("BART", "seq2seq", "SEQ_2_SEQ_LM", None),
+    ("BERT token classifier", "token_cls", "TOKEN_CLS", None),
+])
+def test_kind_and_task_type_of_the_long_tail(tok, name, kind, task_type, advice):
+    from lorakit.core.modelkind import check_trainable_kind, model_kind
+
+    model = fam(name).build(len(tok), tok.pad_token_id)
+    assert (model_kind(model), peft_task_type(model)) == (kind, task_type)
+    if advice is None:
+        assert check_trainable_kind(model) == kind
+    else:
+        with pytest.raises(ValueError, match=advice):
+            check_trainable_kind(model)
+
+
+def test_an_encoder_decoder_without_head_is_told_to_load_seq2seq(tok):
+    from transformers import MarianConfig, MarianModel
+
+    from lorakit.core.modelkind import check_trainable_kind
+
+    model = MarianModel(MarianConfig(d_model=16, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2,
+                                     encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=100,
+                                     pad_token_id=0, decoder_start_token_id=0))
+    with pytest.raises(ValueError, match="encoder-decoder without its LM head.*"
+                                         "AutoModelForSeq2SeqLM"):
+        check_trainable_kind(model)
+
+
+def test_counting_an_encoder_decoder_config_leaves_it_and_the_model_intact(tok):
+    marian = fam("Marian").build(len(tok), tok.pad_token_id)
+    before = marian.config.to_dict()
+    pm = lk.attach(marian, r=R, targets=["q_proj", "v_proj"])
+    trainable = pm.get_nb_trainable_parameters()[0]
+    lk.detach(pm)
+    assert lk.estimate(marian.config, r=R, targets=["q_proj", "v_proj"]).lora_params == trainable
+    assert lk.lora_param_count(marian.config, r=R, targets=["q_proj", "v_proj"]) == trainable
+    assert marian.config.to_dict() == before and marian.config.is_encoder_decoder
+    out = marian.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 1
+
+
+def test_default_targets_are_pefts_and_find_targets_says_why(tok):
+    bloom = fam("BLOOM").build(len(tok), tok.pad_token_id)
+    table = lk.find_targets(bloom)
+    assert table.default == (("query_key_value",), "PEFT's default for model_type 'bloom'")
+    assert "default targets (lk.attach without targets): ('query_key_value',)" in repr(table)
+    pm = lk.attach(bloom, r=R)
+    assert settings_of(pm).targets == ("query_key_value",)
+    assert {n.rsplit(".", 1)[-1] for n, _ in tuner_layers(pm)} == {"query_key_value"}
+    lk.detach(pm)
+    cohere = fam("Cohere").build(len(tok), tok.pad_token_id)   # PEFT has no default for it
+    targets, why = lk.find_targets(cohere).default
+    assert targets == ("q_proj", "v_proj") and "PEFT has no default" in why
+
+
+@case("attach a DistilBERT classifier with targets naming its pre_classifier",
+      "ValueError: target 'pre_classifier' is in the classifier head … PEFT trains in full "
+      "(modules_to_save) … Leave it out of targets", "model untouched (no raw PEFT TypeError)")
+def test_a_target_inside_the_trained_head_is_refused(tok):
+    clf = fam("DistilBERT classifier").build(len(tok), tok.pad_token_id)
+    refused(clf, ValueError, r"target 'pre_classifier' is in the classifier head.*modules_to_save",
+            lk.attach, clf, r=R, targets=["q_lin", "pre_classifier"])
+
+
+def test_all_linear_leaves_heads_to_modules_to_save_and_skips_small_modules(tok):
+    clf = fam("BERT token classifier").build(len(tok), tok.pad_token_id)
+    pm = lk.attach(clf, r=R, targets="all-linear")       # PEFT alone: a raw TypeError
+    assert not any(n.endswith("classifier") for n, _ in tuner_layers(pm))
+    assert lk.count_params(pm).trainable == lk.lora_param_count(clf, r=R, targets="all-linear")
+    lk.detach(pm)
+    moe = fam("Qwen2-MoE").build(len(tok), tok.pad_token_id)
+    with pytest.warns(UserWarning, match=r"leaves out 2 module\(s\) too small for r=4.*"
+                                         r"shared_expert_gate \(64→1\)"):
+        pm = lk.attach(moe, r=R, targets="all-linear")
+    assert not any("shared_expert_gate" in n for n, _ in tuner_layers(pm))
+    lk.detach(pm)
+    with pytest.raises(ValueError, match=r"exceeds min\(d_in, d_out\).*shared_expert_gate"):
+        lk.attach(moe, r=R, targets=["q_proj", "shared_expert_gate"])   # named: refused
+
+
+@pytest.mark.parametrize("targets", [["w1", "w2", "w3"], ["experts"], ["gate_up_proj"]])
+@case("attach(mixtral, targets=['w1', 'w2', 'w3'] / ['experts'] / ['gate_up_proj'])",
+      "ValueError: … MoE expert weights … target_parameters=['mlp.experts.gate_up_proj', "
+      "'mlp.experts.down_proj']", "model untouched")
+def test_moe_expert_names_say_what_to_pass(tok, targets):
+    mixtral = fam("Mixtral").build(len(tok), tok.pad_token_id)
+    refused(mixtral, ValueError, r"MoE expert weights.*target_parameters=\["
+                                 r"'mlp.experts.gate_up_proj', 'mlp.experts.down_proj'\]",
+            lk.attach, mixtral, r=R, targets=targets)
+
+
+class _Net(nn.Module):
+    """A model class lorakit has never seen: no config, its own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.v_proj, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(self.v_proj(self.q_proj(x)))
+
+
+@case("lk.merge of a model class lorakit has never seen (no config, forward(x))",
+      "TypeError: lorakit cannot make a probe batch for a _Net … merge_and_unload()",
+      "the PeftModel and its adapter")
+def test_a_class_never_seen_attaches_counts_and_refuses_merge_clearly():
+    net = _Net()
+    pm = lk.attach(net, r=2)                       # PEFT's generic path, PeftModel
+    assert settings_of(pm).targets == ("q_proj", "v_proj")
+    assert lk.lora_param_count(net, r=2) == pm.get_nb_trainable_parameters()[0] == 64
+    refused(pm, TypeError, "cannot make a probe batch for a _Net.*merge_and_unload", lk.merge, pm)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        before = net.out(net.v_proj.base_layer(net.q_proj.base_layer(x)))
+        assert torch.equal(lk.detach(pm)(x), before)
+
+
+def test_albert_shared_layers_have_a_layer_number(tok):
+    clf = fam("ALBERT classifier").build(len(tok), tok.pad_token_id)
+    pm = lk.attach(clf, r=R, targets=["query", "value"])
+    counts = lk.count_params(pm)
+    assert 0 in counts.by_layer and counts.by_layer[0].trainable == 2 * R * (64 + 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert lk.Recorder(pm).modules == ["layers.0.query", "layers.0.value"]
+    assert snap(pm)["adapters"] == ["default"]

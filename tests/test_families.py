@@ -1,11 +1,14 @@
 """Bring your own model: every family in tests/families.py, end to end, from a tiny config.
 
 Each case: find_targets, attach (PEFT task type from the model), counts == PEFT, analytic
-count == PEFT, detach bit-identical, a few training steps where the kind is trainable (first
-loss == the model's own ``model(**batch).loss`` with realistic logit sizes), Recorder +
-figures, merge == unmerged. No hub: configs only; SmolLM2's tokenizer from the local cache.
+count == PEFT, default targets and "all-linear" == PEFT's own, detach bit-identical, a few
+training steps where the kind is trainable (first loss == the model's own
+``model(**batch).loss`` with realistic logit sizes), Recorder + figures, merge == unmerged.
+No hub: configs only; SmolLM2's tokenizer from the local cache.
 """
 
+import copy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from families import FAMILIES, readme_table
 import lorakit as lk
 from lorakit.core.loss import answer_positions
 from lorakit.core.modelkind import TRAINABLE_KINDS, default_inputs, main_output, model_kind
+from lorakit.core.naming import peft_target_lists, strip_prefix, tuner_layers
+from lorakit.core.params import plan_targets
 
 R = 4
 LOGIT_SCALE = 60.0   # random init gives |logits| ≈ 0.5; ×60 gives trained-model sizes (tens)
@@ -24,7 +29,8 @@ LOGIT_SCALE = 60.0   # random init gives |logits| ≈ 0.5; ×60 gives trained-mo
 def tasks():
     return {"causal_lm": lk.tasks.get("iso_dates", n_train=32, n_test=4),
             "seq2seq": lk.tasks.get("iso_dates", n_train=32, n_test=4),
-            "seq_cls": lk.tasks.get("sentiment", n_train=32, n_test=4)}
+            "seq_cls": lk.tasks.get("sentiment", n_train=32, n_test=4),
+            "token_cls": lk.tasks.get("ner", n_train=32, n_test=4)}
 
 
 @torch.no_grad()
@@ -46,12 +52,6 @@ def _attach(fam, model):
                      target_parameters=list(fam.target_parameters) or None)
 
 
-def _expert_lora(model, fam) -> int:
-    """PEFT's target_parameters LoRA on a 3-D expert weight (E, a, b): r·E·(a + b)."""
-    return sum(R * p.shape[0] * (p.shape[1] + p.shape[2]) for n, p in model.named_parameters()
-               if any(n.endswith(t) for t in fam.target_parameters))
-
-
 @pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
 def test_family_end_to_end(fam, tok, tasks, one_thread):
     with one_thread():
@@ -62,7 +62,6 @@ def test_family_end_to_end(fam, tok, tasks, one_thread):
         base_out = _out(model, inputs)
         base_state = {k: v.clone() for k, v in model.state_dict().items()}
         assert set(fam.targets) <= set(lk.find_targets(model).names)
-        experts = _expert_lora(model, fam)
 
         # detach gives the base model back bit for bit, even after the adapter changed outputs
         pm = _attach(fam, model)
@@ -74,16 +73,17 @@ def test_family_end_to_end(fam, tok, tasks, one_thread):
         assert state.keys() == base_state.keys()
         assert all(torch.equal(state[k], v) for k, v in base_state.items())
 
-        # counts: lorakit == PEFT; analytic (from the config) + head + experts == PEFT
+        # counts: lorakit == PEFT; from the config (head and experts included) == PEFT
         pm = _attach(fam, model)
         counts = lk.count_params(pm)
         peft_trainable, peft_total = pm.get_nb_trainable_parameters()
         assert (counts.trainable, counts.total) == (peft_trainable, peft_total)
         head = sum(p.numel() for n, p in pm.named_parameters()
                    if "modules_to_save" in n and p.requires_grad)
-        assert (head > 0) == (kind == "seq_cls")  # a classifier's head is trained (and counted)
-        analytic = lk.lora_param_count(model.config, r=R, targets=list(fam.targets))
-        assert analytic + head + experts == peft_trainable
+        assert (head > 0) == (kind in ("seq_cls", "token_cls"))  # a classifier's head trains
+        analytic = lk.lora_param_count(model.config, r=R, targets=list(fam.targets),
+                                       target_parameters=list(fam.target_parameters) or None)
+        assert analytic == peft_trainable
 
         rec = lk.Recorder(pm)
         if kind in TRAINABLE_KINDS:
@@ -92,7 +92,7 @@ def test_family_end_to_end(fam, tok, tasks, one_thread):
             with torch.no_grad():
                 own = pm(**batch)
             res = lk.train(pm, tok, task, steps=3, lr=1e-2, batch_size=4, recorder=rec,
-                           progress=False)
+                           precision="fp32", progress=False)   # the fp32 loss, to 1e-4
             assert res.losses[0] == pytest.approx(own.loss.item(), rel=1e-4)
             if kind == "causal_lm":   # realistic logit sizes, where a skipped transform shows
                 assert own.logits.abs().max() > 3   # (random init: < 1)
@@ -117,6 +117,65 @@ def test_family_end_to_end(fam, tok, tasks, one_thread):
         assert check.ok and check.adapter_effect > 100 * check.max_abs_diff
         torch.testing.assert_close(_out(merged, inputs), unmerged, rtol=1e-4,
                                    atol=1e-5 * unmerged.abs().max().item())
+
+
+def _wrapped(model) -> set[str]:
+    return {strip_prefix(n) for n, _ in tuner_layers(model)}
+
+
+def _peft_own(model, targets):
+    """PEFT's own get_peft_model on a copy: (wrapped modules, trainable), None where PEFT
+    refuses (no default for the family; a head it cannot both wrap and train)."""
+    from peft import LoraConfig, get_peft_model
+
+    from lorakit.core.modelkind import peft_task_type
+
+    config = LoraConfig(r=R, lora_alpha=2 * R, target_modules=targets,
+                        task_type=peft_task_type(model))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = get_peft_model(copy.deepcopy(model), config)
+    except (ValueError, TypeError):
+        return None
+    return _wrapped(ref), ref.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
+def test_default_and_all_linear_are_peft_own(fam, tok, one_thread):
+    """Acceptance: with no targets lk.attach adapts PEFT's per-architecture default (where PEFT
+    has one), "all-linear" PEFT's module set (minus modules too small for r, with a note);
+    lora_param_count (model and config) and estimate == PEFT's trainable count for default,
+    "all-linear" and the family's explicit targets; the config is unchanged; detach gives
+    the model back bit for bit."""
+    with one_thread():
+        model = fam.build(len(tok), tok.pad_token_id)
+        before = model.config.to_dict()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        own_default = peft_target_lists().get(model.config.model_type)
+        for targets in (None, "all-linear", list(fam.targets)):
+            plan = plan_targets(model, targets, R)
+            if targets is None and own_default and set(own_default) <= set(
+                    lk.find_targets(model).names):
+                assert plan.targets == tuple(own_default)
+            ref = _peft_own(model, targets if targets is not None else own_default)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pm = lk.attach(model, r=R, alpha=2 * R, targets=targets, seed=0)
+            trainable = pm.get_nb_trainable_parameters()[0]
+            if ref is not None:
+                skipped = {i.name for i in plan.skipped}
+                assert _wrapped(pm) == ref[0] - skipped
+                if not skipped:
+                    assert trainable == ref[1]
+            assert lk.lora_param_count(model, r=R, targets=targets) == trainable
+            assert lk.lora_param_count(model.config, r=R, targets=targets) == trainable
+            assert lk.estimate(model.config, r=R, targets=targets).lora_params == trainable
+            assert lk.detach(pm) is model
+        assert model.config.to_dict() == before
+        after = model.state_dict()
+        assert after.keys() == state.keys()
+        assert all(torch.equal(after[k], v) for k, v in state.items())
 
 
 def _naive_loss(model, batch) -> torch.Tensor:
@@ -145,7 +204,7 @@ def test_first_step_loss_is_the_models_own_where_logits_are_transformed(name, to
     assert abs(naive - own) > 0.05 * own
     pm = lk.attach(model, r=R, alpha=2 * R, seed=0)
     with one_thread():
-        res = lk.train(pm, tok, task, steps=1, batch_size=8, progress=False)
+        res = lk.train(pm, tok, task, steps=1, batch_size=8, precision="fp32", progress=False)
     assert res.losses[0] == pytest.approx(own, rel=1e-4)
 
 

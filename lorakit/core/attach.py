@@ -7,6 +7,7 @@ anything changes, and a ``detach`` that gives the base model back exactly as it 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from torch import nn
 from .guards import Transaction, check_memory, format_bytes
 from .modelkind import base_of, peft_task_type
 from .naming import WRAPPER_PARTS, matches_target, split_path, strip_prefix, tuner_layers
-from .params import LinearInfo, linear_modules, linears_and_head, lora_layer_params, targeted
+from .params import (
+    LinearInfo,
+    linear_modules,
+    linears_and_head,
+    lora_layer_params,
+    plan_targets,
+    targeted,
+)
 from .quiet import peft_quiet
 from .settings import UNSET, Init, LoraSettings, Variant, is_pattern, settings_with
 
@@ -41,7 +49,10 @@ class TargetInfo:
 
 
 class TargetTable(tuple):
-    """``find_targets``' result: a tuple of TargetInfo that prints as a table."""
+    """``find_targets``' result: a tuple of TargetInfo that prints as a table, and the default
+    targets (``default``: ``(targets, why)``)."""
+
+    default: tuple = (None, "")
 
     @property
     def names(self) -> list[str]:
@@ -64,7 +75,12 @@ class TargetTable(tuple):
         head = ("module", "count", "d_in→d_out", "weights")
         rows = [head, *self._rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        return "\n".join([*lines, self._default_line()])
+
+    def _default_line(self) -> str:
+        targets, why = self.default
+        return f"default targets (lk.attach without targets): {targets!r} ({why})"
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -72,11 +88,14 @@ class TargetTable(tuple):
         cells = "".join(
             "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in self._rows())
         return ("<table><tr><th>module</th><th>count</th><th>d_in→d_out</th><th>weights</th>"
-                f"</tr>{cells}</table>")
+                f"</tr>{cells}</table><p>{escape(self._default_line())}</p>")
 
 
 def find_targets(model: nn.Module) -> TargetTable:
-    """The Linear modules LoRA can target, grouped by name suffix (q_proj, ..., down_proj)."""
+    """The Linear modules LoRA can target, grouped by name suffix (q_proj, ..., down_proj).
+
+    The table's ``default`` is ``(targets, why)``: what ``lk.attach(model)`` without targets
+    adapts (PEFT's per-architecture default, else the fallback in ``naming.default_targets``)."""
     groups: dict[str, list[LinearInfo]] = defaultdict(list)
     for info in linear_modules(model):
         groups[info.suffix].append(info)
@@ -85,7 +104,13 @@ def find_targets(model: nn.Module) -> TargetTable:
         shapes = tuple(dict.fromkeys((i.in_features, i.out_features) for i in infos))
         weights = sum(i.in_features * i.out_features for i in infos)
         rows.append(TargetInfo(suffix, len(infos), shapes, weights))
-    return TargetTable(rows)
+    table = TargetTable(rows)
+    try:
+        plan = plan_targets(model)
+        table.default = (plan.targets, plan.why)
+    except ValueError:   # nothing a default could adapt
+        table.default = (None, "no Linear module to adapt")
+    return table
 
 
 def check_targets(model: nn.Module, targets) -> dict[str, int]:
@@ -104,6 +129,7 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
               for n, m in model.named_modules()}
     for t, n in hits.items():
         if n == 0:
+            _check_expert_name(model, t)
             kinds = Counter(kind for name, kind in others.items() if name and matches_target(name, t))
             if kinds:
                 kind = kinds.most_common(1)[0][0]
@@ -113,15 +139,40 @@ def check_targets(model: nn.Module, targets) -> dict[str, int]:
                     f"{names}")
     missing = [t for t, n in hits.items() if n == 0]
     if len(missing) == len(hits):
+        default = find_targets(model).default[0]
+        hint = (f" Leave targets out for this family's default, {default!r}."
+                if default is not None else "")
         raise ValueError(
             f"no Linear module matches targets {list(targets)}. "
-            f"This model's Linear modules are: {names}")
+            f"This model's Linear modules are: {names}.{hint}")
     if missing:
         warnings.warn(
             f"targets {missing} match no module and are ignored; matched: "
             f"{[t for t in targets if hits[t]]}. This model's Linear modules are: {names}",
             stacklevel=3)
     return hits
+
+
+# The names people know MoE expert weights by: Mixtral's old w1/w2/w3, the experts block, and
+# the fused expert weights of transformers ≥ 5 (parameters, which only target_parameters reaches).
+MOE_NAMES = frozenset({"w1", "w2", "w3", "experts", "gate_up_proj", "down_proj", "up_proj",
+                       "gate_proj"})
+
+
+def _check_expert_name(model: nn.Module, target: str) -> None:
+    """A ValueError saying exactly what to pass when ``target`` names MoE experts that are
+    parameters here (not Linear modules): ``target_parameters=[...]``."""
+    experts = [p for p, shape in find_target_parameters(model).items() if len(shape) == 3]
+    if not experts:
+        return
+    parts = {part for p in experts for part in p.split(".")}
+    if target.split(".")[-1] in MOE_NAMES or target in parts:
+        raise ValueError(
+            f"target {target!r} names MoE expert weights; in this model the experts are "
+            f"3-D parameters, not Linear modules, so LoRA reaches them through PEFT's "
+            f"target_parameters: lk.attach(model, target_parameters={experts!r}) (one or more "
+            "of them; lk.find_target_parameters(model) lists them), with targets for the "
+            "attention, e.g. targets=['q_proj', 'v_proj']")
 
 
 def _check_pattern(model: nn.Module, targets: str) -> int:
@@ -205,9 +256,14 @@ def attach(model: nn.Module, settings: LoraSettings | None = None, *, r: int = U
         model: a transformers model, a PeftModel from an earlier ``attach``, or the base model
             variable of one (PEFT wraps layers in place, so re-running a notebook cell
             ``pm = lk.attach(model, ...)`` passes a model that already has an adapter).
-        settings: a ``LoraSettings``; None: its defaults (r=8, alpha=16, q_proj and v_proj).
+        settings: a ``LoraSettings``; None: its defaults (r=8, alpha=16), with the targets
+            of the model's family (below).
         r, alpha, targets, dropout, variant, init: fields of ``settings`` to set (help text
-            per field in ``LoraSettings``); left out, the settings' value.
+            per field in ``LoraSettings``); left out, the settings' value. ``targets`` None
+            (or left out with no ``settings``): the family's default, PEFT's own where it has
+            one (``find_targets(model).default`` says which and why). ``"all-linear"``: PEFT's
+            set, every Linear but the output head; a classifier's head trains in full
+            (``modules_to_save``), modules too small for r are left out with a warning.
         replace: when ``model`` already has an adapter, True removes it first (the base model
             is reused, not reloaded); False raises instead.
         seed: makes A's random init reproducible without touching the global RNG.
@@ -225,18 +281,14 @@ def attach(model: nn.Module, settings: LoraSettings | None = None, *, r: int = U
     while attaching (a memory error included) rolls the model back to exactly its old state,
     with its old adapter if it had one.
     """
-    settings = settings_with(LoraSettings, settings, r=r, alpha=alpha, targets=targets,
+    default = targets is None or (settings is None and targets is UNSET)
+    settings = settings_with(LoraSettings, settings, r=r, alpha=alpha,
+                             targets=UNSET if targets is None else targets,
                              dropout=dropout, variant=variant, init=init)
     # Checked before PEFT is even imported: a refusal is immediate.
     base = base_of(model)
-    check_targets(base, settings.targets)
-    if target_parameters is not None:
-        target_parameters = check_target_parameters(base, target_parameters)
-    if task_type == "auto":
-        task_type = peft_task_type(base)
-    infos, head = linears_and_head(base)
-    hits = targeted(infos, settings.targets, head)
-    check_rank_and_memory(base, settings, allow_large_r, hits)
+    settings, peft_config, hits = _prepare(base, settings, default, allow_large_r, task_type,
+                                           target_parameters)
     if has_adapter(base) and not replace:
         raise ValueError("this model already has a LoRA adapter; pass replace=True to "
                          "swap it for the new settings, or lk.detach(model) first")
@@ -255,12 +307,54 @@ def attach(model: nn.Module, settings: LoraSettings | None = None, *, r: int = U
         with torch.random.fork_rng(devices=[]), peft_quiet():
             if seed is not None:
                 torch.manual_seed(seed)
-            peft_model = get_peft_model(base, settings.to_peft_config(task_type,
-                                                                      target_parameters))
+            peft_model = get_peft_model(base, peft_config)
         # Kept on the base model, which both the PeftModel and the user's variable reach.
         base._lorakit_state = {"settings": settings, "requires_grad": requires_grad,  # type: ignore[assignment]
-                               "saved_weights": saved}
+                               "saved_weights": saved, "initial_factors": _initial(base, saved)}
     return peft_model
+
+
+def _initial(base: nn.Module, saved: dict) -> dict:
+    """The initial (A₀, B₀) of each layer whose base weight the init rewrote (``saved``):
+    what ``save_adapter`` needs to save a pissa/olora adapter as a plain LoRA."""
+    params = dict(base.named_parameters())
+    return {n: (params[f"{n}.lora_A.default.weight"].detach().clone(),
+                params[f"{n}.lora_B.default.weight"].detach().clone()) for n in saved}
+
+
+def _prepare(base: nn.Module, settings: LoraSettings, default: bool, allow_large_r: bool,
+             task_type, target_parameters):
+    """``attach``'s checks, before anything changes: ``(settings, PEFT config, wrapped
+    modules)``, the settings with the default targets filled in when ``default``."""
+    if not default:
+        check_targets(base, settings.targets)
+    if target_parameters is not None:
+        target_parameters = check_target_parameters(base, target_parameters)
+    if task_type == "auto":
+        task_type = peft_task_type(base)
+    plan = plan_targets(base, None if default else settings.targets, settings.r,
+                        target_parameters, task_type, settings.alpha)
+    if default:
+        settings = dataclasses.replace(settings, targets=plan.targets)
+    hits = list(plan.modules)
+    check_rank_and_memory(base, settings, allow_large_r, hits)
+    if plan.skipped:
+        warnings.warn(
+            f"targets={plan.targets!r} leaves out {len(plan.skipped)} module(s) too small for "
+            f"r={settings.r} (r > min(d_in, d_out)), e.g. {_shape_of(plan.skipped[0])}; the "
+            "others get LoRA", stacklevel=3)
+    # "all-linear" is given to PEFT as the modules it resolved to (heads and small ones out)
+    peft_settings = (dataclasses.replace(settings, targets=tuple(plan.names))
+                     if is_pattern(plan.targets) and plan.targets.lower() == "all-linear"
+                     else settings)
+    config = peft_settings.to_peft_config(task_type, list(plan.target_parameters) or None)
+    config.rank_pattern = {**(config.rank_pattern or {}), **plan.rank_pattern}
+    config.alpha_pattern = {**(config.alpha_pattern or {}), **plan.alpha_pattern}
+    return settings, config, hits
+
+
+def _shape_of(info: LinearInfo) -> str:
+    return f"{info.name} ({info.in_features}→{info.out_features})"
 
 
 def max_rank(linears) -> int:
@@ -331,21 +425,26 @@ def detach(model) -> nn.Module:
                          "(peft_model.unmerge_adapter()) or keep the merged model")
     from ._compat import modules_to_save_wrappers
 
-    originals = [(n, m.get_base_layer()) for n, m in layers] + [
+    outer = [(n, m) for n, m in layers  # nested wrappers (several target_parameters of one
+             if not any(n.startswith(o + ".") for o, _ in layers)]  # module): the outermost
+    originals = [(n, m.get_base_layer()) for n, m in outer] + [
         (n, m.original_module) for n, m in base.named_modules()
         if isinstance(m, modules_to_save_wrappers())]  # modules_to_save (a classifier head)
-    for name, original in originals:  # put each wrapped module's original back in its place
-        parent, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, child, original)
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        if attr in base.__dict__:
-            delattr(base, attr)
-    info = base.__dict__.pop("_lorakit_state", {})
-    with torch.no_grad():
-        for name, weight in info.get("saved_weights", {}).items():
-            base.get_submodule(name).weight.copy_(weight)
-    for name, p in base.named_parameters():
-        p.requires_grad_(info.get("requires_grad", {}).get(name, True))
+    saved = base.__dict__.get("_lorakit_state", {}).get("saved_weights", {})
+    # all or nothing: a failure or a Ctrl-C half-way leaves the model as before the call
+    with Transaction(base, weights=[base.get_submodule(n).weight for n in saved]):
+        for name, original in originals:  # put each wrapped module's original back in place
+            parent, _, child = name.rpartition(".")
+            setattr(base.get_submodule(parent) if parent else base, child, original)
+        for attr in ("peft_config", "_hf_peft_config_loaded"):
+            if attr in base.__dict__:
+                delattr(base, attr)
+        info = base.__dict__.pop("_lorakit_state", {})
+        with torch.no_grad():
+            for name, weight in info.get("saved_weights", {}).items():
+                base.get_submodule(name).weight.copy_(weight)
+        for name, p in base.named_parameters():
+            p.requires_grad_(info.get("requires_grad", {}).get(name, True))
     return base
 
 

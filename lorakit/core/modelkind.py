@@ -24,10 +24,10 @@ KINDS = ("causal_lm", "seq_cls", "token_cls", "seq2seq", "feature")
 # PEFT task type per kind; "feature" depends on the inputs (see peft_task_type).
 _TASK_TYPE = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS",
               "seq2seq": "SEQ_2_SEQ_LM"}
-TRAINABLE_KINDS = ("causal_lm", "seq_cls", "seq2seq")
-_SUFFIXES = (("ForCausalLM", "causal_lm"), ("LMHeadModel", "causal_lm"),
-             ("ForSequenceClassification", "seq_cls"), ("ForTokenClassification", "token_cls"),
-             ("ForImageClassification", "seq_cls"))
+TRAINABLE_KINDS = ("causal_lm", "seq_cls", "token_cls", "seq2seq")
+_HEADS = (("ForSequenceClassification", "seq_cls"), ("ForTokenClassification", "token_cls"),
+          ("ForImageClassification", "seq_cls"))
+_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def base_of(model: nn.Module) -> nn.Module:
@@ -38,21 +38,26 @@ def base_of(model: nn.Module) -> nn.Module:
 def model_kind(model: nn.Module) -> str:
     """One of ``KINDS`` for a transformers model (plain or PEFT-wrapped).
 
-    ``causal_lm``: ``...ForCausalLM`` / ``...LMHeadModel``; ``seq_cls`` / ``token_cls``:
-    classification heads; ``seq2seq``: an encoder-decoder with an LM head (T5, BART);
-    ``feature``: everything else (``BertModel``, ``ViTModel``: hidden states out, no head).
+    ``seq_cls`` / ``token_cls``: classification heads (``...ForSequenceClassification``,
+    ``...ForTokenClassification``); ``seq2seq``: an encoder-decoder (the config's
+    ``is_encoder_decoder``) with an LM head (T5, BART, Marian's ``MarianMTModel``, mBART);
+    ``causal_lm``: ``...ForCausalLM`` / ``...LMHeadModel``, or a decoder-only multimodal LM;
+    ``feature``: everything else (``BertModel``, ``BartModel``, ``CLIPTextModel``,
+    ``ViTModel``: hidden states out, no head).
     """
     base = base_of(model)
     name = type(base).__name__
     config = getattr(base, "config", None)
-    if getattr(config, "is_encoder_decoder", False) and name.endswith(
-            ("ForConditionalGeneration", "LMHeadModel")):
-        return "seq2seq"
-    for suffix, kind in _SUFFIXES:
+    for suffix, kind in _HEADS:
         if name.endswith(suffix):
             return kind
-    if name.endswith("ForConditionalGeneration") and hasattr(base, "get_output_embeddings") \
-            and base.get_output_embeddings() is not None:
+    has_lm_head = hasattr(base, "get_output_embeddings") and \
+        base.get_output_embeddings() is not None
+    if getattr(config, "is_encoder_decoder", False) and has_lm_head:
+        return "seq2seq"
+    if name.endswith(_LM_SUFFIXES):
+        return "causal_lm"
+    if name.endswith("ForConditionalGeneration") and has_lm_head:
         return "causal_lm"        # decoder-only multimodal LMs (Gemma-3, LLaVA)
     return "feature"
 
@@ -63,23 +68,45 @@ def takes(model: nn.Module, argument: str) -> bool:
 
 
 def peft_task_type(model: nn.Module) -> str | None:
-    """PEFT's task type for this model (None: the plain ``PeftModel``, e.g. a vision backbone)."""
+    """PEFT's task type for this model (None: the plain ``PeftModel``).
+
+    A model without a head gets FEATURE_EXTRACTION only when its forward takes what PEFT's
+    ``PeftModelForFeatureExtraction`` passes (``input_ids`` and ``inputs_embeds``); others
+    (``CLIPTextModel``, vision backbones) the plain ``PeftModel``, which calls their own forward.
+    """
     kind = model_kind(model)
     if kind == "feature":
-        return "FEATURE_EXTRACTION" if takes(model, "input_ids") else None
+        return ("FEATURE_EXTRACTION" if takes(model, "input_ids") and takes(model, "inputs_embeds")
+                else None)
     return _TASK_TYPE[kind]
 
 
+def _head_advice(model: nn.Module) -> str:
+    """What to load instead of a model ``lk.train`` cannot train (its kind is "feature")."""
+    base = base_of(model)
+    config = getattr(base, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return ("it is an encoder-decoder without its LM head: load it with "
+                "AutoModelForSeq2SeqLM (e.g. MarianMTModel, BartForConditionalGeneration) to "
+                "train prompt → answer")
+    if not takes(base, "input_ids"):
+        return ("it is a vision model without a text task: attach, merge and detach work on it; "
+                "train it with your own loop (e.g. transformers' Trainer) and its own loss")
+    return ("it has no head (it returns hidden states): load it with a head, e.g. "
+            "AutoModelForSequenceClassification (text → label) or "
+            "AutoModelForTokenClassification (a label per token); a decoder-only LM with "
+            "AutoModelForCausalLM")
+
+
 def check_trainable_kind(model: nn.Module) -> str:
-    """The model's kind, or a ValueError naming the kinds ``lk.train`` supports."""
+    """The model's kind, or a ValueError saying what to load instead (right for that model)."""
     kind = model_kind(model)
     if kind not in TRAINABLE_KINDS:
         raise ValueError(
-            f"lk.train cannot train a {type(base_of(model)).__name__} (kind {kind!r}): it trains "
-            "causal LMs (…ForCausalLM) on prompt/answer tasks, sequence classifiers "
-            "(…ForSequenceClassification) on classification tasks and seq2seq models "
-            "(T5/BART …ForConditionalGeneration). Load the model with the matching head, e.g. "
-            "AutoModelForCausalLM or AutoModelForSequenceClassification.")
+            f"lk.train cannot train a {type(base_of(model)).__name__} (kind {kind!r}): "
+            f"{_head_advice(model)}. lk.train trains causal LMs and seq2seq models on prompt → "
+            "answer tasks, sequence classifiers on classification tasks and token classifiers "
+            "on token-tagging tasks (lk.tasks.get('ner')).")
     return kind
 
 
@@ -91,7 +118,13 @@ def default_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> dict[str,
     logits on this batch; ``serve.default_probe`` is its token ids.
     """
     base = base_of(model)
-    config: Any = base.config  # a transformers config (torch types it Tensor | Module)
+    config: Any = getattr(base, "config", None)  # a transformers config
+    if config is None or not (takes(base, "input_ids") or takes(base, "pixel_values")):
+        raise TypeError(
+            f"lorakit cannot make a probe batch for a {type(base).__name__}: it is not a "
+            "transformers model taking input_ids or pixel_values. Attach, count and detach "
+            "work on it; to merge, use PEFT's peft_model.merge_and_unload() and check its "
+            "outputs on your own inputs")
     g = torch.Generator().manual_seed(0)
     if takes(base, "pixel_values") and not takes(base, "input_ids"):
         size = config.image_size

@@ -15,7 +15,8 @@ Names, for SmolLM2 (Llama) with an adapter attached::
 
 ``split_path("model.layers.3.self_attn.q_proj")`` gives ``ModulePath(stack="model.layers",
 index=3, path="self_attn.q_proj")``; outside the blocks ``stack`` and ``index`` are None and
-``path`` is the whole name. ``split_path`` knows ``layers.N``, ``layer.N``, ``h.N``, ``block.N`` and ``blocks.N``;
+``path`` is the whole name. ``split_path`` knows ``layers.N``, ``layer.N``, ``h.N``, ``block.N``, ``blocks.N`` and ALBERT's
+``albert_layer_groups.N`` (its shared layers, numbered by group);
 a model with several stacks (T5's encoder and decoder) gets ``encoder.layers.N`` /
 ``decoder.layers.N`` short names and distinct block numbers (``layer_numbers``), and modules
 that share a last name part inside one block are told apart by their path (``block_kinds``:
@@ -44,10 +45,12 @@ ADAPTER_PARAM_PARTS = frozenset({*ADAPTER_LAYER_NAMES, "modules_to_save"})
 TYPE_SKIP_PARTS = WRAPPER_PARTS | {"original_module", "modules_to_save"}
 
 # The lists of transformer blocks: "layers.N" (Llama), "layer.N" (BERT), "h.N" (GPT-2),
-# "block.N" (T5: "encoder.block.N", "decoder.block.N"), "blocks.N". The first match in a name
-# wins (T5's "block.0.layer.1.…" is block 0; "layer.1" is inside it).
+# "block.N" (T5: "encoder.block.N", "decoder.block.N"), "blocks.N", ALBERT's shared
+# "albert_layer_groups.N". The first match in a name wins (T5's "block.0.layer.1.…" is block 0;
+# "layer.1" is inside it).
 _BLOCK_RE = re.compile(
-    r"^(?:(?P<stack>.*?)\.)??(?P<list>layers|layer|h|blocks|block)\.(?P<index>\d+)"
+    r"^(?:(?P<stack>.*?)\.)??(?P<list>layers|layer|h|blocks|block|albert_layer_groups)"
+    r"\.(?P<index>\d+)"
     r"(?:\.(?P<path>.*))?$")
 
 
@@ -192,6 +195,69 @@ def adapter_key(key: str) -> tuple[str, str]:
     return module, part
 
 
+# --------------------------------------------------------------------------- PEFT's defaults
+
+# PEFT's PeftModelForSequenceClassification / ...ForTokenClassification add these to
+# ``modules_to_save`` (peft/peft_model.py ``classifier_module_names``); every module whose name
+# *ends with* one of them (a plain ``str.endswith``, peft/utils/other.py ``_set_trainable``) is
+# then trained in full: DistilBERT's ``pre_classifier`` as well as its ``classifier``.
+CLASSIFIER_HEAD_NAMES = ("classifier", "score")
+
+
+def trained_heads(names: Iterable[str]) -> list[str]:
+    """The modules PEFT trains in full for a classifier (``modules_to_save``), outermost only,
+    from a model's module names (PEFT's prefix stripped)."""
+    heads: list[str] = []
+    for name in names:
+        name = strip_prefix(name)
+        if name.endswith(CLASSIFIER_HEAD_NAMES) and not any(
+                name.startswith(h + ".") for h in heads):
+            heads.append(name)
+    return heads
+
+
+def in_modules(name: str, modules: Iterable[str]) -> bool:
+    """True when module ``name`` is one of ``modules`` or sits inside one."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def peft_target_lists() -> dict[str, list[str]]:
+    """PEFT's per-architecture LoRA defaults, model type -> target names, read from PEFT
+    (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``, peft/utils/constants.py)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as found
+
+    return {k: list(v) for k, v in found.items() if not isinstance(v, str)}
+
+
+def default_targets(model_type: str | None, suffixes: Iterable[str]) -> tuple[Any, str]:
+    """The targets to use when none are given, and why: ``(targets, reason)``.
+
+    1. PEFT's own default for ``model_type`` (what ``get_peft_model`` picks without
+       ``target_modules``), when the model has all of those modules;
+    2. else the first of PEFT's per-family lists whose modules this model all has, most common
+       list first (``q_proj, v_proj``; ``query, value``; ``query_key_value``; ...);
+    3. else ``"all-linear"`` (every Linear but the output head), PEFT's own catch-all.
+
+    ``suffixes``: the last name parts of the model's Linear modules (``find_targets``' names).
+    """
+    have = set(suffixes)
+    lists = peft_target_lists()
+    own = lists.get(model_type or "")
+    if own and set(own) <= have:
+        return tuple(own), f"PEFT's default for model_type {model_type!r}"
+    counts: dict[tuple[str, ...], int] = {}
+    for found in lists.values():
+        counts[tuple(found)] = counts.get(tuple(found), 0) + 1
+    for names in sorted(counts, key=lambda n: -counts[n]):
+        if set(names) <= have:
+            why = ("PEFT has no default for model_type " if own is None else
+                   "this model lacks PEFT's default for model_type ")
+            return names, (f"{why}{model_type!r}; the most common of PEFT's per-family "
+                           f"lists that this model has")
+    return "all-linear", (f"no PEFT per-family list fits model_type {model_type!r}: every "
+                          "Linear module but the output head")
+
+
 # --------------------------------------------------------------------------- finding layers
 
 
@@ -301,8 +367,9 @@ def same_module(name: str, full_name: str) -> bool:
     return strip_prefix(name) == full_name
 
 
-__all__ = ["ADAPTER_LAYER_NAMES", "ADAPTER_PARAM_PARTS", "PEFT_PREFIX", "ModulePath",
-           "adapter_key", "block_kinds", "layer_numbers", "short_names",
+__all__ = ["ADAPTER_LAYER_NAMES", "ADAPTER_PARAM_PARTS", "CLASSIFIER_HEAD_NAMES", "PEFT_PREFIX",
+           "ModulePath", "adapter_key", "default_targets", "in_modules", "peft_target_lists",
+           "trained_heads", "block_kinds", "layer_numbers", "short_names",
            "find_layer", "is_adapter_param", "is_lora_B_param", "layer_index",
            "lora_linears", "matches_target", "module_kind", "param_type", "select_layers",
            "short_name", "split_path", "strip_prefix", "tuner_layers"]

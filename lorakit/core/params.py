@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .naming import (
+    CLASSIFIER_HEAD_NAMES,
     WRAPPER_PARTS,
     is_adapter_param,
     layer_index,
@@ -172,11 +173,21 @@ _LLAMA_FAMILY = {
 _DECODERS = {*_LLAMA_FAMILY, "gpt2"}
 
 
+def _head_class(cfg) -> str | None:
+    """The transformers class a config's ``architectures`` names when it has a task head that
+    changes what trains (a classifier: PEFT trains it in full), else None."""
+    archs = getattr(cfg, "architectures", None) or []
+    heads = ("ForSequenceClassification", "ForTokenClassification")
+    return next((a for a in archs if a.endswith(heads)), None)
+
+
 def _is_causal(cfg) -> bool:
     """Whether names/parameters follow AutoModelForCausalLM (else AutoModel)."""
     archs = getattr(cfg, "architectures", None) or []
     if archs:
         return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    if getattr(cfg, "is_encoder_decoder", False):
+        return False
     if cfg.model_type in _DECODERS:
         return True
     if cfg.model_type == "bert":
@@ -273,6 +284,8 @@ def _block_linears(stem: str, n_layers: int, block) -> list[LinearInfo]:
 
 def _analytic(cfg):
     """(linears incl. head, head, total) for families written out here, else None."""
+    if _head_class(cfg) is not None:
+        return None          # a classifier: its head trains too, read from the meta model
     causal = _is_causal(cfg)
     if cfg.model_type in _LLAMA_FAMILY:
         return _llama_shapes(cfg, causal)
@@ -287,12 +300,27 @@ def _analytic(cfg):
 def meta_model(config) -> nn.Module:
     """Instantiate ``config`` on the meta device: real module tree and shapes, no memory.
 
+    The class the config's ``architectures`` names when it is a classifier; else
+    ``AutoModelForSeq2SeqLM`` for an encoder-decoder (``is_encoder_decoder``),
     ``AutoModelForCausalLM`` when the config names a causal LM (see module docstring), else
-    ``AutoModel``.
+    ``AutoModel``. The config passed in is left as it is (a copy is instantiated: some
+    classes rewrite their config, e.g. ``MarianForCausalLM`` sets ``is_encoder_decoder``).
     """
-    from transformers import AutoModel, AutoModelForCausalLM
+    import copy
 
-    auto = AutoModelForCausalLM if _is_causal(config) else AutoModel
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = copy.deepcopy(config)
+    head = _head_class(config)
+    if head is not None and hasattr(transformers, head):
+        auto = getattr(transformers, head)
+        with torch.device("meta"):
+            return auto(config)
+    if getattr(config, "is_encoder_decoder", False):
+        auto = AutoModelForSeq2SeqLM
+    else:
+        auto = AutoModelForCausalLM if _is_causal(config) else AutoModel
     with torch.device("meta"):
         return auto.from_config(config)
 
@@ -405,33 +433,193 @@ def lora_layer_params(r: int, d_in: int, d_out: int, dora: bool = False) -> int:
     return r * (d_in + d_out) + (d_out if dora else 0)
 
 
-def _lora_size(linears, settings: LoraSettings, head: LinearInfo | None = None) -> int:
-    dora = settings.variant == "dora"
-    hit = targeted(linears, settings.targets, head)
-    if not hit:
-        names = ", ".join(dict.fromkeys(i.suffix for i in linears)) or "(none)"
-        shown = settings.targets if is_pattern(settings.targets) else list(settings.targets)
-        raise ValueError(f"no Linear module matches targets {shown!r}. "
-                         f"This model's Linear modules are: {names}")
-    return sum(lora_layer_params(settings.r, i.in_features, i.out_features, dora) for i in hit)
+@dataclass(frozen=True)
+class TargetPlan:
+    """What LoRA with ``targets`` at rank ``r`` trains on one model, as PEFT does it.
+
+    ``modules``: the Linear modules that get A and B. ``skipped``: modules ``"all-linear"``
+    leaves out because r > min(d_in, d_out) there (a 64→1 gate), with a note. ``heads``: the
+    classifier heads PEFT trains in full (``modules_to_save``), ``head_params`` their size.
+    ``experts``: LoRA parameters on ``target_parameters`` (MoE expert weights).
+    """
+
+    targets: Any                      # as given, or the default (names, or "all-linear")
+    why: str                          # "as given", or why this default applies
+    modules: tuple[LinearInfo, ...]
+    skipped: tuple[LinearInfo, ...] = ()
+    heads: tuple[str, ...] = ()
+    head_params: int = 0
+    experts: int = 0
+    # PEFT's target_parameters and per-parameter ranks/alphas (MoE experts; "all-linear" on a
+    # fused-expert MoE adds them as PEFT does, with r·2 on a fused gate_up_proj)
+    target_parameters: tuple[str, ...] = ()
+    rank_pattern: Mapping[str, int] = field(default_factory=dict)
+    alpha_pattern: Mapping[str, float] = field(default_factory=dict)
+    head_sizes: Mapping[str, int] = field(default_factory=dict)   # head -> its parameters
+
+    def lora_params(self, r: int, dora: bool = False) -> int:
+        """Trainable parameters: A and B (and DoRA's m) of ``modules``, the heads, experts."""
+        return (sum(lora_layer_params(r, i.in_features, i.out_features, dora)
+                    for i in self.modules) + self.head_params + self.experts)
+
+    @property
+    def names(self) -> list[str]:
+        """The full names of ``modules``: the ``target_modules`` lorakit gives PEFT."""
+        return [i.name for i in self.modules]
 
 
-def lora_param_count(model_or_config, r: int = 8, targets=("q_proj", "v_proj"),
-                     variant: Variant = "lora") -> int:
-    """Trainable LoRA parameters ``Σ r·(d_in + d_out)`` over the matched Linear modules.
+def _head_sizes(model: nn.Module, heads) -> dict[str, int]:
+    """Parameters of each module PEFT trains in full (a ModulesToSaveWrapper: its original)."""
+    sizes = {}
+    for name in heads:
+        module = model.get_submodule(name)
+        module = getattr(module, "original_module", module)
+        sizes[name] = sum(_numel(p) for p in module.parameters())
+    return sizes
 
-    Analytic: nothing is wrapped, so it is fast enough for a slider (config or model). DoRA
-    adds ``d_out`` per module (its magnitude vector); rsLoRA only changes the scale, not the
-    count. Targets match like PEFT (``name == t or name.endswith("." + t)``; ``"lm_head"`` too).
-    Equals ``PeftModel.get_nb_trainable_parameters()[0]`` after ``lk.attach`` with the same
-    settings.
+
+def _expert_params(model: nn.Module, names, r: int, rank_pattern: Mapping[str, int]) -> int:
+    """PEFT's LoRA on ``target_parameters``: a 3-D expert weight (E, a, b) gets r·E·(a + b)
+    (one rank-r pair per expert), a 2-D weight (a, b) r·(a + b); ``rank_pattern`` (regex ->
+    rank, matched on the full name) overrides r."""
+    total = 0
+    for n, p in model.named_parameters():
+        if is_adapter_param(n):
+            continue
+        n = ".".join(part for part in strip_prefix(n).split(".") if part not in WRAPPER_PARTS)
+        if any(n == t or n.endswith("." + t) for t in names) and p.ndim >= 2:
+            rank = next((k for pat, k in rank_pattern.items() if re.fullmatch(pat, n)), r)
+            experts = p.shape[0] if p.ndim == 3 else 1
+            total += rank * experts * (p.shape[-2] + p.shape[-1])
+    return total
+
+
+def peft_all_linear_parameters(model: nn.Module, r: int, alpha: float = 16):
+    """What PEFT adds to ``"all-linear"`` on an MoE whose experts transformers ≥ 5 fused into
+    parameters (Mixtral: the router ``gate.weight``, ``gate_up_proj`` at rank 2r, ``down_proj``):
+    ``(target_parameters, rank_pattern, alpha_pattern)`` as PEFT's own conversion
+    (``convert_peft_config_for_transformers``) makes them; empty where it adds nothing or the
+    installed PEFT has no such conversion."""
+    try:
+        from peft.utils.transformers_weight_conversion import (
+            convert_peft_config_for_transformers,
+        )
+    except ImportError:   # PEFT without the transformers-5 conversion: nothing added
+        return (), {}, {}
+    from peft import LoraConfig
+
+    config = LoraConfig(r=r, lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT says int
+                        target_modules="all-linear")
+    try:
+        convert_peft_config_for_transformers(config, model, conversions=None)
+    except (ImportError, AttributeError):   # transformers 4: no conversion mapping to read
+        return (), {}, {}
+    found = tuple(sorted(config.target_parameters or ()))
+    return found, dict(config.rank_pattern or {}), dict(config.alpha_pattern or {})
+
+
+def _no_match(linears, targets) -> ValueError:
+    names = ", ".join(dict.fromkeys(i.suffix for i in linears)) or "(none)"
+    shown = targets if is_pattern(targets) else list(targets)
+    return ValueError(f"no Linear module matches targets {shown!r}. "
+                      f"This model's Linear modules are: {names}")
+
+
+def plan_targets(model_or_config, targets=None, r: int = 8, target_parameters=None,
+                 task_type: str | None = "auto", alpha: float = 16) -> TargetPlan:
+    """What ``lk.attach(model, r=r, targets=targets)`` wraps, trains and leaves out.
+
+    ``targets=None``: the family's default (``naming.default_targets``: PEFT's per-architecture
+    list, else the documented fallback). ``"all-linear"``: PEFT's set (every Linear and Conv1D
+    but the output head) without the classifier heads PEFT trains in full and without modules
+    too small for r (``skipped``). Names or a regex: PEFT's matching; a name that reaches into a
+    trained head is refused (PEFT cannot both wrap it and train it in full).
+    ``task_type``: PEFT's ("auto": from the model, ``modelkind.peft_task_type``). ``alpha``:
+    the adapter's, for the alphas of fused MoE experts (``peft_all_linear_parameters``).
+    """
+    from .modelkind import peft_task_type
+    from .naming import default_targets, in_modules, trained_heads
+
+    # analytic configs (llama family, GPT-2, BERT without a head) have no MoE and no head
+    model = _module_of(model_or_config, need_model=bool(target_parameters))
+    linears, head = (linears_and_head(model) if isinstance(model, nn.Module)
+                     else _shapes(model_or_config)[:2])
+    if task_type == "auto":
+        task_type = peft_task_type(model) if isinstance(model, nn.Module) else None
+    heads: list[str] = []
+    if isinstance(model, nn.Module) and task_type in ("SEQ_CLS", "TOKEN_CLS"):
+        heads = trained_heads(n for n, _ in model.named_modules()
+                              if WRAPPER_PARTS.isdisjoint(n.split(".")))
+    why = "as given"
+    if targets is None:
+        cfg = getattr(model, "config", model)
+        body = [i for i in linears if i is not head and not in_modules(i.name, heads)]
+        targets, why = default_targets(getattr(cfg, "model_type", None), (i.suffix for i in body))
+    hit = targeted(linears, targets, head)
+    skipped: list[LinearInfo] = []
+    params, ranks, alphas = tuple(target_parameters or ()), {}, {}
+    if is_pattern(targets) and targets.lower() == "all-linear":
+        hit = [i for i in hit if not in_modules(i.name, heads)]
+        skipped = [i for i in hit if r > min(i.in_features, i.out_features)]
+        hit = [i for i in hit if i not in skipped]
+        if isinstance(model, nn.Module):
+            more, ranks, alphas = peft_all_linear_parameters(model, r, alpha)
+            params = tuple(dict.fromkeys(params + more))
+    inside = [i.name for i in hit if in_modules(i.name, heads)]
+    if inside:
+        ends = " or ".join(CLASSIFIER_HEAD_NAMES)
+        raise ValueError(
+            f"target {inside[0]!r} is in the classifier head {heads}, which PEFT trains in full "
+            f"(modules_to_save: every module whose name ends in {ends}); it cannot also get "
+            "LoRA. Leave it out of targets: it trains anyway.")
+    if not hit and not params:
+        if skipped:
+            raise ValueError(f"targets='all-linear' at r={r}: every Linear module is smaller "
+                             f"than r (e.g. {skipped[0].name}); use a smaller r")
+        raise _no_match(linears, targets)
+    experts = (_expert_params(model, params, r, ranks)
+               if params and isinstance(model, nn.Module) else 0)
+    sizes = _head_sizes(model, heads) if heads else {}
+    return TargetPlan(targets, why, tuple(hit), tuple(skipped), tuple(heads),
+                      sum(sizes.values()), experts, params, ranks, alphas, sizes)
+
+
+def _module_of(obj, need_model: bool = False):
+    """A model to plan on: the model itself (its base under a PeftModel), or for a config the
+    meta-instantiated model; a config with analytic shapes stays a config (fast) unless
+    ``need_model``."""
+    from .modelkind import base_of
+
+    if isinstance(obj, nn.Module):
+        return base_of(obj)
+    if not _is_config(obj):
+        _shapes(obj)   # the TypeError naming what is accepted
+    if not need_model and _analytic(obj) is not None:
+        return obj
+    return meta_model(obj)
+
+
+def lora_param_count(model_or_config, r: int = 8, targets=None, variant: Variant = "lora",
+                     target_parameters=None) -> int:
+    """Trainable parameters ``lk.attach`` gives, from shapes alone (nothing is wrapped).
+
+    ``Σ r·(d_in + d_out)`` over the wrapped Linear modules (``plan_targets``: ``targets=None``
+    is the family's default, as in ``attach``; ``"all-linear"`` as PEFT resolves it), plus a
+    classifier's head (PEFT trains it in full) and ``target_parameters`` (MoE experts:
+    r·E·(d_in + d_out) each). DoRA adds ``d_out`` per module (its magnitude vector); rsLoRA only
+    changes the scale, not the count. Equals ``PeftModel.get_nb_trainable_parameters()[0]``
+    after ``lk.attach`` with the same settings. A config is counted as the class its
+    ``architectures`` names (a classifier with its head), else as module docstring says; the
+    config passed in is not changed.
 
     Raises:
         ValueError: bad r / targets / variant (``LoraSettings``), or no target matches.
     """
-    settings = LoraSettings(r=r, targets=targets, variant=variant)
-    linears, head = _shapes(model_or_config)[:2]
-    return _lora_size(linears, settings, head)
+    settings = LoraSettings(r=r, targets=targets if targets is not None else ("q_proj",),
+                            variant=variant)
+    plan = plan_targets(model_or_config, targets if targets is None else settings.targets,
+                        settings.r, target_parameters)
+    return plan.lora_params(settings.r, settings.variant == "dora")
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,8 +718,14 @@ def projected_counts(model: nn.Module, settings: LoraSettings | None, *,
     adapted = bool(tuner_layers(model))
     frozen = {k: (c.frozen if adapted else c.total) for k, c in base.by_type.items()}
     total_frozen = base.frozen if adapted else base.total
-    lora = {} if settings is None else {
-        t: lora_param_count(source, settings.r, [t], settings.variant) for t in settings.targets}
+    lora: dict[str, int] = {}
+    if settings is not None:   # per module type, as count_params keys it; a trained head too
+        plan = plan_targets(source, settings.targets, settings.r)
+        for i in plan.modules:
+            lora[i.suffix] = lora.get(i.suffix, 0) + lora_layer_params(
+                settings.r, i.in_features, i.out_features, settings.variant == "dora")
+        for head, n in plan.head_sizes.items():
+            lora[module_kind(head)] = lora.get(module_kind(head), 0) + n
     trainable = sum(lora.values())
     return ParamCounts(
         total=total_frozen + trainable, trainable=trainable, frozen=total_frozen,
@@ -649,15 +843,17 @@ class Budget:
                 f"Memory without activations: {mem}")
 
 
-def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
+def estimate(config_or_name, r: int = 8, targets=None,
              quantize: Quantize | None = None, variant: Variant = "lora", *,
-             double_quant: bool = True) -> Budget:
+             double_quant: bool = True, target_parameters=None) -> Budget:
     """Parameter counts and training-memory budget for a model, config or built-in name.
 
     Args:
         config_or_name: a name from ``BUILTIN_CONFIGS``, a ``transformers.PretrainedConfig``,
             or a model (plain or PEFT-wrapped).
-        r, targets, variant: the LoRA settings (validated by ``LoraSettings``).
+        r, targets, variant: the LoRA settings (validated by ``LoraSettings``); ``targets``
+            None: the family's default, as ``lk.attach`` picks it (``plan_targets``).
+        target_parameters: PEFT's ``target_parameters`` (MoE experts), counted as attach does.
         quantize: format of the quantized base in the third set-up: None (report QLoRA as
             "nf4"), "nf4", "fp4" (4-bit) or "int8".
         double_quant: QLoRA's double quantization of the 4-bit block constants.
@@ -670,7 +866,8 @@ def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
     Activations are excluded (``Budget.includes_activations`` is False).
     """
     check_quantize(quantize)
-    settings = LoraSettings(r=r, targets=targets, variant=variant)
+    settings = LoraSettings(r=r, targets=targets if targets is not None else ("q_proj",),
+                            variant=variant)
     if isinstance(config_or_name, str):
         name, source = config_or_name, builtin_config(config_or_name)
     else:
@@ -679,7 +876,9 @@ def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
         name = (getattr(cfg, "name_or_path", "") or getattr(cfg, "model_type", "")
                 or type(source).__name__)
     linears, head, total = _shapes(source)
-    lora = _lora_size(linears, settings, head)
+    plan = plan_targets(source, None if targets is None else settings.targets, settings.r,
+                        target_parameters)
+    lora = plan.lora_params(settings.r, settings.variant == "dora")
     fmt = quantize or "nf4"
     quantized = [i for i in linears if i.layer is not None and i is not head]
     n_q = sum(i.in_features * i.out_features for i in quantized)
@@ -687,7 +886,7 @@ def estimate(config_or_name, r: int = 8, targets=("q_proj", "v_proj"),
                   for i in quantized)
     adapter: dict[str, Any] = {"gradients": 4 * lora, "optimizer": 8 * lora, "master": 0}
     return Budget(
-        name=name, r=settings.r, targets=settings.targets, variant=settings.variant,
+        name=name, r=settings.r, targets=plan.targets, variant=settings.variant,
         quantize=fmt, total_params=total, lora_params=lora, quantized_params=n_q,
         full_weights=2 * total, full_gradients=2 * total, full_optimizer=8 * total,
         full_master=4 * total,

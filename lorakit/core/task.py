@@ -83,6 +83,9 @@ class Task:
                 f"task {self.name!r} is a {type(self).__name__} for {' / '.join(self.kinds)} "
                 f"models; a {kind} model needs a classification task (lk.tasks.get('sentiment') "
                 "or lk.tasks.from_labels(...))" if kind == "seq_cls" else
+                f"task {self.name!r} is a {type(self).__name__} for {' / '.join(self.kinds)} "
+                f"models; a token classifier needs a token-tagging task, a tag per word "
+                "(lk.tasks.get('ner') or lk.tasks.from_tags(...))" if kind == "token_cls" else
                 f"task {self.name!r} cannot train a {kind} model; it trains "
                 f"{' / '.join(self.kinds)} models")
         return kind
@@ -196,11 +199,13 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 def from_pairs(name: str, pairs: Sequence[tuple[str, str]], *, test_fraction: float = 0.2,
                seed: int = 0, system: str | None = None, description: str = "",
-               prompt_format: str = "auto") -> Task:
+               prompt_format: str = "auto", max_new_tokens: int | None = None) -> Task:
     """Make a task from your own (prompt, answer) pairs, split into train/test by ``seed``.
 
     ``prompt_format``: "auto" (the chat template if the tokenizer has one, else plain text),
-    "chat" or "plain" (``Prompt\nAnswer: `` for base models without a chat template)."""
+    "chat" or "plain" (``Prompt\nAnswer: `` for base models without a chat template).
+    ``max_new_tokens``: how long a reply ``accuracy`` generates; None: the longest answer's
+    UTF-8 bytes + 8 (a token is at least one byte, so every answer fits, however long)."""
     pairs = list(pairs)
     if len(pairs) < 2:
         raise ValueError(f"a task needs at least 2 (prompt, answer) pairs, got {len(pairs)}")
@@ -215,9 +220,11 @@ def from_pairs(name: str, pairs: Sequence[tuple[str, str]], *, test_fraction: fl
     rng.shuffle(pairs)
     n_test = max(1, round(len(pairs) * test_fraction))
     examples = [Example(p, a) for p, a in pairs]
-    longest = max(len(a) for _, a in pairs)
+    if max_new_tokens is None:
+        max_new_tokens = 8 + max(len(a.encode("utf-8")) for _, a in pairs)
+    POSITIVE_INT("max_new_tokens", max_new_tokens)
     return Task(name, description, examples[n_test:], examples[:n_test], system=system,
-                max_new_tokens=min(256, 8 + longest), prompt_format=prompt_format)
+                max_new_tokens=max_new_tokens, prompt_format=prompt_format)
 
 
 
@@ -280,3 +287,99 @@ def from_labels(name: str, pairs: Sequence[tuple[str, str]], *, classes: Sequenc
     labels = tuple(classes) if classes is not None else tuple(sorted({a for _, a in pairs}))
     return ClassificationTask(task.name, task.description, task.train, task.test,
                               max_new_tokens=task.max_new_tokens, classes=labels)
+
+
+@dataclass
+class TokenTask(Task):
+    """A token-tagging task (named entities, parts of speech): each example's ``prompt`` is
+    words separated by spaces, its ``answer`` one tag per word, from ``classes``.
+
+    A token classifier (``AutoModelForTokenClassification``) learns the tag of each word at
+    the word's first token; the other tokens of the word, special tokens and padding are
+    ``IGNORE_INDEX`` (as in transformers' token-classification examples). ``accuracy`` is
+    exact match of the whole tag sequence.
+    """
+
+    classes: tuple[str, ...] = ()
+
+    kinds = ("token_cls",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.classes) < 2:
+            raise ValueError(f"a token-tagging task needs at least 2 tags, got "
+                             f"{list(self.classes)}")
+        for i, e in enumerate(self.train + self.test):
+            words, tags = e.prompt.split(), e.answer.split()
+            if len(words) != len(tags):
+                raise ValueError(f"example {i} has {len(words)} words and {len(tags)} tags; "
+                                 f"give one tag per word: {e.prompt!r} -> {e.answer!r}")
+            unknown = set(tags) - set(self.classes)
+            if unknown:
+                raise ValueError(f"example {i}: tags {sorted(unknown)} are not among classes "
+                                 f"{list(self.classes)}")
+
+    def encode(self, tok, examples: Sequence[Example], kind: str = "token_cls"):
+        """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (batch, seq): the tag
+        index at each word's first token, ``IGNORE_INDEX`` elsewhere; the tokenizer's special
+        tokens ([CLS] … [SEP] for BERT) around the words."""
+        from .guards import literal_ids
+        from .models import pad_id
+
+        prefix, suffix = _special_tokens(tok)
+        rows = []
+        for e in examples:
+            ids: list[int] = []
+            labels: list[int] = []
+            for n, (word, tag) in enumerate(zip(e.prompt.split(), e.answer.split(), strict=True)):
+                piece = literal_ids(tok, word if n == 0 else " " + word) or [pad_id(tok)]
+                ids += piece
+                labels += [self.classes.index(tag)] + [IGNORE_INDEX] * (len(piece) - 1)
+            rows.append((prefix + ids + suffix, [IGNORE_INDEX] * len(prefix) + labels
+                         + [IGNORE_INDEX] * len(suffix)))
+        return {"input_ids": _pad([r for r, _ in rows], pad_id(tok)),
+                "attention_mask": (_pad([r for r, _ in rows], -1) != -1).long(),
+                "labels": _pad([lab for _, lab in rows], IGNORE_INDEX)}
+
+    def _replies(self, model, tok, chunk: Sequence[Example]) -> list[str]:
+        batch = self.encode(tok, chunk)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+        best = logits.argmax(-1).cpu()
+        words = batch["labels"] != IGNORE_INDEX
+        return [" ".join(self.classes[i] for i in best[row][words[row]].tolist())
+                for row in range(len(chunk))]
+
+
+def _special_tokens(tok) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text ([CLS] and [SEP] for BERT; none for
+    most decoder tokenizers), found by encoding one word with and without them."""
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a", add_special_tokens=True)["input_ids"]
+    start = next((i for i in range(len(full) - len(plain) + 1)
+                  if full[i:i + len(plain)] == plain), 0)
+    return list(full[:start]), list(full[start + len(plain):])
+
+
+def from_tags(name: str, pairs: Sequence[tuple], *, classes: Sequence[str] | None = None,
+              test_fraction: float = 0.2, seed: int = 0, description: str = "") -> TokenTask:
+    """A token-tagging task from (words, tags) pairs: each a list of strings, or one string
+    separated by spaces, one tag per word (``classes`` default: the tags, sorted)."""
+    joined: list[tuple[str, str]] = []
+    for i, pair in enumerate(pairs):
+        parts = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else None
+        if parts is None or not all(isinstance(p, str) or (
+                isinstance(p, (tuple, list)) and all(isinstance(w, str) for w in p))
+                for p in parts):
+            raise ValueError(f"pair {i} must be (words, tags): two lists of strings or two "
+                             f"strings separated by spaces; got {pair!r}")
+        words, tags = (p if isinstance(p, str) else " ".join(p) for p in parts)
+        joined.append((words, tags))
+    task = from_pairs(name, joined, test_fraction=test_fraction, seed=seed,
+                      description=description)
+    labels = tuple(classes) if classes is not None else tuple(sorted(
+        {t for _, a in joined for t in a.split()}))
+    return TokenTask(task.name, task.description, task.train, task.test, max_new_tokens=1,
+                     classes=labels)

@@ -154,3 +154,35 @@ def test_answer_special_tokens_are_text(tok):
     enc = t.encode(tok, t.train)
     labels = enc["labels"][0][enc["labels"][0] != -100].tolist()
     assert labels.count(tok.eos_token_id) == 1 and labels[-1] == tok.eos_token_id
+
+
+# -- token tagging ---------------------------------------------------------------------------
+def test_ner_tags_each_word_at_its_first_token(tok):
+    task = lk.tasks.get("ner", n_train=20, n_test=5)
+    assert isinstance(task, lk.tasks.TokenTask) and task.kinds == ("token_cls",)
+    batch = task.encode(tok, task.train[:4])
+    for i, ex in enumerate(task.train[:4]):
+        labels = batch["labels"][i]
+        tagged = labels[labels != IGNORE_INDEX].tolist()
+        assert [task.classes[t] for t in tagged] == ex.answer.split()
+        n = int(batch["attention_mask"][i].sum())
+        assert tok.decode(batch["input_ids"][i, :n]) == ex.prompt
+    again = lk.tasks.get("ner", n_train=20, n_test=5)
+    assert again.train == task.train and not set(task.train) & set(task.test)
+
+
+def test_from_tags_and_its_errors():
+    task = lk.tasks.from_tags("pos", [(["the", "cat"], ["DET", "NOUN"]), ("a dog", "DET NOUN"),
+                                      ("big cats", "ADJ NOUN")])
+    assert task.classes == ("ADJ", "DET", "NOUN")
+    with pytest.raises(ValueError, match="example .* has 2 words and 1 tags"):
+        lk.tasks.from_tags("bad", [("a dog", "DET"), ("a cat", "DET NOUN")])
+    with pytest.raises(ValueError, match=r"pair 1 must be \(words, tags\)"):
+        lk.tasks.from_tags("bad", [("a dog", "DET NOUN"), ("a", 3)])
+
+
+def test_a_token_classifier_needs_a_tagging_task():
+    with pytest.raises(ValueError, match=r"needs a token-tagging task.*lk.tasks.get\('ner'\)"):
+        lk.tasks.get("sentiment").check_kind("token_cls")
+    with pytest.raises(ValueError, match="cannot train a causal_lm model"):
+        lk.tasks.get("ner").check_kind("causal_lm")
