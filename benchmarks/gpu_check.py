@@ -5,7 +5,9 @@
    picks the compute dtype for the card: bf16 where supported (Ampere and newer), fp16 on a
    T4/V100;
 3. LoRA vs QLoRA (nf4) on the embedded SmolLM2, side by side in one run: mean step time and
-   peak CUDA memory (``torch.cuda.max_memory_allocated``), written to benchmarks/RESULTS.md.
+   peak CUDA memory (``torch.cuda.max_memory_allocated``), written to benchmarks/RESULTS.md;
+4. ``lk.train``'s precisions on the card, side by side: fp32, bf16 autocast (where the card
+   has it) and fp16 autocast with a gradient scaler (steps it skipped reported).
 
 Without CUDA it stops at once with exit status 2 and says why; nothing runs, nothing is written.
 
@@ -74,6 +76,30 @@ def bench(torch, steps: int) -> list[dict]:
     return rows
 
 
+def bench_precision(torch, steps: int) -> list[str]:
+    """LoRA r=8 on q,v in each precision the card runs: step time, loss, skipped fp16 steps."""
+    import lorakit as lk
+
+    task = lk.tasks.get("iso_dates")
+    names = ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    rows = ["| precision | step (ms) | loss | fp16 steps skipped | held-out acc (20) |",
+            "|---|---:|---|---:|---|"]
+    for name in names:
+        model, tok = lk.load_model(dtype=torch.float32, progress=False)
+        pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
+        lk.train(pm, tok, task, steps=3, lr=3e-3, precision=name, progress=False)  # warm-up
+        torch.cuda.synchronize()
+        res = lk.train(pm, tok, task, steps=steps, lr=3e-3, precision=name, progress=False)
+        torch.cuda.synchronize()
+        assert res.precision == name and all(
+            p.dtype == torch.float32 for p in pm.parameters() if p.requires_grad)
+        rows.append(f"| {name} | {1000 * res.elapsed / res.steps_done:.1f} | "
+                    f"{res.losses[0]:.3f} → {res.losses[-1]:.3f} | {res.skipped_steps} | "
+                    f"{task.accuracy(pm, tok, n=20)} |")
+        del pm, model
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-tests", action="store_true")
@@ -90,6 +116,7 @@ def main(argv=None) -> int:
         times["notebook 04"] = pytest("notebooks/04_qlora.ipynb")
     rows = bench(torch, args.steps)
     lora, qlora = rows
+    precisions = bench_precision(torch, args.steps)
     table = ["| setup | compute dtype | step (ms) | peak CUDA memory (MiB) | loss |",
              "|---|---|---:|---:|---|"]
     table += [f"| {r['setup']} | {r['dtype']} | {r['step_ms']:.1f} | {r['peak_mib']:.0f} | "
@@ -104,8 +131,10 @@ def main(argv=None) -> int:
         f"## GPU check (`make gpu-check`): {card}", "",
         f"LoRA vs QLoRA, r=8 on q_proj+v_proj, batch 8, {args.steps} timed steps after 3 "
         "warm-up steps, the embedded SmolLM2-135M.", "", *table, "", ratio, "",
+        "", "`lk.train` precisions (fp32 weights, base loaded in fp32; autocast):", "",
+        *precisions, "",
         f"Passed: {ran}; whole check {time.perf_counter() - start:.0f} s."]))
-    print("\n".join(table), "\n" + ratio)
+    print("\n".join(table), "\n" + ratio, "\n" + "\n".join(precisions))
     return 0
 
 

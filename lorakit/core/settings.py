@@ -24,10 +24,12 @@ from typing import Any, Literal, TypeGuard, get_args
 Variant = Literal["lora", "rslora", "dora"]
 Init = Literal["default", "gaussian", "pissa", "olora"]
 Quantize = Literal["nf4", "fp4", "int8"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
 INITS: tuple[str, ...] = get_args(Init)
 QUANTIZE: tuple[str, ...] = get_args(Quantize)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 # Our init names -> PEFT's ``init_lora_weights`` values.
 _PEFT_INIT: dict[str, bool | Literal["gaussian", "pissa", "olora"]] = {
@@ -139,11 +141,17 @@ def parse_names(text: str):
 
 
 def check_fields(settings) -> None:
-    """Run every field's ``metadata["check"]`` (labelled by ``metadata["label"]`` or its name)."""
+    """Run every field's ``metadata["check"]`` (labelled by ``metadata["label"]`` or its name),
+    then store a checked number as a Python ``int``/``float`` (a numpy scalar such as
+    ``np.float32(16)`` would pass the check, then break ``json.dumps`` when the adapter is
+    saved)."""
     for f in fields(settings):
         check = f.metadata.get("check")
+        value = getattr(settings, f.name)
         if check is not None:
-            check(f.metadata.get("label", f.name), getattr(settings, f.name))
+            check(f.metadata.get("label", f.name), value)
+        if _is_number(value) and type(value) not in (int, float):
+            object.__setattr__(settings, f.name, int(value) if _is_int(value) else float(value))
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -260,9 +268,15 @@ class TrainSettings:
             "Linear warm-up steps. None: 10% of the steps, at most 10.")})
     seed: int = field(default=0, metadata={"check": INTEGER, "help": (
         "Seed of the data order and dropout (the global random state is left alone).")})
+    precision: Precision = field(default="auto", metadata={"choices": PRECISIONS, "help": (
+        "Arithmetic of the forward and backward passes. auto: bf16 where the device computes "
+        "it fast (a CPU with avx512_bf16 or AMX, a CUDA card with bf16), fp16 with a gradient "
+        "scaler on CUDA cards without bf16, fp32 elsewhere. The adapter's weights, the "
+        "optimizer state and the loss stay fp32 (autocast).")})
 
     def __post_init__(self):
         check_fields(self)
+        check_choice("precision", self.precision, PRECISIONS)
 
     @property
     def warmup_steps(self) -> int:

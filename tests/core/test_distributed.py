@@ -144,7 +144,7 @@ def test_lk_train_two_processes_follows_one_process(two_ranks, tok, one_thread):
     rec = lk.Recorder(pm, every=2)
     with one_thread():
         res = lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=worker.TRAIN_STEPS, lr=3e-3,
-                       batch_size=4, recorder=rec, progress=False)
+                       batch_size=4, recorder=rec, precision="fp32", progress=False)
     r0, r1 = reports[0]["train"], reports[1]["train"]
     assert r0["losses"] == pytest.approx(res.losses, rel=1e-5)
     assert r0["tokens"] == res.tokens and r0["lrs"] == pytest.approx(res.lrs)
@@ -206,7 +206,8 @@ def test_accelerate_launch_lorakit_train(tmp_path, tok, one_thread):
                          pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
     flags = ["--task", "iso_dates", "--model", str(tmp_path / "model"), "--steps", "3",
-             "--batch-size", "4", "--lr", "3e-3", "--eval-n", "4", "--record-every", "1"]
+             "--batch-size", "4", "--lr", "3e-3", "--eval-n", "4", "--record-every", "1",
+             "--precision", "fp32"]   # compared at 1e-5 with one process
     # accelerate 1.x: --multi_gpu selects its torchrun launcher; ACCELERATE_USE_CPU keeps it on
     # the CPU (gloo), as in tests/core/test_record.py
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
@@ -227,7 +228,8 @@ def test_accelerate_launch_lorakit_train(tmp_path, tok, one_thread):
 
     with one_thread():   # the same command in this one process
         ref = run_train(TrainCommand(task="iso_dates", model=str(tmp_path / "model"), eval_n=0,
-                                     train=TrainSettings(steps=3, batch_size=4, lr=3e-3)),
+                                     train=TrainSettings(steps=3, batch_size=4, lr=3e-3,
+                                                         precision="fp32")),
                         log=lambda _: None)
     assert ref["world_size"] == 1
     assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)

@@ -1,0 +1,270 @@
+"""Mixed precision: what "auto" picks, autocast in lk.train with fp32 master weights, the fp16
+scaler, and the precisions a device refuses (lorakit/core/precision.py)."""
+
+import importlib
+import warnings
+
+import pytest
+import torch
+from faults import assert_intact, case, raises, refused, snap, train_quiet
+
+import lorakit as lk
+from lorakit.core import _compat, precision
+from lorakit.core.loss import answer_loss
+from lorakit.core.precision import Plan
+
+train_mod = importlib.import_module("lorakit.core.train")  # lk.train is the function
+
+
+def _losses(pm, tok, task, **kw):
+    return train_quiet(pm, tok, task, steps=4, batch_size=4, **kw)
+
+
+@pytest.fixture
+def fast_cpu(monkeypatch):
+    """A CPU with native bf16 (the CI machine has it; pinned so the tests run anywhere)."""
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+
+
+@pytest.fixture
+def slow_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_ratio", lambda: 3.4)
+
+
+# -- what "auto" picks -----------------------------------------------------------------------
+def test_cpu_flags_decide_fast_bf16(monkeypatch):
+    for flags, fast in ((set(), False), ({"avx2", "avx512f"}, False), ({"avx512_bf16"}, True),
+                        ({"amx_bf16", "amx_tile"}, True)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: frozenset(f))
+        assert precision.cpu_has_fast_bf16.__wrapped__() is fast, flags
+
+
+def test_auto_on_the_cpu(fast_cpu, monkeypatch):
+    assert precision.plan("auto", "cpu") == Plan("bf16", "cpu")
+    assert precision.fast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert precision.plan("auto", "cpu") == Plan("fp32", "cpu")
+    assert precision.plan("fp32", "cpu").autocast().__class__.__name__ == "nullcontext"
+
+
+def test_auto_on_cuda_cards(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.plan("auto", "cuda").name == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # T4, V100
+    p = precision.plan("auto", "cuda")
+    assert p.name == "fp16" and p.scaler() is not None
+    assert precision.plan("auto", "mps").name == "fp32"
+
+
+# -- training under autocast -----------------------------------------------------------------
+def test_bf16_trains_under_autocast_with_fp32_master_weights(fast_cpu, tok, task, monkeypatch):
+    from tiny_models import make_tiny
+
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *a, **k):   # what the optimizer holds: fp32 parameters, gradients and state
+        out = original(self, *a, **k)
+        seen.extend((p.dtype, p.grad.dtype, *(v.dtype for v in self.state[p].values()
+                                              if v.dim())) for g in self.param_groups
+                    for p in g["params"])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    runs = {}
+    for prec in ("fp32", "bf16"):
+        pm = lk.attach(make_tiny(tok), r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+        runs[prec] = _losses(pm, tok, task, precision=prec)
+        assert {p.dtype for p in pm.parameters()} == {torch.float32}
+        assert not pm.training
+    assert {d for row in seen for d in row} == {torch.float32}
+    assert runs["fp32"].precision == "fp32" and runs["bf16"].precision == "bf16"
+    assert "bf16" in str(runs["bf16"])
+    # autocast really ran: close to fp32, but not the same numbers
+    assert runs["bf16"].losses != runs["fp32"].losses
+    assert runs["bf16"].losses == pytest.approx(runs["fp32"].losses, rel=1e-2)
+
+
+def test_cpu_attention_stays_fp32_under_bf16_autocast():
+    """torch's CPU bf16 attention is several times slower than fp32's: the plan keeps it fp32
+    (output cast back to bf16), and every other product bf16."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True).to(torch.bfloat16)
+    with Plan("bf16", "cpu").autocast():
+        got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        kw = F.scaled_dot_product_attention(query=q, key=k, value=v, is_causal=True)
+        assert (q @ k.transpose(-1, -2)).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert got.dtype == kw.dtype == plain.dtype == torch.bfloat16
+    assert torch.equal(got, want) and torch.equal(kw, want) and not torch.equal(plain, want)
+
+
+def test_the_loss_is_fp32_under_autocast(pm, tok, task):
+    batch = task.encode(tok, task.train[:3])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = answer_loss(pm, batch)
+    assert loss.dtype == torch.float32
+
+
+def test_recorder_lora_plus_and_ctrl_c_under_bf16(fast_cpu, pm, tok, task):
+    rec = lk.Recorder(pm)
+
+    def stop_at_3(info):
+        if info.step == 3:
+            raise KeyboardInterrupt
+
+    res = _losses(pm, tok, task, precision="bf16", loraplus_ratio=16, recorder=rec,
+                  callbacks=[stop_at_3])
+    assert res.interrupted and res.steps_done == 3 and res.precision == "bf16"
+    assert rec.recording.steps == [0, 1, 2, 3]
+    assert all(torch.isfinite(m.norm_B).all() for m in rec.recording.data.values())
+    assert not pm.training
+
+
+def test_fp16_with_a_gradient_scaler(pm, tok, task, monkeypatch):
+    """The fp16 path (CUDA only in use) runs here on the CPU, through a plan given directly."""
+    monkeypatch.setattr(train_mod, "precision_plan", lambda p, d: Plan("fp16", "cpu"))
+    before = {n: p.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}
+    res = _losses(pm, tok, task)
+    assert res.precision == "fp16" and res.skipped_steps < res.steps_done
+    assert {p.dtype for p in pm.parameters()} == {torch.float32}
+    assert any(not torch.equal(p, before[n]) for n, p in pm.named_parameters() if n in before)
+
+
+@case("fp16 run whose gradient overflows on every step (the scaler skips them all)",
+      "NonFiniteLossError: training stopped at step 10: in fp16 the gradient overflowed on 10 "
+      "steps in a row … Use precision='bf16'", "adapter exactly as before (no step was taken)")
+def test_fp16_overflow_on_every_step_stops(pm, tok, task, monkeypatch):
+    monkeypatch.setattr(train_mod, "precision_plan",
+                        lambda p, d: Plan("fp16", "cpu", init_scale=2.0 ** 120))
+    before = snap(pm)
+    err = raises(lk.NonFiniteLossError, "step 10: in fp16 the gradient overflowed on 10 steps in "
+                 "a row.*precision='bf16'", train_quiet, pm, tok, task, steps=30, batch_size=2)
+    assert err.result.skipped_steps == 10 and err.result.steps_done == 9  # as the NaN guard
+    assert_intact(pm, before)
+    assert not pm.training
+
+
+# -- bad input -------------------------------------------------------------------------------
+@case("precision='bf17' (unknown)", "ValueError: unknown precision 'bf17'; allowed: 'auto', "
+      "'fp32', 'bf16', 'fp16'", "model untouched (refused before training)")
+def test_unknown_precision(pm, tok, task):
+    refused(pm, ValueError, "unknown precision 'bf17'; allowed: 'auto', 'fp32', 'bf16', 'fp16'",
+            train_quiet, pm, tok, task, steps=1, precision="bf17")
+    raises(ValueError, "allowed: 'auto'", lk.TrainSettings, precision="half")
+
+
+@case("precision='fp16' on the CPU", "ValueError: precision='fp16' is not offered on the CPU: … "
+      "use 'bf16' …", "model untouched")
+def test_fp16_on_the_cpu_is_refused(pm, tok, task):
+    refused(pm, ValueError, "'fp16' is not offered on the CPU.*slow.*'bf16'", train_quiet,
+            pm, tok, task, steps=1, precision="fp16")
+
+
+@case("precision='bf16' on a CUDA card without bf16 (T4, V100)", "ValueError: precision='bf16' "
+      "is not supported on <card> (cuda) … choose 'fp16' …, 'fp32' or 'auto'", "nothing runs")
+def test_bf16_on_a_card_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    raises(ValueError, r"'bf16' is not supported on Tesla T4 \(cuda\).*'fp16'.*'fp32'.*'auto'",
+           precision.plan, "bf16", "cuda")
+    raises(ValueError, "not supported on device 'mps'.*'fp32' or 'auto'", precision.plan,
+           "bf16", "mps")
+
+
+@case("precision='bf16' on a CPU without native bf16", "UserWarning: … bf16 is emulated here, a "
+      "matrix product takes 3.4× its fp32 time; 'auto' would pick fp32", "trains as asked")
+def test_bf16_on_a_slow_cpu_warns_with_the_ratio(slow_cpu, pm, tok, task):
+    with pytest.warns(UserWarning, match=r"emulated here.*3\.4× its fp32 time"):
+        res = _losses(pm, tok, task, precision="bf16")
+    assert res.precision == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _losses(pm, tok, task).precision == "fp32"   # auto: fp32, no warning
+
+
+def test_measured_bf16_ratio_is_a_positive_number():
+    ratio = precision.cpu_bf16_ratio.__wrapped__(n=64, reps=2)
+    assert ratio > 0
+
+
+# -- every front end passes it on ------------------------------------------------------------
+def test_cli_tour_and_panel_pass_precision_on():
+    from lorakit.app import cli, train_cli
+    from lorakit.app.tour import TourSettings
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--precision", "fp32", "--out", "x"])
+    assert train_cli.command_from_args(args).train.precision == "fp32"
+    assert cli.tour_settings(parser.parse_args(["tour", "--precision", "bf16"])).train.precision \
+        == "bf16"
+    assert TourSettings().train.precision == "auto"
+    assert TourSettings.of(precision="fp32", steps=3).train.precision == "fp32"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tour", "--precision", "half"])
+
+
+def test_train_panel_passes_precision_on(pm, tok, task):
+    panel = lk.TrainPanel(pm, tok, task, precision="fp32", measure_accuracy=False)
+    assert panel.settings.precision == "fp32"
+    assert lk.TrainPanel(pm, tok, task, measure_accuracy=False).settings.precision == "auto"
+
+
+# -- the embedded model ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_auto_follows_fp32_on_smollm2(fresh, fast_cpu, one_thread):
+    """A few steps on the real model: auto (bf16) tracks fp32's loss curve."""
+    model, tok = fresh
+    task = lk.tasks.get("iso_dates", n_train=32, n_test=4)
+    runs = {}
+    for prec in ("fp32", "auto"):   # lk.detach gives the base back bit-identical
+        pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
+        with one_thread():
+            runs[prec] = lk.train(pm, tok, task, steps=6, lr=3e-3, batch_size=8,
+                                  precision=prec, progress=False)
+        model = lk.detach(pm)
+    assert runs["auto"].precision == "bf16"
+    assert runs["auto"].losses == pytest.approx(runs["fp32"].losses, rel=0.05)
+    assert runs["auto"].losses[-1] < runs["auto"].losses[0]
+
+
+# -- CUDA (make gpu-check) ----------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("prec", ["bf16", "fp16", "auto"])
+def test_cuda_mixed_precision_trains_with_fp32_master_weights(prec, tok, task):
+    """bf16 autocast, and fp16 autocast with a gradient scaler, on the CUDA card."""
+    from tiny_models import make_tiny
+
+    if prec == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this card has no bf16 (test_bf16_on_a_card_without_it covers the error)")
+    pm = lk.attach(make_tiny(tok).cuda(), r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+    res = train_quiet(pm, tok, task, steps=12, batch_size=4, lr=1e-2, precision=prec)
+    expected = prec if prec != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert res.precision == expected and res.steps_done == 12
+    assert {p.dtype for p in pm.parameters() if p.requires_grad} == {torch.float32}
+    assert res.losses[-1] < res.losses[0]
+    if expected == "fp16":   # the scaler may skip a few steps while it finds its scale
+        assert res.skipped_steps < 6
+    else:
+        assert res.skipped_steps == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _compat.cpu_quantization_supported(),
+                    reason="this bitsandbytes has no CPU 4-bit backend")
+def test_qlora_on_the_cpu_computes_in_the_auto_dtype(fast_cpu, one_thread):
+    """QLoRA's 4-bit layers compute in the dtype "auto" trains in (bf16 on a bf16 CPU)."""
+    model, tok = lk.load_model(quantize="nf4", progress=False)
+    assert model.model.layers[0].self_attn.q_proj.compute_dtype == torch.bfloat16
+    pm = lk.attach(model, r=8, alpha=16, targets=["q_proj", "v_proj"], seed=0)
+    with one_thread():
+        res = lk.train(pm, tok, lk.tasks.get("iso_dates"), steps=4, lr=3e-3, progress=False)
+    assert res.precision == "bf16" and res.losses[-1] < res.losses[0]
+    assert all(p.dtype == torch.float32 for p in pm.parameters() if p.requires_grad)
