@@ -6,7 +6,9 @@ Mirrors PEFT (peft/tuners/tuners_utils.py, peft/peft_model.py):
   wrappers are removed. Unlike PEFT it first checks, on a probe batch, that the merged model
   gives the unmerged model's logits (``MergeCheck``) and raises if not.
 - ``merge_in_place`` / ``unmerge`` ~ ``merge_adapter`` / ``unmerge_adapter``: keep the wrapper;
-  explicit, symmetric and guarded (PEFT only warns on a repeat; here a repeat raises).
+  explicit, symmetric and guarded (PEFT only warns on a repeat; here a repeat raises). On a
+  4-bit base, ``unmerge`` puts the original quantized weights back exactly (PEFT would
+  re-quantize W + ΔW − ΔW, changing the base for good).
 - ``AdapterBank`` ~ ``load_adapter`` + ``set_adapter`` (hot-swap) and PEFT's mixed-adapter
   batches, ``generate(..., adapter_names=[...])`` ("__base__" = no adapter for that row).
 - ``latency`` times greedy generation (merged vs base vs unmerged LoRA).
@@ -40,6 +42,7 @@ from .quiet import peft_quiet
 # W + ΔW to the weight dtype (float32 eps 1.2e-7, bfloat16 eps 7.8e-3) moves the logits by
 # ~3e-6 (fp32), ~3e-3 (fp16) and ~3e-2 (bf16) of their scale on SmolLM2.
 _REQUANTIZED = ".*4-bit linear may get different.*"   # PEFT's warning per re-quantized layer
+_KEPT = "_lorakit_unmerged_weight"   # a 4-bit base layer's weight before merge_in_place
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -95,13 +98,52 @@ def _quantized_layers(peft_model) -> list[str]:
             if type(m.get_base_layer()).__name__ in ("Linear4bit", "Linear8bitLt")]
 
 
+def _require_lora(peft_model, what: str) -> None:
+    """A TypeError unless ``peft_model`` is a PeftModel, a ValueError unless it still has its
+    LoRA layers (``lk.merge`` consumes the PeftModel it is given)."""
+    require_peft(peft_model, what)
+    if not tuner_layers(peft_model, lora_only=True):
+        raise ValueError(
+            f"{what}: this PeftModel has no LoRA layers left. lk.merge consumes the PeftModel it "
+            "is given and returns the merged model (merged = lk.merge(pm)): use that model, or "
+            "load the saved adapter again (lk.load_adapter) to merge it anew.")
+
+
+def _merge_layers(peft_model, names: list[str], keep: bool) -> None:
+    """PEFT's ``merge_adapter``. On a 4-bit base PEFT dequantizes, adds ΔW and re-quantizes;
+    with ``keep`` each 4-bit base layer first keeps its original weight, which ``unmerge`` puts
+    back (bit-identical). PEFT's per-layer warning about it is hidden: the caller measures the
+    effect and warns once."""
+    quantized = _quantized_layers(peft_model)
+    if quantized:
+        restore_4bit_layout(peft_model)
+    if keep:
+        for _, m in tuner_layers(peft_model, lora_only=True):
+            base = m.get_base_layer()
+            if type(base).__name__ == "Linear4bit":
+                base.__dict__[_KEPT] = base.weight  # not registered: no parameter of the model
+    with peft_quiet(*([_REQUANTIZED] if quantized else [])):
+        peft_model.merge_adapter(adapter_names=names)
+
+
+def _requantized_warning(diff: float, effect: float, undo: str) -> str:
+    """The warning of a merge into a quantized base, with its measured effect."""
+    return (f"merging into a quantized base re-quantizes W + ΔW: the merged model's logits "
+            f"differ from the unmerged model's by up to {diff:.3g} on the probe batch (the "
+            f"adapter itself changes them by up to {effect:.3g}). {undo}")
+
+
 def merge_in_place(peft_model, adapter: str | None = None) -> int:
     """Merge the active adapter (or ``adapter``) into the base weights, keeping the wrapper.
 
     ``unmerge`` undoes it. Raises ``MergeStateError`` if the model is already merged (PEFT's
     ``merge_adapter`` would only warn). Returns how many layers were merged.
+
+    A 4-bit / 8-bit bitsandbytes base cannot hold W + ΔW exactly: PEFT re-quantizes it. As
+    ``merge`` does, this measures the effect on ``default_probe`` and warns with it. The
+    original 4-bit weights are kept, so ``unmerge`` gives the base back bit for bit.
     """
-    require_peft(peft_model, "merge_in_place")
+    _require_lora(peft_model, "merge_in_place")
     if is_merged(peft_model):
         merged = sorted({a for _, m in tuner_layers(peft_model, lora_only=True)
                          for a in m.merged_adapters})  # type: ignore[union-attr]
@@ -113,12 +155,23 @@ def merge_in_place(peft_model, adapter: str | None = None) -> int:
         if name not in peft_model.peft_config:
             raise ValueError(f"unknown adapter {name!r}; this model has "
                              f"{list(peft_model.peft_config)}")
-    quantized = _quantized_layers(peft_model)
-    if quantized:
-        restore_4bit_layout(peft_model)
-    # PEFT warns per layer on a quantized base; merge() reports the measured effect once
-    with peft_quiet(*([_REQUANTIZED] if quantized else [])):
-        peft_model.merge_adapter(adapter_names=names)
+    if not _quantized_layers(peft_model):
+        _merge_layers(peft_model, names, keep=False)
+    else:
+        was_training = peft_model.training
+        peft_model.eval()
+        try:
+            inputs = _model_inputs(peft_model, None)
+            before = _logits(peft_model, inputs)
+            with peft_model.disable_adapter():
+                base = _logits(peft_model, inputs)
+            _merge_layers(peft_model, names, keep=True)
+            diff = (_logits(peft_model, inputs) - before).abs().max().item()
+        finally:
+            peft_model.train(was_training)
+        warnings.warn(_requantized_warning(
+            diff, (before - base).abs().max().item(),
+            "lk.unmerge puts the original quantized weights back exactly."), stacklevel=2)
     return sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))  # type: ignore[misc]
 
 
@@ -126,18 +179,35 @@ def unmerge(peft_model) -> int:
     """Subtract the merged adapter from the base weights again (the inverse of ``merge_in_place``).
 
     Raises ``MergeStateError`` if nothing is merged. Returns how many layers were unmerged.
-    In float32 the base weights come back up to one rounding per element (W + ΔW − ΔW).
+    In float32 the base weights come back up to one rounding per element (W + ΔW − ΔW); a
+    4-bit base gets its original quantized weights back exactly (kept by ``merge_in_place``);
+    an 8-bit base is re-quantized once more, with a warning.
     """
     require_peft(peft_model, "unmerge")
     if not is_merged(peft_model):
         raise MergeStateError("nothing to unmerge: the adapter is not merged into the base "
                               "weights (lk.merge_in_place merges it)")
-    count = sum(m.merged for _, m in tuner_layers(peft_model, lora_only=True))  # type: ignore[misc]
+    layers = tuner_layers(peft_model, lora_only=True)
+    count = sum(m.merged for _, m in layers)  # type: ignore[misc]
     quantized = _quantized_layers(peft_model)
     if quantized:
         restore_4bit_layout(peft_model)
-    with peft_quiet(_REQUANTIZED):
+    kept = [(m.get_base_layer(), m.get_base_layer().__dict__.get(_KEPT)) for _, m in layers]
+    lost = [n for n, (_, w) in zip([n for n, _ in layers], kept, strict=True)
+            if n in quantized and w is None]
+    if lost:
+        warnings.warn(f"unmerging from a quantized base re-quantizes W + ΔW − ΔW: the base "
+                      f"weights of {len(lost)} layer(s) (e.g. {lost[0]}) will not be exactly "
+                      "as before the merge. Reload the base model for the original weights.",
+                      stacklevel=2)
+    with peft_quiet(_REQUANTIZED):  # said above, or undone below: the kept weights go back
         peft_model.unmerge_adapter()
+    for base, weight in kept:
+        if weight is not None:
+            base.weight = weight
+            if getattr(base, "quant_state", None) is not None:
+                base.quant_state = weight.quant_state
+            del base.__dict__[_KEPT]
     return count
 
 
@@ -188,55 +258,60 @@ def merge(peft_model, probe=None, atol: float | None = None, *, adapter: str | N
         adapter: which adapter to merge (default: the active one).
 
     Raises ``MergeCheckError`` (with ``.check``) when the difference exceeds the tolerance; the
-    model is then unmerged again, as it was. A 4-bit / 8-bit bitsandbytes base cannot hold
-    W + ΔW exactly: PEFT dequantizes, adds ΔW and re-quantizes. That is not an error here;
-    the logit difference it causes is measured, reported in ``merge_check`` and warned about.
+    model is then exactly as it was, as it is after any other failure or a Ctrl-C during the
+    call. A 4-bit / 8-bit bitsandbytes base cannot hold W + ΔW exactly: PEFT dequantizes, adds
+    ΔW and re-quantizes. That is not an error here; the logit difference it causes is
+    measured, reported in ``merge_check`` and warned about.
     """
-    require_peft(peft_model, "merge")
+    _require_lora(peft_model, "merge")
     if is_merged(peft_model):
         raise MergeStateError("the adapter is already merged in place (lk.merge_in_place); "
                               "call lk.unmerge(peft_model) first, then lk.merge(peft_model)")
-    if adapter is not None:
-        if adapter not in peft_model.peft_config:
-            raise ValueError(f"unknown adapter {adapter!r}; this model has "
-                             f"{list(peft_model.peft_config)}")
-        set_adapter_frozen(peft_model, adapter)
-    was_training = peft_model.training
-    peft_model.eval()
+    if adapter is not None and adapter not in peft_model.peft_config:
+        raise ValueError(f"unknown adapter {adapter!r}; this model has "
+                         f"{list(peft_model.peft_config)}")
     inputs = _model_inputs(peft_model, probe)
+    was_training = peft_model.training
+    # all or nothing: the merged weights are copies of these until the merge is done
+    weights = {id(p): p for _, m in tuner_layers(peft_model, lora_only=True)
+               for p in m.get_base_layer().parameters() if p.is_floating_point()}
+    with Transaction(peft_model, weights=weights.values()):
+        if adapter is not None:
+            set_adapter_frozen(peft_model, adapter)
+        peft_model.eval()
+        check = _checked_merge(peft_model, inputs, atol)
+        if not check.quantized and not check.ok:
+            raise MergeCheckError(
+                f"merge check failed: {check}. The model was left unmerged, exactly as it was. "
+                "Pass atol=... to accept a larger difference.", check)
+        merged = peft_model.unload()   # the weights already hold W + ΔW: drop the wrappers
+        info = merged.__dict__.pop("_lorakit_state", None)
+        if info is not None:  # lk.attach froze the base: give back the flags it had before
+            for name, p in merged.named_parameters():
+                p.requires_grad_(info.get("requires_grad", {}).get(name, p.requires_grad))
+    if check.quantized:
+        warnings.warn(_requantized_warning(
+            check.max_abs_diff, check.adapter_effect, "Keep the adapter unmerged, or merge "
+            "into a full-precision copy of the base, to avoid this."), stacklevel=2)
+    merged.train(was_training)
+    merged.merge_check = check
+    return merged
+
+
+def _checked_merge(peft_model, inputs, atol: float | None) -> MergeCheck:
+    """Merge the active adapter in place and measure merged vs unmerged vs base logits."""
     quantized = bool(_quantized_layers(peft_model))
     before = _logits(peft_model, inputs)
     with peft_model.disable_adapter():
         base = _logits(peft_model, inputs)
-    merge_in_place(peft_model)
+    _merge_layers(peft_model, list(peft_model.active_adapters), keep=False)
     after = _logits(peft_model, inputs)
     dtype = _weight_dtype(peft_model)
     scale = before.abs().max().item()
     tol = atol if atol is not None else RTOL.get(dtype, 1e-2) * max(scale, 1.0)
-    check = MergeCheck(max_abs_diff=(after - before).abs().max().item(), atol=tol, dtype=dtype,
-                       logit_scale=scale, adapter_effect=(before - base).abs().max().item(),
-                       quantized=quantized)
-    if quantized:
-        warnings.warn(
-            f"merging into a quantized base re-quantizes W + ΔW: the merged model's logits "
-            f"differ from the unmerged model's by up to {check.max_abs_diff:.3g} (the adapter "
-            f"itself changes them by up to {check.adapter_effect:.3g}). Keep the adapter "
-            "unmerged, or merge into a full-precision copy of the base, to avoid this.",
-            stacklevel=2)
-    elif not check.ok:
-        unmerge(peft_model)
-        peft_model.train(was_training)
-        raise MergeCheckError(
-            f"merge check failed: {check}. The model was left unmerged. Pass atol=... to accept "
-            "a larger difference.", check)
-    merged = peft_model.unload()   # the weights already hold W + ΔW: just drop the wrappers
-    info = merged.__dict__.pop("_lorakit_state", None)
-    if info is not None:  # lk.attach froze the base: give back the flags it had before
-        for name, p in merged.named_parameters():
-            p.requires_grad_(info.get("requires_grad", {}).get(name, p.requires_grad))
-    merged.train(was_training)
-    merged.merge_check = check
-    return merged
+    return MergeCheck(max_abs_diff=(after - before).abs().max().item(), atol=tol, dtype=dtype,
+                      logit_scale=scale, adapter_effect=(before - base).abs().max().item(),
+                      quantized=quantized)
 
 
 def _weight_dtype(peft_model) -> torch.dtype:

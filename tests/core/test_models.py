@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,9 @@ def test_cache_env_override_is_used_and_a_truncated_file_is_rebuilt_once(tmp_pat
     assert (default / "model.safetensors").stat().st_size == size   # the default is untouched
     assert not list(folder.parent.glob(".*"))  # no half-written or old folder left
     stamp = json.loads((folder / "lorakit-stamp.json").read_text())
-    assert stamp["files"]["model.safetensors"] == size
+    assert stamp["files"]["model.safetensors"] == models._file_digest(weights)
+    assert stamp["files"]["model.safetensors"]["bytes"] == size
+    assert "Converting" not in err and "%|" not in err       # progress=False: no progress bar
     assert stamp["transformers"] == _compat.transformers_major_minor()
     assert stamp["conversion"] == models._CACHE_FORMAT
     assert sum(p.numel() for p in model.parameters()) == models.EMBEDDED_PARAMS
@@ -129,7 +133,7 @@ def _fake_cache(tmp_path, monkeypatch, **stamp_changes):
     folder = tmp_path / f"smollm2-135m-instruct-v3-transformers{stamp['transformers']}"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    files = {"config.json": 2}
+    files = {"config.json": models._file_digest(folder / "config.json")}
     (folder / "lorakit-stamp.json").write_text(json.dumps({**models._stamp_for(gguf),
                                                            **stamp_changes, "files": files}))
     return folder
@@ -155,6 +159,14 @@ def test_damaged_stamp_and_files_are_noticed(tmp_path, monkeypatch):
     assert models._cache_problem(folder, expected) is None
     (folder / "config.json").write_text("{ }")                        # 3 bytes, 2 written
     assert models._cache_problem(folder, expected) == "damaged (config.json: 3 bytes, 2 bytes written)"
+    (folder / "config.json").write_text("[]")                          # 2 bytes, other ones
+    models._DIGESTS.clear()          # as in a new process (see test_changed_cache_weights_…)
+    assert models._cache_problem(folder, expected) == \
+        "damaged (config.json: its content changed since it was written)"
+    stamp = json.loads((folder / "lorakit-stamp.json").read_text())
+    stamp["files"] = {"config.json": 2}                              # an older lorakit's stamp
+    (folder / "lorakit-stamp.json").write_text(json.dumps(stamp))
+    assert "without checksums" in models._cache_problem(folder, expected)
     (folder / "lorakit-stamp.json").write_text('{"gguf": ')              # half-written stamp
     assert models._cache_problem(folder, expected) == "damaged (unreadable stamp)"
     (folder / "lorakit-stamp.json").unlink()
@@ -257,8 +269,13 @@ def test_no_bitsandbytes_says_what_to_install(monkeypatch):
         lk.load_model(quantize="nf4")
 
 
-def test_compute_dtype_cpu():
+def test_compute_dtype_cpu(monkeypatch):
+    from lorakit.core import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert models.default_compute_dtype("cpu") == torch.float32
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)  # avx512_bf16 / AMX
+    assert models.default_compute_dtype("cpu") == torch.bfloat16
     config = models.quantization_config("nf4")
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_use_double_quant
@@ -322,10 +339,13 @@ def test_generate_prompt_literal(tiny, tok, monkeypatch):
 
 
 @case("a prompt longer than the model's context (300 tokens vs 256)", "ValueError: the prompt "
-      "is N tokens … exceeds the model's context length of 256 tokens", "refused before "
-      "generating (it used to run minutes and return '')")
+      "(N tokens) plus max_new_tokens=32 is … more than the model's context length of 256 "
+      "tokens … The prompt alone fills it: shorten it", "refused before generating (it used to "
+      "run minutes and return '')")
 def test_overlong_prompt_refused(tiny, tok):
-    refused(tiny, ValueError, "context length of 256 tokens", lk.generate, tiny, tok, "word " * 300)
+    err = refused(tiny, ValueError, "context length of 256 tokens", lk.generate, tiny, tok,
+                  "word " * 300)
+    assert "The prompt alone fills it: shorten it to at most 224 tokens" in str(err)
 
 
 @case("load_model(empty folder)", "FileNotFoundError: the model folder PATH is empty …",
@@ -384,3 +404,166 @@ def test_load_model_missing_path():
 @case("load_model(quantize='nf5')", "ValueError: unknown quantize 'nf5'; allowed: …", "—")
 def test_load_model_bad_quantize():
     raises(ValueError, "unknown quantize 'nf5'", lk.load_model, quantize="nf5")
+
+
+def _stamped_weights(tmp_path, monkeypatch):
+    """A cache folder holding a 20 MB safetensors file (checksummed with sum64, as the real
+    weights are), stamped as a conversion stamps it; its folder, stamp and weights path."""
+    from safetensors.torch import save_file
+
+    folder = _fake_cache(tmp_path, monkeypatch)
+    weights = folder / "model.safetensors"
+    save_file({"w": torch.linspace(-1, 1, 5_000_000)}, str(weights))
+    assert weights.stat().st_size > models._HASHED
+    stamp = json.loads((folder / "lorakit-stamp.json").read_text())
+    stamp["files"] = {f.name: models._file_digest(f) for f in sorted(folder.iterdir())
+                      if f.name != "lorakit-stamp.json"}
+    (folder / "lorakit-stamp.json").write_text(json.dumps(stamp))
+    return folder, models._stamp_for(models.embedded_gguf()), weights
+
+
+def _poke(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+@case("one inf, or one flipped bit, written into the cached weights after conversion",
+      "none: the cache check names the changed file and the cache is rebuilt",
+      "the size-only check passed such a file (NaN logits, generate returned '')")
+@pytest.mark.parametrize("damage", ["inf", "bit"])
+def test_changed_cache_weights_are_noticed(tmp_path, monkeypatch, damage):
+    folder, expected, weights = _stamped_weights(tmp_path, monkeypatch)
+    assert models._cache_problem(folder, expected) is None
+    offset = weights.stat().st_size - 4 * 1000            # one float32 of the tensor's data
+    with open(weights, "rb") as f:
+        f.seek(offset)
+        old = f.read(4)
+    new = (struct.pack("<f", float("inf")) if damage == "inf"
+           else bytes([old[0] ^ 0x01]) + old[1:])
+    _poke(weights, offset, new)
+    models._DIGESTS.clear()   # as in a new process (a write within the same clock tick as
+    #                           the last check may leave mtime and ctime as they were)
+    assert weights.stat().st_size == json.loads(
+        (folder / "lorakit-stamp.json").read_text())["files"]["model.safetensors"]["bytes"]
+    assert models._cache_problem(folder, expected) == \
+        "damaged (model.safetensors: its content changed since it was written)"
+    _poke(weights, offset, old)
+    models._DIGESTS.clear()
+    assert models._cache_problem(folder, expected) is None
+
+
+@pytest.mark.slow
+def test_an_inf_in_the_cache_is_rebuilt_by_the_next_process_without_a_progress_bar(tmp_path):
+    """The issue's case end to end: the cached weights get one inf; a new process's
+    ``load_model(progress=False)`` notices it, rebuilds (no progress bar), and loads finite
+    weights."""
+    import shutil
+    import subprocess
+    import sys
+
+    default = models.embedded_model_dir(progress=False)
+    folder = tmp_path / default.name
+    shutil.copytree(default, folder)
+    weights = folder / "model.safetensors"
+    _poke(weights, weights.stat().st_size - 4 * 1000, struct.pack("<f", float("inf")))
+    code = ("import torch, lorakit as lk; m, t = lk.load_model(progress=False); "
+            "assert all(torch.isfinite(p).all() for p in m.parameters()); print('finite')")
+    env = {**os.environ, "LORAKIT_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "finite"
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lorakit: rebuilding the cached model"), \
+        out.stderr[-3000:]
+    assert "model.safetensors: its content changed" in lines[0]
+    assert models._cache_problem(folder, models._stamp_for(models.embedded_gguf())) is None
+
+
+@case("the disk fills up while the embedded model is converted into a new cache folder",
+      "ModelCacheError: … The disk holding PATH is full … (PATH exists)",
+      "no half-written cache or temporary folder left; no advice to delete a missing folder")
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_disk_full_during_conversion_names_an_existing_folder(tmp_path, monkeypatch, error):
+    import errno
+
+    import transformers
+    from safetensors import SafetensorError
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LORAKIT_CACHE", str(cache))
+    full = (OSError(errno.ENOSPC, "No space left on device") if error == "oserror" else
+            SafetensorError("Error while serializing: I/O error: No space left on device "
+                            "(os error 28)"))
+
+    def no_room(*a, **k):
+        raise full
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_room)
+    err = raises(models.ModelCacheError, "disk holding .* is full", lk.load_model,
+                 progress=False)
+    named = str(err).split("The disk holding ")[1].split(" is full")[0]
+    assert Path(named).is_dir() and "rm -rf" not in str(err) and "LORAKIT_CACHE" in str(err)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+@case("load_model(device='tpu')", "ValueError: unknown device 'tpu'; allowed: 'cpu' …, 'cuda' "
+      "…; this machine has: …", "nothing loaded")
+def test_load_model_unknown_device(monkeypatch):
+    import transformers
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded before the device was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    err = raises(ValueError, "unknown device 'tpu'; allowed: 'cpu'", lk.load_model,
+                 device="tpu", progress=False)
+    assert "'cuda'" in str(err) and "This machine has: 'cpu'" in str(err)
+    if not torch.cuda.is_available():
+        raises(ValueError, "'cuda' is not available on this machine", lk.load_model,
+               device="cuda", progress=False)
+
+
+@case("generate(model, tok, prompts=[])", "ValueError: prompts is empty: pass one prompt …",
+      "model unchanged")
+def test_generate_no_prompts(tiny, tok):
+    refused(tiny, ValueError, "prompts is empty", lk.generate, tiny, tok, [])
+
+
+@case("generate(..., max_new_tokens=10**9)", "ValueError: the prompt (N tokens) plus "
+      "max_new_tokens=1,000,000,000 is … more than the model's context length of 256 tokens … "
+      "Pass max_new_tokens=M or less", "model unchanged; no negative advice")
+def test_generate_huge_max_new_tokens(tiny, tok):
+    err = refused(tiny, ValueError, r"max_new_tokens=1,000,000,000 is .* context length of 256",
+                  lk.generate, tiny, tok, "hi", max_new_tokens=10**9)
+    assert re.search(r"Pass max_new_tokens=\d+ or less", str(err))
+    assert not re.search(r"-\d", str(err))                  # no negative token counts
+
+
+@case("generate(..., max_new_tokens=2.5)", "ValueError: max_new_tokens must be a positive "
+      "integer, got 2.5", "model unchanged")
+def test_generate_fractional_max_new_tokens(tiny, tok):
+    refused(tiny, ValueError, "max_new_tokens must be a positive integer, got 2.5",
+            lk.generate, tiny, tok, "hi", max_new_tokens=2.5)
+
+
+@pytest.mark.skipif(not _compat.cpu_quantization_supported(),
+                    reason="this transformers cannot load 4-bit weights on the CPU")
+def test_offline_imports_and_a_4bit_load_print_nothing(tiny, tok, tmp_path):
+    """An offline lab (HF_HUB_OFFLINE=1): importing lorakit, PEFT and bitsandbytes and loading
+    and running a 4-bit model print nothing to stderr (bitsandbytes' hub-kernel lookup logs
+    through loggers lorakit gives a NullHandler, lorakit/core/quiet.py)."""
+    import subprocess
+    import sys
+
+    tiny.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    code = ("import lorakit as lk, peft, bitsandbytes; "
+            f"m, t = lk.load_model({str(tmp_path)!r}, quantize='nf4', progress=False); "
+            "lk.generate(m, t, 'hi', max_new_tokens=2); print('ok')")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    assert out.stderr == ""

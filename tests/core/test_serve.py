@@ -375,3 +375,86 @@ def test_bank_first_add_memory_error(tiny, monkeypatch):
 def test_bank_add_bad_source(pm):
     bank = lk.AdapterBank(pm)
     refused(pm, TypeError, "source must be an adapter folder", bank.add, "x", 42)
+
+
+# -- interruptions and consumed models ---------------------------------------------------------
+
+
+@case("Ctrl-C (KeyboardInterrupt) during lk.merge's check (the merged model's forward)",
+      "KeyboardInterrupt (re-raised)", "model exactly as before the call: not merged, every "
+      "base weight bit-identical (it used to stay merged in place)")
+def test_merge_interrupted_during_its_check(pm, monkeypatch):
+    pm.train()
+    before = snap(pm)
+    fail_after(monkeypatch, serve, "_logits", 3, KeyboardInterrupt())  # before, base, merged
+    raises(KeyboardInterrupt, None, serve.merge, pm)
+    assert_intact(pm, before)
+    assert not serve.is_merged(pm) and pm.training
+
+
+@case("lk.merge(pm) a second time, on the PeftModel the first merge consumed",
+      "ValueError: merge: this PeftModel has no LoRA layers left. lk.merge consumes … use that "
+      "model", "the merged model and the consumed PeftModel unchanged")
+def test_merge_a_consumed_peft_model(pm):
+    merged = serve.merge(pm)
+    before = snap(merged)
+    refused(pm, ValueError, "no LoRA layers left.*merged = lk.merge", serve.merge, pm)
+    refused(pm, ValueError, "no LoRA layers left", serve.merge_in_place, pm)
+    assert_intact(merged, before)
+
+
+def _nf4_tiny(tiny, tok, tmp_path):
+    """``tiny`` saved and loaded back with a 4-bit NF4 base, with a LoRA adapter whose B is
+    non-zero."""
+    from lorakit.core import _compat
+
+    if not _compat.cpu_quantization_supported():
+        pytest.skip("this transformers cannot load 4-bit weights on the CPU")
+    tiny.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    model, _ = lk.load_model(tmp_path / "tiny", quantize="nf4", progress=False)
+    return perturb(lk.attach(model, r=4, alpha=8, targets=TARGETS, seed=0), seed=1, scale=0.05)
+
+
+@case("merge_in_place + unmerge on a 4-bit NF4 base", "UserWarning: re-quantizes W + ΔW … "
+      "differ … by up to X (the measured effect); PEFT's own warning is not shown twice",
+      "after unmerge every base weight (Params4bit data) and the base logits are bit-identical "
+      "(PEFT's unmerge used to re-quantize 53 of 60 layers)")
+def test_merge_in_place_on_4bit_warns_and_unmerge_restores_the_base(tiny, tok, tmp_path):
+    pm = _nf4_tiny(tiny, tok, tmp_path)
+    for m in pm.modules():   # the standard 4-bit layout only: forwards that do not repack
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+    ids = serve.default_probe(pm)[:1, :8]
+    with pm.disable_adapter():
+        logits(pm, ids)                     # the first forward sets the compute dtype
+        base_logits = logits(pm, ids)
+    before = snap(pm)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert serve.merge_in_place(pm) == 4
+    ours = [str(w.message) for w in seen if "re-quantizes" in str(w.message)]
+    assert len(ours) == 1 and "by up to" in ours[0] and "unmerge puts the original" in ours[0]
+    assert not [w for w in seen if "4-bit linear may get different" in str(w.message)]
+    assert any(not torch.equal(p, before["params"][n][0])     # merged: the base moved
+               for n, p in pm.named_parameters() if "base_layer.weight" in n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # nothing to warn about: the base comes back exactly
+        assert serve.unmerge(pm) == 4
+    assert_intact(pm, before)
+    with pm.disable_adapter():
+        assert torch.equal(logits(pm, ids), base_logits)
+
+
+@case("Ctrl-C (KeyboardInterrupt) half-way through lk.detach (2 of 4 LoRA layers unwrapped)",
+      "KeyboardInterrupt (re-raised)", "model exactly as before the call: every layer still "
+      "wrapped, adapter, flags and weights bit-identical (it used to stay half-detached)")
+def test_detach_interrupted_half_way(pm, monkeypatch):
+    base = pm.base_model.model
+    before = snap(pm)
+    fail_after(monkeypatch, type(base), "get_submodule", 3, KeyboardInterrupt())
+    raises(KeyboardInterrupt, None, lk.detach, pm)
+    monkeypatch.undo()
+    assert_intact(pm, before)
+    assert has_adapter(base) and hasattr(base, "peft_config")
+    assert lk.detach(pm) is base and not has_adapter(base)   # and it detaches afterwards

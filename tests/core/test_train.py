@@ -405,3 +405,117 @@ def test_train_takes_a_train_settings_object(tiny, tok, task):
     raises(TypeError, "settings must be a TrainSettings", lk.train, pm, tok, task, {"steps": 1})
     raises(ValueError, "steps must be a positive integer", lk.train, pm, tok, task, s, steps=0)
     assert_intact(pm, before)
+
+
+# -- Ctrl-C inside a step: the model as before that step -----------------------------------------
+def _interrupt_in(phase: str, pm, monkeypatch, recorder):
+    """Raise KeyboardInterrupt in ``phase`` of step 2 (the optimizer step: after it updated half
+    of the adapter's tensors). Returns a dict whose "after" the recorder phase fills with the
+    model as its completed step left it."""
+    calls = {"n": 0, "after": None}
+
+    def second() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 2
+
+    if phase == "forward":      # half-way through the forward pass (after the first layer)
+        layer = pm.base_model.model.model.layers[0]
+        layer.register_forward_hook(lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+                                    if second() else None)
+    elif phase == "backward":   # half-way through the backward pass (one gradient computed)
+        p = next(p for n, p in pm.named_parameters() if "lora_B" in n)
+        p.register_hook(lambda g: (_ for _ in ()).throw(KeyboardInterrupt()) if second() else g)
+    elif phase == "clip":       # after the gradients were clipped in place
+        clip = torch.nn.utils.clip_grad_norm_
+
+        def clip_then_stop(*a, **k):
+            norm = clip(*a, **k)
+            if second():
+                raise KeyboardInterrupt
+            return norm
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_stop)
+    elif phase == "optimizer":  # AdamW updates tensors one by one: stop after half of them
+        step = torch.optim.AdamW.step
+
+        def half_a_step(self, *a, **k):
+            if not second():
+                return step(self, *a, **k)
+            group = self.param_groups[0]
+            everything = group["params"]
+            group["params"] = everything[: len(everything) // 2]
+            try:
+                step(self, *a, **k)
+            finally:
+                group["params"] = everything
+            raise KeyboardInterrupt
+        monkeypatch.setattr(torch.optim.AdamW, "step", half_a_step)
+    else:                       # the recorder, after the step
+        on_step = recorder.on_step
+
+        def record_then_stop(step, loss):
+            on_step(step, loss)
+            if step == 2:
+                calls["after"] = snap(pm)
+                raise KeyboardInterrupt
+        monkeypatch.setattr(recorder, "on_step", record_then_stop)
+    return calls
+
+
+@case("Ctrl-C (KeyboardInterrupt) inside lk.train's step 2: in the forward pass, the backward "
+      "pass, the clipping, half-way through AdamW's update (half the tensors updated), or in "
+      "the Recorder", "none: returns interrupted=True",
+      "every parameter bit-identical to after step 1 (the Recorder: to after step 2, the "
+      "step it was recording); model in eval mode (AdamW's half update used to stay)")
+@pytest.mark.parametrize("phase", ["forward", "backward", "clip", "optimizer", "recorder"])
+def test_interrupt_inside_a_step_rolls_it_back(pm, tok, task, monkeypatch, phase):
+    rec = lk.Recorder(pm)
+    after_step_1 = {}
+
+    def keep(info):
+        if info.step == 1:
+            after_step_1["snap"] = snap(pm)
+    calls = _interrupt_in(phase, pm, monkeypatch, rec)
+    res = train_quiet(pm, tok, task, steps=3, batch_size=2, max_grad_norm=1.0, recorder=rec,
+                      callbacks=[keep])
+    assert res.interrupted and not pm.training
+    if phase == "recorder":
+        assert res.steps_done == 2
+        assert_intact(pm, calls["after"])
+    else:
+        assert res.steps_done == 1
+        assert_intact(pm, after_step_1["snap"])
+    assert rec.recording.steps[-1] == res.steps_done
+
+
+@case("train a merged adapter (after lk.merge_in_place)", "ValueError: the adapter is merged "
+      "into the base weights … call lk.unmerge(model) first", "model unchanged, still merged")
+def test_train_a_merged_adapter(pm, tok, task):
+    lk.merge_in_place(pm)
+    refused(pm, ValueError, r"merged into the base weights.*lk.unmerge\(model\)", train_quiet,
+            pm, tok, task, steps=1, batch_size=2)
+    assert lk.is_merged(pm)
+
+
+@case("a training example longer than the model's context (300 tokens vs 256)", "ValueError: "
+      "training example I of task … is N tokens, more than the model's context length of 256 "
+      "tokens … Shorten or drop", "refused before step 1: model unchanged (it trained on "
+      "garbage positions, or crashed with an IndexError on GPT-2)")
+def test_train_example_longer_than_the_context(pm, tok):
+    long = lk.tasks.from_pairs("long", [("short question", "a")] * 8
+                               + [("word " * 300, "b")] * 2, test_fraction=0.2, seed=0)
+    i = next(i for i, e in enumerate(long.train) if len(e.prompt) > 1000)
+    refused(pm, ValueError, f"training example {i} of task 'long'.*context length of 256 "
+            "tokens.*Shorten or drop", train_quiet, pm, tok, long, steps=1, batch_size=2)
+
+
+@case("diverging run with clipping on (lr=1e3, max_grad_norm=1)", "NonFiniteLossError: … Try a "
+      "lower learning rate than lr=1000 (no advice to turn on the clipping that is on)",
+      "adapter equal to the last good step")
+def test_divergence_hint_with_clipping_on(pm, tok, task):
+    _nan_at_step(pm, 2)
+    err = raises(lk.NonFiniteLossError, "lower learning rate than lr=1000", train_quiet, pm, tok,
+                 task, steps=3, lr=1e3, batch_size=2, max_grad_norm=1.0)
+    assert "clipping" not in str(err)
+    _nan_at_step(pm, 1)
+    raises(lk.NonFiniteLossError, "or gradient clipping", train_quiet, pm, tok, task,
+           steps=3, batch_size=2, max_grad_norm=None)
