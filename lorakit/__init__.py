@@ -40,7 +40,7 @@ _LAZY = {
     "LoRAPanel": "view.widgets", "TrainPanel": "view.widgets", "AdapterPanel": "view.widgets",
     "set_display_mode": "view.widgets", "get_display_mode": "view.widgets",
     "DeltaScaleExplorer": "view.explorers", "PhiGridExplorer": "view.explorers",
-    "setup_notebook": "view.notebook", "show": "view.notebook",
+    "setup_notebook": "view.notebook", "show": "view.notebook", "set_theme": "view.figures",
     "export_html": "files.export", "export_png": "files.export", "export_svg": "files.export",
     "export_pdf": "files.export", "export_gif": "files.animate", "export_mp4": "files.animate",
     "export_pack": "files.pack",
@@ -65,8 +65,8 @@ __all__ = [
     "export_html", "export_mp4", "export_pack", "export_pdf", "export_png", "export_svg",
     "figures", "find_target_parameters", "find_targets", "generate", "get_display_mode",
     "is_merged", "latency", "linear_modules", "load_adapter", "load_model", "lora_param_count",
-    "merge", "merge_in_place", "save_adapter", "scratch", "set_display_mode", "setup_notebook",
-    "show", "tasks", "train", "unmerge",
+    "merge", "merge_in_place", "save_adapter", "scratch", "set_display_mode", "set_theme",
+    "setup_notebook", "show", "tasks", "train", "unmerge",
 ]
 
 

@@ -28,8 +28,8 @@ PUBLIC = {
     "export_html", "export_mp4", "export_pack", "export_pdf", "export_png", "export_svg",
     "figures", "find_target_parameters", "find_targets", "generate", "get_display_mode",
     "is_merged", "latency", "linear_modules", "load_adapter", "load_model", "lora_param_count",
-    "merge", "merge_in_place", "save_adapter", "scratch", "set_display_mode", "setup_notebook",
-    "show", "tasks", "train", "unmerge",
+    "merge", "merge_in_place", "save_adapter", "scratch", "set_display_mode", "set_theme",
+    "setup_notebook", "show", "tasks", "train", "unmerge",
 }
 # the modules that are part of the public face, as namespaces: lk.tasks.get, lk.figures.*
 PUBLIC_MODULES = {"tasks", "figures", "explorers", "scratch"}

@@ -1,7 +1,8 @@
 """Animations for slides and handouts: every frame of a plotly animation as a GIF or an MP4.
 
 * ``export_gif(fig, path)`` / ``export_mp4(fig, path)``: every frame of a plotly animation (the
-  ``lk.figures.matrix_evolution`` heatmaps of A, B or ΔW, or any figure with ``frames``) drawn
+  ``lk.figures.matrix_evolution`` heatmaps of A, B or ΔW, ``lk.figures.low_rank_view``: ΔW
+  beside Uᵀ·ΔW·V, where only r values are non-zero, or any figure with ``frames``) drawn
   as a still (frame data and frame title applied: the step and the loss stay in the title;
   Play button and slider left out), all frames in ONE kaleido browser session
   (``view.render``), then assembled: a looping GIF with Pillow (one palette for all frames,
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from ..core.guards import write_atomic
+from ..core.guards import kept_mode, write_atomic
 from ..view.render import as_figure, frame_figures, need_kaleido, render
 from ._common import (
     check_number,
@@ -244,6 +245,7 @@ def mp4_from_pngs(pngs: Sequence[bytes], path: Path, fps: float = 8, crf: int = 
     Image = need_pillow()
     arrays = [_even_rgb(b, Image) for b in pngs]
     h, w = arrays[0].shape[:2]
+    mode = kept_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
     try:
@@ -256,7 +258,7 @@ def mp4_from_pngs(pngs: Sequence[bytes], path: Path, fps: float = 8, crf: int = 
         for a in arrays:
             writer.send(a)
         writer.close()
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

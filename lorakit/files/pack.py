@@ -5,7 +5,8 @@ For a ``Recording`` (or the ``Recorder`` holding one) and/or a ``TrainResult``:
 * every figure (loss curve, norms of A/B/ΔW, singular values of ΔW, the A/B/ΔW heatmaps)
   as PNG (a 1280 × 720 slide), SVG (the "slide" preset of ``lk.export_svg``) and an
   interactive HTML page;
-* the animations (ΔW, and A, B, ΔW side by side, over the recorded steps) as a looping GIF
+* the animations (ΔW; A, B, ΔW side by side; ΔW beside its singular-vector view, which
+  shows its rank ≤ r; over the recorded steps) as a looping GIF
   and an H.264 MP4 (``lk.export_gif`` / ``lk.export_mp4``), the last step as PNG and SVG;
 * ``index.md`` and ``index.html``: the run's settings and one caption per file, each file
   linked (HTML-escaped in both: Markdown passes raw HTML through).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +164,13 @@ def run_settings(result: TrainResult | None, rec: Recording | None) -> list[tupl
     return rows
 
 
+def file_stem(module: str) -> str:
+    """A module's name as part of a file name: every character but letters, digits, ``_`` and
+    ``-`` becomes ``_`` (``layers.0.q_proj`` -> ``layers_0_q_proj``), so no name (one holding
+    ``/`` or ``..``) can point outside the pack or fail half-way through writing it."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", module)
+
+
 def _figures(result, rec) -> list[tuple[PackFigure, object]]:
     """(PackFigure, go.Figure) for every figure of the run."""
     from ..view import figures
@@ -174,7 +183,7 @@ def _figures(result, rec) -> list[tuple[PackFigure, object]]:
                     figures.loss_curve(loss_src)))
     if rec is not None:
         m = rec.modules[0]
-        slug = m.replace(".", "_")
+        slug = file_stem(m)
         out.append((PackFigure("norms", "Norms of A, B and ΔW",
                                "Frobenius norms of A, B and ΔW of each recorded module over "
                                "the training steps."), figures.norms_over_time(rec)))
@@ -191,6 +200,12 @@ def _figures(result, rec) -> list[tuple[PackFigure, object]]:
                                f"A, B and ΔW of {m} side by side at every recorded step: B "
                                f"starts at 0, so ΔW does too.", animated=True),
                     figures.matrix_evolution(rec, m, which="all")))
+        out.append((PackFigure(f"rank_{slug}", f"The rank of ΔW of {m}",
+                               f"ΔW of {m} beside ΔW in the basis of its singular vectors "
+                               f"(Uᵀ·ΔW·V = Σ): only r values are ever non-zero, since "
+                               f"B (d_out × r) · A (r × d_in) passes through r numbers.",
+                               animated=True),
+                    figures.low_rank_view(rec, m)))
     return out
 
 
@@ -414,4 +429,4 @@ def index_html(title: str, pack: Pack) -> str:
 
 
 __all__ = ["Pack", "PackFigure", "PackFile", "check_folder", "delta_gif_blocks", "export_pack",
-           "run_settings"]
+           "file_stem", "run_settings"]

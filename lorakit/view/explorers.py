@@ -2,9 +2,9 @@
 
 A view module (like ``widgets``): it imports ipywidgets, and the core never imports it. Each
 explorer is an ``ipywidgets.VBox`` whose controls are plain widgets, so a test (or a notebook
-cell) drives it by setting ``.value``; after every change ``.text`` holds the plain-text
-summary the HTML shows, which a notebook prints as the static output a reader who does not run
-the cell still sees.
+cell) drives it by setting ``.value``; the live summary is part of the widget (an HTML readout
+under the controls, updated on every change), and ``.text`` holds it as plain text for code
+and tests. Notebooks show the explorer itself, never a printed copy that would go stale.
 
 The numbers come from pure functions below (``rank_fit``, ``quantize_4bit``, ``bits_per_weight``)
 and from ``lorakit.core.params.estimate``; the explorers only present them.
@@ -24,7 +24,7 @@ from ..core.attach import find_targets
 from ..core.naming import tuner_layers
 from ..core.params import BUILTIN_CONFIGS, builtin_config, estimate, lora_layer_params
 from ..core.settings import Quantize
-from .widgets import ShowsWidget
+from .widgets import ShowsWidget, panel_box, panel_style
 
 # ============================================================================================
 # Knobs (tutorials 01, 02 and 04): rank vs true rank, estimate, NF4
@@ -49,8 +49,10 @@ class _Explorer(widgets.VBox):
     def __init__(self, controls: list[widgets.Widget]):
         self.out = widgets.HTML()
         self.text = ""
-        super().__init__([widgets.HBox(controls, layout=widgets.Layout(flex_flow="row wrap")),
-                          self.out])
+        super().__init__([panel_style(),
+                          widgets.HBox(controls, layout=widgets.Layout(flex_flow="row wrap")),
+                          self.out], layout=widgets.Layout(max_width="100%"))
+        self.add_class("lk-panel")
         for c in controls:
             c.observe(lambda _change: self.update(), names="value")
 
@@ -356,7 +358,7 @@ class DeltaScaleExplorer(ShowsWidget):
         self.slider = widgets.FloatSlider(value=1.0, min=0.0, max=max_scale, step=step,
                                     description="ΔW ×", continuous_update=False)
         self.view = widgets.HTML()
-        self.widget = widgets.VBox([self.slider, self.view])
+        self.widget = panel_box([self.slider, self.view])
         self.slider.observe(lambda _: self._update(), names="value")
         self._update()
 
@@ -426,7 +428,7 @@ class PhiGridExplorer(ShowsWidget):
         self.label = widgets.HTML()
         self.output = widgets.Output()
         self.figure = None                      # the plotly figure of the current step
-        self.widget = widgets.VBox([self.slider, self.label, self.output])
+        self.widget = panel_box([self.slider, self.label, self.output])
         self.slider.observe(lambda _: self._update(), names="value")
         self._update()
 

@@ -5,8 +5,16 @@ plain lists/dicts) and returns a ``plotly.graph_objects.Figure``; nothing is sho
 Figures can be rebuilt from a saved ``Recording`` alone, without the model.
 
 Style, written once here and shared by all builders:
-  * ``TEMPLATE``: plotly's "plotly_white" with the Okabe–Ito colour-blind-safe palette
-    (Okabe & Ito 2008, "Color Universal Design") as colorway;
+  * two plotly templates registered with ``plotly.io.templates``: "lorakit" (light, built on
+    "plotly_white") and "lorakit_dark" (on "plotly_dark"), both with the Okabe–Ito
+    colour-blind-safe palette (Okabe & Ito 2008, "Color Universal Design") as colorway, a
+    14 px font for projection, no fixed width (figures fill their container);
+    ``set_theme("auto" | "light" | "dark")`` picks one for every figure built afterwards and
+    makes it plotly's default, so a notebook's own ``go.Figure()`` gets it too; "auto" reads
+    JupyterLab's theme setting (``jupyterlab_theme``); ``style(fig, x=..., y=...)`` gives an
+    ad-hoc figure the template, a title and axis titles;
+  * log axes: one labelled tick per decade, or 1-2-5 ticks when the data spans under three
+    decades, never plotly's crowded minor labels (``log_ticks``);
   * heatmaps: the diverging "RdBu" scale reversed (positive = red, negative = blue), centred at
     0 with ONE symmetric range ``[-m, m]`` for all frames, so colours compare across steps
     (CircuitsVis / TensorBoard histograms keep a fixed range for the same reason);
@@ -21,8 +29,12 @@ Heatmaps show the recorded ≤ 64 × 64 block means as they are (no upsampling),
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -35,11 +47,107 @@ from ..core.params import GB
 # (yellow late: it is the hardest to see on white).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442",
              "#000000")
-TEMPLATE = go.layout.Template(pio.templates["plotly_white"])  # figures get a copy of it
-TEMPLATE.layout.update(colorway=list(OKABE_ITO), font=dict(size=13),
-                       title=dict(x=0.01, xanchor="left", font=dict(size=15)),
-                       hoverlabel=dict(namelength=-1), margin=dict(t=70, b=60, l=60, r=30))
+# on a dark background: the same hues, black replaced by light grey, sky blue first (the deep
+# blue is too dark on black to project)
+OKABE_ITO_DARK = ("#56B4E9", "#E69F00", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442",
+                  "#DDDDDD")
+FONT = "'Source Sans Pro', 'Open Sans', Verdana, Arial, sans-serif"   # marks lorakit's template
+THEMES = ("light", "dark")
+TEMPLATE_NAMES = {"light": "lorakit", "dark": "lorakit_dark"}
+_THEME_COLOURS = {  # paper (= plot), text, grid, axis line
+    "light": ("#FFFFFF", "#222222", "#E3E3E3", "#888888"),
+    "dark": ("#111111", "#E6E6E6", "#333333", "#888888"),
+}
+
+
+def _make_template(theme: str) -> go.layout.Template:
+    paper, text, grid, line = _THEME_COLOURS[theme]
+    base = pio.templates["plotly_dark" if theme == "dark" else "plotly_white"]
+    t = go.layout.Template(base)
+    axis = dict(gridcolor=grid, zerolinecolor=grid, linecolor=line, automargin=True,
+                title=dict(standoff=8), minor=dict(showgrid=False, ticks=""))
+    t.layout.update(
+        colorway=list(OKABE_ITO_DARK if theme == "dark" else OKABE_ITO), autosize=True,
+        font=dict(family=FONT, size=14, color=text), paper_bgcolor=paper, plot_bgcolor=paper,
+        title=dict(x=0.01, xanchor="left", font=dict(size=16)), hoverlabel=dict(namelength=-1),
+        margin=dict(t=70, b=60, l=60, r=30), xaxis=axis, yaxis=axis,
+        legend=dict(bgcolor="rgba(0,0,0,0)"), colorscale=dict(diverging=DIVERGING))
+    # buttons: dark text on a mid grey, so the active (white) one stays readable in both themes
+    t.layout.updatemenudefaults = dict(bgcolor="#9AA5B1" if theme == "dark" else "#F2F2F2",
+                                       bordercolor=line, font=dict(color="#111111"))
+    t.layout.sliderdefaults = dict(font=dict(color=text), bordercolor=line)
+    return t
+
+
+def _sequential(theme: str) -> list:
+    """0 in the background colour up to RdBu_r's deep red: for values ≥ 0 (singular values)."""
+    return [[0.0, _THEME_COLOURS[theme][0]], [0.5, "#D6604D"], [1.0, "#67001F"]]
+
+
 DIVERGING = "RdBu_r"   # positive red, negative blue
+TEMPLATES = {theme: _make_template(theme) for theme in THEMES}
+for _theme, _name in TEMPLATE_NAMES.items():
+    pio.templates[_name] = TEMPLATES[_theme]
+TEMPLATE = TEMPLATES["light"]   # the light template (figures get a copy of the current one)
+_current = {"theme": "light"}
+
+
+def jupyterlab_theme() -> str | None:
+    """"dark" or "light" from JupyterLab's saved theme setting, or None where none is saved.
+
+    Reads ``@jupyterlab/apputils-extension/themes.jupyterlab-settings`` under
+    ``$JUPYTERLAB_SETTINGS_DIR`` (default ``~/.jupyter/lab/user-settings``): the file
+    JupyterLab writes when the theme is changed (Settings → Theme). The kernel runs beside the
+    server, so it reads the same file; a remote front end (Colab, VS Code) has none.
+    """
+    folder = Path(os.environ.get("JUPYTERLAB_SETTINGS_DIR")
+                  or Path.home() / ".jupyter" / "lab" / "user-settings")
+    path = folder / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    try:   # JSON5: drop // comments and trailing commas
+        text = re.sub(r"^\s*//.*$", "", path.read_text(), flags=re.M)
+        theme = json.loads(re.sub(r",(\s*[}\]])", r"\1", text)).get("theme")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(theme, str):
+        return None
+    return "dark" if "dark" in theme.lower() else "light"
+
+
+def set_theme(theme: str = "auto") -> str:
+    """Use the light or dark lorakit template for every figure built from now on.
+
+    ``theme``: "light", "dark", or "auto" (JupyterLab's saved theme, ``jupyterlab_theme()``;
+    light where none can be read). Also sets ``plotly.io.templates.default``, so a notebook's
+    own ``go.Figure()`` is drawn in the same style. ``lk.setup_notebook()`` calls
+    ``set_theme("auto")``; call it again after switching JupyterLab's theme, and re-run the
+    cells that draw. Returns the theme now in use ("light" or "dark").
+    """
+    if theme not in ("auto", *THEMES):
+        raise ValueError(f"theme must be 'auto', 'light' or 'dark', got {theme!r}")
+    resolved = (jupyterlab_theme() or "light") if theme == "auto" else theme
+    _current["theme"] = resolved
+    pio.templates.default = TEMPLATE_NAMES[resolved]
+    return resolved
+
+
+def get_theme() -> str:
+    """The theme figures are built in now: "light" or "dark" (see ``set_theme``)."""
+    return _current["theme"]
+
+
+def template() -> go.layout.Template:
+    """The lorakit template of the current theme (``set_theme``)."""
+    return TEMPLATES[_current["theme"]]
+
+
+def uses_lorakit_template(fig) -> bool:
+    """True when ``fig`` (a figure or its JSON dict) carries a lorakit template."""
+    layout = fig.get("layout", {}) if isinstance(fig, dict) else fig.to_dict()["layout"]
+    tpl = layout.get("template", {}).get("layout", {})
+    return (tpl.get("font", {}).get("family") == FONT
+            and tuple(tpl.get("colorway", ())) in (OKABE_ITO, OKABE_ITO_DARK))
+
+
 WHICH = ("A", "B", "delta", "all")
 _MATRIX = {"A": "A", "B": "B", "delta": "ΔW"}
 _TINY = 1e-12          # colour range used when a matrix is zero in every frame
@@ -47,7 +155,89 @@ _TINY = 1e-12          # colour range used when a matrix is zero in every frame
 
 def _figure(title: str, fig: go.Figure | None = None, **layout) -> go.Figure:
     fig = go.Figure() if fig is None else fig
-    fig.update_layout(template=TEMPLATE, title_text=title, **layout)
+    fig.update_layout(template=template(), title_text=title, autosize=True, **layout)
+    tidy_log_axes(fig)
+    return fig
+
+
+def style(fig: go.Figure | None = None, title: str | None = None, *, x: str | None = None,
+          y: str | None = None, **layout) -> go.Figure:
+    """Give a notebook's own figure lorakit's style: the current template, a title, axis
+    titles (``x``, ``y``: say the unit, e.g. "memory (GB)") and readable log ticks.
+
+    ``fig``: a ``go.Figure`` (None: a new empty one); ``layout``: more ``update_layout``
+    keywords (``height=350``, ``yaxis_type="log"``, ``barmode="group"``). Returns ``fig``.
+    """
+    fig = go.Figure() if fig is None else fig
+    if x is not None:
+        fig.update_xaxes(title_text=x)
+    if y is not None:
+        fig.update_yaxes(title_text=y)
+    return _figure(title if title is not None else fig.layout.title.text or "", fig, **layout)
+
+
+def _nice(v: float) -> str:
+    return f"{v:g}" if 1e-3 <= v < 1e5 else f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def log_ticks(lo: float, hi: float) -> dict:
+    """Axis keys for a log axis over [lo, hi] (both > 0): labelled ticks at 10^k when the data
+    spans three decades or more (at most 8 labels), else at 1, 2, 5 × 10^k (or 1, 2, 3, 5, 7
+    × 10^k), never plotly's crowded minor labels; {} (plotly's ticks) for a very short range."""
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        return {}
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    if b - a >= 3:
+        step = max(1, math.ceil((b - a + 1) / 8))
+        vals = [10.0**k for k in range(a, b + 1, step)]
+    else:   # 1, 2, 5 per decade; 1, 2, 3, 5, 7 where that leaves under three labels
+        for marks in ((1, 2, 5), (1, 2, 3, 5, 7)):
+            vals = [m * 10.0**k for k in range(a, b + 1) for m in marks
+                    if lo / 1.0001 <= m * 10.0**k <= hi * 1.0001]
+            if len(vals) >= 3:
+                break
+        if len(vals) < 2:   # under a factor 2 of range: plotly's own linear-looking ticks
+            return {}
+    return dict(tickmode="array", tickvals=vals, ticktext=[_nice(v) for v in vals])
+
+
+def _axis_values(fig: go.Figure, axis: str) -> list[float]:
+    """Positive finite data values drawn on layout axis ``axis`` ("yaxis", "xaxis2", …)."""
+    letter, ref = axis[0], axis[0] + axis[5:]
+    out: list[float] = []
+    for t in fig.data:
+        values = getattr(t, letter, None)
+        if (getattr(t, f"{letter}axis", None) or letter) != ref or values is None:
+            continue
+        for v in np.asarray(values, dtype=object).ravel():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+                    and math.isfinite(float(v)) and v > 0:
+                out.append(float(v))
+    return out
+
+
+def tidy_log_axes(fig: go.Figure) -> go.Figure:
+    """Readable ticks (``log_ticks``) on every log axis of ``fig`` without ticks of its own,
+    and in the "log" button of a linear/log switch (the "linear" button puts plotly's back)."""
+    for name in fig.layout:
+        if re.fullmatch(r"[xy]axis\d*", name) and fig.layout[name].type == "log" \
+                and fig.layout[name].tickvals is None:
+            values = _axis_values(fig, name)
+            if values:
+                fig.layout[name].update(log_ticks(min(values), max(values)))
+    for menu in fig.layout.updatemenus:
+        for button in menu.buttons:
+            if button.label not in ("log", "linear") or not button.args:
+                continue
+            args = dict(button.args[0])
+            for key in [k for k in args if k.endswith(".type")]:
+                axis = key[:-5]
+                values = _axis_values(fig, axis)
+                ticks = log_ticks(min(values), max(values)) if values else {}
+                if button.label == "linear" or not ticks:
+                    ticks = dict(tickmode="auto", tickvals=None, ticktext=None)
+                args.update({f"{axis}.{k}": v for k, v in ticks.items()})
+            button.args = [args, *button.args[1:]]
     return fig
 
 
@@ -70,18 +260,22 @@ def _sym_range(arrays) -> float:
     return m if m > 0 and math.isfinite(m) else _TINY
 
 
-def _animation_controls(names: Sequence[str], duration: int = 150):
-    """(updatemenus, sliders) for frames ``names``: Play/Pause buttons and a step slider."""
+def _animation_controls(names: Sequence[str], duration: int = 150, active: int = 0):
+    """(updatemenus, sliders) for frames ``names``: Play/Pause buttons and a step slider.
+
+    ``active``: the frame shown first; Play starts from it, or from the first frame when
+    ``active`` is the last one."""
     def animate(ms, redraw=True):
         return {"frame": {"duration": ms, "redraw": redraw}, "mode": "immediate",
                 "transition": {"duration": 0}}
 
+    last = active == len(names) - 1 and active > 0
     play = dict(label="Play", method="animate", args=[None, {**animate(duration),
-                                                             "fromcurrent": True}])
+                                                             "fromcurrent": not last}])
     pause = dict(label="Pause", method="animate", args=[[None], animate(0, redraw=False)])
     menu = dict(type="buttons", direction="left", showactive=False, x=0, xanchor="left",
                 y=-0.3, yanchor="top", pad=dict(t=0, r=10), buttons=[play, pause])
-    slider = dict(active=0, x=0.16, len=0.84, y=-0.2, yanchor="top", pad=dict(t=0),
+    slider = dict(active=active, x=0.16, len=0.84, y=-0.2, yanchor="top", pad=dict(t=0),
                   currentvalue=dict(prefix="step ", visible=True),
                   steps=[dict(method="animate", label=n, args=[[n], animate(0)]) for n in names])
     return [menu], [slider]
@@ -223,7 +417,8 @@ def budget_bars(budget) -> go.Figure:
     title = (f"Training memory for {budget.name}: LoRA r={budget.r} on "
              f"{', '.join(budget.targets)}<br><sup>{budget.lora_params:,} trainable "
              f"({budget.trainable_pct:.3f}%) — activations not included</sup>")
-    return _figure(title, fig, barmode="stack", yaxis_title="GB (10⁹ bytes)",
+    return _figure(title, fig, barmode="stack", yaxis_title="memory (GB, 10⁹ bytes)",
+                   xaxis_title="fine-tuning setup",
                    margin=dict(t=110), legend=dict(orientation="h", y=1.02, yanchor="bottom",
                                                    x=0))
 
@@ -247,7 +442,8 @@ def _axis_titles(f, key: str, shape) -> tuple[str, str]:
 
 
 def matrix_evolution(recording, module: str, layer: int | None = None, which: str = "delta",
-                     *, shared_range: bool = False, duration: int = 150) -> go.Figure:
+                     *, shared_range: bool = False, duration: int = 150,
+                     start: int = 0) -> go.Figure:
     """Animated heatmaps of a module's A, B or ΔW = s·B·A over the recorded steps.
 
     Args:
@@ -258,6 +454,8 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
         shared_range: with "all", one range for A, B and ΔW (else one per matrix: A's values
             are far larger than ΔW's, which would otherwise look blank).
         duration: milliseconds per frame when playing.
+        start: the index of the frame shown before Play (0: the first recorded step, -1: the
+            last, e.g. right after training).
 
     One frame per recorded step; each matrix keeps ONE colour range ``[-m, m]`` over all frames
     (m = its max |value|), so a colour means the same value at every step.
@@ -265,6 +463,7 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     f = _module(recording, module, layer)
+    first = _start_index(recording, start)
     keys = ["A", "B", "delta"] if which == "all" else [which]
     data = {k: _frames_of(f, k) for k in keys}                      # k -> (F, rows, cols)
     ranges = {k: _sym_range(data.values() if shared_range else [data[k]]) for k in keys}
@@ -282,7 +481,7 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
                                             f"ΔW = {f.scaling:g}·B·A ({f.d_out}×{f.d_in})"])
     else:
         fig = go.Figure()
-    for col, (k, trace) in enumerate(zip(keys, heatmaps(0), strict=True), start=1):
+    for col, (k, trace) in enumerate(zip(keys, heatmaps(first), strict=True), start=1):
         pos = dict(row=1, col=col) if which == "all" else {}
         x_title, y_title = _axis_titles(f, k, data[k].shape[1:])
         domain = fig.layout[f"xaxis{col if col > 1 else ''}"].domain or (0, 1)
@@ -305,9 +504,78 @@ def matrix_evolution(recording, module: str, layer: int | None = None, which: st
     fig.frames = [go.Frame(name=n, data=heatmaps(i), traces=list(range(len(keys))),
                            layout=go.Layout(title_text=title(i)))
                   for i, n in enumerate(names)]
-    menus, sliders = _animation_controls(names, duration)
-    return _figure(title(0), fig, updatemenus=menus, sliders=sliders, height=500,
+    menus, sliders = _animation_controls(names, duration, first)
+    return _figure(title(first), fig, updatemenus=menus, sliders=sliders, height=500,
                    margin=dict(b=150))
+
+
+def _start_index(recording, start) -> int:
+    n = len(recording.steps)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) \
+            or not -n <= start < n:
+        raise ValueError(f"start must be a frame index in {-n}..{n - 1} (0: the first "
+                         f"recorded step, -1: the last), got {start!r}")
+    return int(start) % n
+
+
+def low_rank_view(recording, module: str, layer: int | None = None, *, pad: int = 4,
+                  duration: int = 150, start: int = 0) -> go.Figure:
+    """Why ΔW = s·B·A has rank ≤ r, animated over the recorded steps.
+
+    Left: the block-mean heatmap of ΔW (d_out × d_in), which looks like noise. Right: the same
+    ΔW in the basis of its own singular vectors, Uᵀ·ΔW·V = Σ: its top-left corner
+    ((k + ``pad``)²; k = the recorded singular values, ≤ r) where only the diagonal σ_1 … σ_k
+    can be non-zero, since B (d_out × r) · A (r × d_in) passes through r numbers. Shapes are
+    in the titles; ``start`` and ``duration`` as in ``matrix_evolution``.
+    """
+    f = _module(recording, module, layer)
+    first = _start_index(recording, start)
+    delta, sv = _frames_of(f, "delta"), f.sv.float().numpy()           # (F, ·, ·), (F, k)
+    k = sv.shape[1]
+    n = min(k + max(int(pad), 0), f.d_out, f.d_in)
+    corners = np.zeros((sv.shape[0], n, n), dtype=np.float32)
+    idx = np.arange(k)
+    corners[:, idx, idx] = sv
+    m_delta, m_sv = _sym_range([delta]), _sym_range([corners])
+    ticks = list(range(1, n + 1))
+    rank_note = f"only the r = {f.r} diagonal values" if k == f.r else \
+        f"the first {k} of r = {f.r} values"
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.2,
+                        subplot_titles=[
+                            f"ΔW = {f.scaling:g}·B·A<br>{f.d_out}×{f.d_in}, block means",
+                            f"Uᵀ·ΔW·V = Σ, corner {n}×{n}<br>non-zero: {rank_note}"])
+
+    def traces(i):
+        return [go.Heatmap(z=delta[i], zmin=-m_delta, zmax=m_delta, zmid=0),
+                go.Heatmap(z=corners[i], x=ticks, y=ticks, zmin=0, zmax=m_sv)]
+
+    for col, trace in enumerate(traces(first), start=1):
+        domain = fig.layout[f"xaxis{col if col > 1 else ''}"].domain or (0, 1)
+        trace.update(colorscale=DIVERGING if col == 1 else _sequential(get_theme()),
+                     name="ΔW" if col == 1 else "Σ",
+                     colorbar=dict(len=0.8, thickness=10, x=domain[1] + 0.005, xanchor="left",
+                                   nticks=5, tickfont=dict(size=10)),
+                     hovertemplate=("ΔW[%{y}, %{x}]" if col == 1 else "Σ[%{y}, %{x}]")
+                     + " = %{z:.3g}<extra></extra>")
+        fig.add_trace(trace, row=1, col=col)
+    x_title, y_title = _axis_titles(f, "delta", delta.shape[1:])
+    fig.update_xaxes(title_text=x_title, row=1, col=1)
+    fig.update_yaxes(title_text=y_title, autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text="right singular vector j", dtick=1, constrain="domain",
+                     row=1, col=2)
+    fig.update_yaxes(title_text="left singular vector i", dtick=1, autorange="reversed",
+                     scaleanchor="x2", constrain="domain", row=1, col=2)
+
+    def title(i):
+        return (f"{_where(f)}: rank of ΔW ≤ r = {f.r} — step {recording.steps[i]}, "
+                f"{_loss_text(recording.losses[i])}")
+
+    names = [str(s) for s in recording.steps]
+    fig.frames = [go.Frame(name=nm, data=traces(i), traces=[0, 1],
+                           layout=go.Layout(title_text=title(i))) for i, nm in enumerate(names)]
+    menus, sliders = _animation_controls(names, duration, first)
+    return _figure(title(first), fig, updatemenus=menus, sliders=sliders, height=520,
+                   margin=dict(t=120, b=150))
 
 
 def norms_over_time(recording, modules: Sequence[str] | None = None) -> go.Figure:
@@ -326,6 +594,8 @@ def norms_over_time(recording, modules: Sequence[str] | None = None) -> go.Figur
                             name=name, legendgroup=name, showlegend=row == 1,
                             line=dict(color=color), row=row, col=1)
     fig.update_xaxes(title_text="step", row=3, col=1)
+    for row in (1, 2, 3):
+        fig.update_yaxes(title_text="Frobenius norm", row=row, col=1)
     return _figure(f"Norms of A, B and ΔW, steps {recording.steps[0]}–{recording.steps[-1]} "
                    f"(final {_loss_text(recording.losses[-1])})", fig, height=620)
 
@@ -344,7 +614,8 @@ def spectrum_over_time(recording, module: str, layer: int | None = None,
         fig.add_scatter(x=recording.steps, y=sv[:, i].tolist(), mode="lines", name=f"σ{i + 1}")
     return _figure(f"Singular values of ΔW, {_where(f)} (r={f.r}), steps "
                    f"{recording.steps[0]}–{recording.steps[-1]}", fig,
-                   xaxis_title="step", yaxis=dict(title="σ", type="log" if log else "linear"),
+                   xaxis_title="step", yaxis=dict(title="σ (singular value)",
+                                                     type="log" if log else "linear"),
                    updatemenus=[_scale_menu(log=log)])
 
 
@@ -391,16 +662,26 @@ def loss_curve(source, smooth: float = 0.9, *, steps=None) -> go.Figure:
         raise ValueError("nothing to show: no losses (train first, e.g. lk.train(...))")
     steps, raw = [s for s, _ in pairs], [v for _, v in pairs]
     fig = go.Figure()
-    fig.add_scatter(x=steps, y=raw, mode="lines", name="loss", opacity=0.35,
-                    line=dict(color=OKABE_ITO[0]))
+    colours = template().layout.colorway
+    fig.add_scatter(x=steps, y=raw, mode="lines+markers" if len(raw) <= 60 else "lines",
+                    name="loss (each step)", line=dict(color=colours[0], width=2.5),
+                    marker=dict(size=4))
     fig.add_scatter(x=steps, y=_debiased_ema(raw, smooth), mode="lines",
-                    name=f"smoothed ({smooth:g})", line=dict(color=OKABE_ITO[0], width=3))
+                    name=f"smoothed (EMA {smooth:g}, lags behind)",
+                    line=dict(color=colours[1], width=1.2, dash="dot"))
+    if steps[-1] - steps[0] <= 12:          # few steps: one tick per step, never "1.5"
+        fig.update_xaxes(dtick=1)
+    fig.update_xaxes(tickformat="d")
     return _figure(f"Training loss — step {steps[-1]}: {raw[-1]:.3g} "
                    f"(first {raw[0]:.3g} at step {steps[0]})", fig,
-                   xaxis_title="step", yaxis_title="loss")
+                   xaxis_title="step", yaxis_title=LOSS_TITLE,
+                   # inside, top right: a falling loss leaves it empty, and a narrow figure
+                   # has no room for it beside the title
+                   legend=dict(x=0.99, xanchor="right", y=0.99, yanchor="top"))
 
 
 _SWEEP_METRICS = ("final_loss", "accuracy")
+LOSS_TITLE = "loss (cross-entropy, nats)"
 
 
 def rank_sweep(rows: Sequence[dict]) -> go.Figure:
@@ -459,10 +740,13 @@ def _check_sweep(rows) -> list[dict]:
     return list(rows)
 
 
-__all__ = ["DIVERGING", "OKABE_ITO", "TEMPLATE", "WHICH", "amplification_table", "budget_bars",
-           "loss_curve", "matrix_evolution", "norms_over_time", "param_bars", "param_sunburst",
-           "rank_sweep", "similarity_heatmap", "spectra", "spectrum_over_time",
-           "method_comparison"]
+__all__ = ["DIVERGING", "FONT", "LOSS_TITLE", "OKABE_ITO", "OKABE_ITO_DARK", "TEMPLATE",
+           "TEMPLATES", "TEMPLATE_NAMES", "THEMES", "WHICH", "amplification_table",
+           "budget_bars", "get_theme", "jupyterlab_theme", "log_ticks", "loss_curve",
+           "low_rank_view", "matrix_evolution", "method_comparison", "norms_over_time",
+           "param_bars", "param_sunburst", "rank_sweep", "set_theme", "similarity_heatmap",
+           "spectra", "spectrum_over_time", "style", "template", "tidy_log_axes",
+           "uses_lorakit_template"]
 
 
 # -- what LoRA learned (lorakit.core.analysis) and variants -------------------------------------
@@ -496,13 +780,13 @@ def spectra(named: dict, title: str = "singular values of ΔW", log: bool = True
     """One line of singular values σ_1 ≥ σ_2 ≥ … per entry of ``named`` (name → 1-D values)."""
     if not named:
         raise ValueError("spectra needs at least one name → singular values entry")
-    fig = _figure(title, xaxis_title="index i", yaxis_title="σ_i",
-                  updatemenus=[_scale_menu(log=log)], yaxis_type="log" if log else "linear")
+    fig = go.Figure()
     for name, sv in named.items():
         sv = np.asarray(sv.detach().cpu() if hasattr(sv, "detach") else sv, float).ravel()
         fig.add_trace(go.Scatter(x=np.arange(1, sv.size + 1), y=sv, mode="lines+markers",
                                  name=str(name)))
-    return fig
+    return _figure(title, fig, xaxis_title="index i", yaxis_title="σ_i (singular value)",
+                   updatemenus=[_scale_menu(log=log)], yaxis_type="log" if log else "linear")
 
 
 def amplification_table(amps: dict) -> go.Figure:
@@ -526,10 +810,11 @@ def method_comparison(results) -> go.Figure:
     """Loss curves of ``lk.compare_methods`` results, with final accuracy in the legend."""
     if not results:
         raise ValueError("method_comparison needs the list returned by lk.compare_methods")
-    fig = _figure("LoRA variants on the same budget: training loss", xaxis_title="step",
-                  yaxis_title="loss", yaxis_type="log", updatemenus=[_scale_menu(log=True)])
+    fig = go.Figure()
     for r in results:
         fig.add_trace(go.Scatter(
             x=np.arange(1, len(r.losses) + 1), y=r.losses, mode="lines",
             name=f"{r.name} ({r.trainable:,} params, acc {r.accuracy:.0%})"))
-    return fig
+    return _figure("LoRA variants on the same budget: training loss", fig, xaxis_title="step",
+                   yaxis_title=LOSS_TITLE, yaxis_type="log",
+                   updatemenus=[_scale_menu(log=True)])

@@ -97,8 +97,9 @@ def setup_notebook(quiet: bool = True) -> None:
 
     Call it once, in the first code cell (``import lorakit as lk; lk.setup_notebook()``);
     calling it again is harmless. See the module docstring for what is chosen where. Sets
-    ``plotly.io.renderers.default``; on Colab also enables Colab's custom widget manager.
-    In a kernel executed for storing (``storing_static()``) it also switches the static
+    ``plotly.io.renderers.default`` and lorakit's template as plotly's default
+    (``lk.set_theme("auto")``: dark when JupyterLab's saved theme is dark); on Colab also
+    enables Colab's custom widget manager. In a kernel executed for storing (``storing_static()``) it also switches the static
     fallbacks on (``add_static_fallbacks``).
 
     Args:
@@ -111,13 +112,17 @@ def setup_notebook(quiet: bool = True) -> None:
         return
     import plotly.io as pio
 
+    from .figures import set_theme
+
     pio.renderers.default = RENDERERS[where]
+    theme = set_theme("auto")      # lorakit's template, light or dark as JupyterLab is
     if where == "colab":
         _enable_colab_widgets()
     if storing_static():
         add_static_fallbacks()
     if not quiet:
-        print(f"lk.setup_notebook(): {where}; plotly renderer {pio.renderers.default!r}")
+        print(f"lk.setup_notebook(): {where}; plotly renderer {pio.renderers.default!r}; "
+              f"{theme} theme")
 
 
 # --------------------------------------------------------------------------- static fallbacks

@@ -29,9 +29,10 @@ Display mode: ``set_display_mode("auto" | "widget" | "static")``, read back with
 overrides it for that panel). "widget" updates a plotly ``FigureWidget`` in place (plotly ≥ 6
 builds it on anywidget); "static" re-renders a plain ``go.Figure`` into an ``Output`` widget
 on every update (the plotly mime bundle, plus plotly's Colab HTML in Colab). "auto" resolves to
-"static" in Colab (``"google.colab" in sys.modules``) or wherever a working ``FigureWidget``
-cannot be made (no anywidget, e.g. VS Code without it), else to "widget" (JupyterLab ≥ 3,
-Notebook ≥ 7, VS Code with anywidget). Animated figures (``matrix_evolution``) are always
+"static" everywhere: the mime renderer sizes a figure to its output area, while a
+``FigureWidget`` (plotly 6, anywidget) is drawn before it is attached and stays at plotly.js's
+700 px, clipped in a narrow notebook (the browser test at 800 px shows it). "widget" stays
+available where anywidget is installed. Animated figures (``matrix_evolution``) are always
 static: ``FigureWidget`` does not support frames.
 
 Works with ipywidgets 8 and 7.7.1 (Colab's): tooltips go to ``tooltip`` (8) or
@@ -108,7 +109,7 @@ class DisplaySettings:
     mode: DisplayMode = field(default="auto", metadata={"help": (
         "widget: a plotly FigureWidget updated in place (needs anywidget). static: a plain "
         "figure re-rendered into an Output widget on each update (works everywhere, e.g. "
-        "Colab). auto: static in Colab or without a working FigureWidget, else widget.")})
+        "Colab). auto: static (it fills the notebook's width; a FigureWidget stays 700 px).")})
 
     def __post_init__(self):
         check_choice("display mode", self.mode, DISPLAY_MODES)
@@ -150,7 +151,7 @@ def resolve_display_mode(mode: DisplayMode | None = None) -> str:
     """The concrete mode, "widget" or "static", for ``mode`` (None: the switch's value)."""
     mode = get_display_mode() if mode is None else DisplaySettings(mode).mode
     if mode == "auto":
-        return "static" if _in_colab() or not figure_widget_available() else "widget"
+        return "static"
     if mode == "widget" and not figure_widget_available():
         raise ImportError("display mode 'widget' needs plotly's FigureWidget, which needs "
                           "anywidget: pip install anywidget (or use set_display_mode('static'))")
@@ -169,7 +170,10 @@ class FigureView:
         self.mode = mode
         self.figure: go.Figure | None = None
         self._shown: dict | None = None          # JSON of the figure on screen (widget mode)
-        self.widget = go.FigureWidget() if mode == "widget" else W.Output()
+        # autosize from the first draw: plotly.js sizes a widget only then (its default,
+        # autosize off, is a fixed 700 px that a narrow notebook clips)
+        self.widget = go.FigureWidget(layout=dict(autosize=True)) if mode == "widget" \
+            else W.Output()
 
     def show(self, fig: go.Figure) -> None:
         self.figure = fig
@@ -223,7 +227,8 @@ def _display_data(fig: go.Figure) -> dict:
 def _placeholder(title: str) -> go.Figure:
     """An empty figure in lorakit's style, shown until there is data: no axes (they would
     show a meaningless −1…6 range), one line saying what will appear."""
-    fig = go.Figure(layout=dict(template=figures.TEMPLATE, title_text=title, height=320,
+    fig = go.Figure(layout=dict(template=figures.template(), title_text=title, height=320,
+                                autosize=True,
                                 xaxis=dict(visible=False), yaxis=dict(visible=False)))
     fig.add_annotation(text="nothing yet: the loss appears here step by step", showarrow=False,
                        xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#777"))
@@ -237,6 +242,31 @@ def _trained_before(model) -> bool:
 
 
 # --------------------------------------------------------------------------- shared parts
+
+# Panels and explorers: text wraps between words (JupyterLab's output CSS breaks <pre> text
+# anywhere, ipywidgets' Label never wraps) and nothing is wider than the notebook.
+PANEL_CSS = (
+    "<style>.lk-panel{max-width:100%;box-sizing:border-box}"
+    ".lk-panel .widget-label,.lk-panel .widget-html-content,.lk-panel .widget-html-content pre"
+    "{white-space:pre-wrap;word-break:normal;overflow-wrap:break-word;height:auto;"
+    "line-height:1.35}"
+    ".lk-panel .widget-html-content pre{white-space:pre-wrap}"
+    ".lk-panel .widget-label{white-space:normal}</style>")
+
+
+def panel_style() -> W.HTML:
+    """A hidden HTML widget holding ``PANEL_CSS`` (hidden: exports and texts leave it out;
+    the style sheet applies all the same) for a box with the class "lk-panel"."""
+    return W.HTML(PANEL_CSS, layout=W.Layout(display="none"))
+
+
+def panel_box(children) -> W.VBox:
+    """The root box of a panel or an explorer: ``children`` under lorakit's panel CSS, as
+    wide as the notebook and no wider."""
+    box = W.VBox([panel_style(), *children], layout=W.Layout(max_width="100%"))
+    box.add_class("lk-panel")
+    return box
+
 
 
 def _tooltip(widget, text: str):
@@ -437,7 +467,7 @@ class LoRAPanel(_Panel):
 
         targets_row = W.HBox(list(self.target_boxes.values()),
                              layout=W.Layout(flex_flow="row wrap"))
-        self.widget = W.VBox([
+        self.widget = panel_box([
             W.HTML("<b>LoRA settings</b> — the counts update as you move the controls; "
                    "<i>Apply</i> attaches the adapter for real."),
             W.HBox([self.rank_slider, self.rank_text]),
@@ -607,8 +637,12 @@ def _stop_below(r: int) -> int:
 # --------------------------------------------------------------------------- TrainPanel
 
 
-def _recorded_losses(recorder) -> tuple[list[int], list[float]]:
-    """(steps, losses) a recorder already holds, so a panel continues an earlier recording."""
+def _recorded_losses(recorder, history=None) -> tuple[list[int], list[float]]:
+    """(steps, losses) the panel's chart starts with: every step of ``history`` (the
+    ``TrainResult`` of the run so far: steps 1..n, the losses the loop logged), else the
+    frames a recorder already holds (thinned by its ``every``)."""
+    if history is not None:
+        return list(range(1, len(history.losses) + 1)), [float(v) for v in history.losses]
     if recorder is None or not len(recorder):
         return [], []
     known = [(s, v) for s, v in zip(recorder.recording.steps, recorder.recording.losses,
@@ -627,8 +661,9 @@ class TrainPanel(_Panel):
         peft_model: the model to train (``lk.attach(...)`` or ``LoRAPanel.peft_model``).
         tok: its tokenizer. task: a ``Task`` or a built-in task name ("iso_dates").
         settings: the ``TrainSettings`` the controls start from (default: 20 steps, lr 2e-3,
-            batch 4); ``steps``, ``lr``, ``batch_size`` change those fields of it. Fields
-            without a control (seed, LoRA+, clipping, ...) are trained with as given.
+            batch 4); ``steps``, ``lr``, ``batch_size``, ``precision`` change those fields
+            of it. Fields without a control (seed, LoRA+, clipping, precision, ...) are
+            trained with as given.
         eval_n: held-out examples scored for accuracy.
         measure_accuracy: measure it before and after each run (the "Accuracy now" button
             measures on demand).
@@ -636,35 +671,38 @@ class TrainPanel(_Panel):
         background: the Train button trains in a thread, so the notebook stays responsive
             (Stop works while it runs). ``panel.train(block=True)`` always runs in the caller.
         display_mode: as for ``LoRAPanel``; the evolution animation is always static.
+        recorder: an ``lk.Recorder`` of the run so far: steps and animation continue it.
+        history: the ``TrainResult`` of that run: the loss chart starts with its every step
+            (1..n), the losses the training loop logged (without it, a recorder's frames).
 
     Training is ``lk.train(peft_model, tok, task, ..., recorder=panel.recorder,
     callbacks=[progress, *callbacks, stop])``: the progress callback moves the bar and redraws
     ``figures.loss_curve``; Stop sets a flag that the last callback returns (truthy: training
     stops after the current step). One ``lk.Recorder`` is kept across runs (a second run
     continues its steps); after each run ``figures.matrix_evolution`` of its recording is
-    shown for the module picked in ``module_dropdown`` (and ``which_buttons``).
+    shown at the last recorded step for the module picked in ``module_dropdown`` (and
+    ``which_buttons``; "rank" shows ``figures.low_rank_view``). Stop greys itself out.
     Results: ``result`` (the last ``TrainResult``), ``losses`` (all runs), ``recorder``,
     ``accuracy_before`` / ``accuracy_after``.
     """
 
     def __init__(self, peft_model, tok, task, settings: TrainSettings | None = None, *,
                  steps: int = UNSET, lr: float = UNSET, batch_size: int = UNSET,
-                 eval_n: int = 20, measure_accuracy: bool = True, callbacks=(),
-                 background: bool = True, display_mode: str | None = None, recorder=None):
+                 precision: str = UNSET, eval_n: int = 20, measure_accuracy: bool = True,
+                 callbacks=(), background: bool = True, display_mode: str | None = None,
+                 recorder=None, history: TrainResult | None = None):
         super().__init__(display_mode)
         start = settings_with(TrainSettings, settings or PANEL_TRAINING, steps=steps, lr=lr,
-                              batch_size=batch_size)
+                              batch_size=batch_size, precision=precision)
         self._start = start
         self.peft_model, self.tok = peft_model, tok
         self.task = tasks.get(task) if isinstance(task, str) else task
-        self.callbacks = list(callbacks)
-        self.background = background
+        self.callbacks, self.background = list(callbacks), background
         self.recorder: Recorder | None = recorder  # given: steps and animation continue
         self.result: TrainResult | None = None
-        self.losses: list[float] = []
-        self.loss_steps: list[int] = []   # the overall step of each loss (across runs)
-        self._offset = 0                  # steps before the current run
-        self.loss_steps, self.losses = _recorded_losses(recorder)
+        # the overall step of each loss (across runs), and the steps before the current run
+        self.loss_steps, self.losses = _recorded_losses(recorder, history)
+        self._offset = 0
         self.accuracy_before: Accuracy | None = None
         self.accuracy_after: Accuracy | None = None
         self._stop = threading.Event()
@@ -712,8 +750,9 @@ class TrainPanel(_Panel):
             options=[], description="module", style=_wide()),
             "Which recorded module the evolution figure shows.")
         self.which_buttons = _tooltip(W.ToggleButtons(
-            options=list(figures.WHICH), value="delta", style=_wide()),
-            "delta: ΔW = s·B·A; A: (r, d_in); B: (d_out, r); all: side by side.")
+            options=[*figures.WHICH, "rank"], value="delta", style=_wide()),
+            "delta: ΔW = s·B·A; A: (r, d_in); B: (d_out, r); all: side by side; rank: ΔW in "
+            "the basis of its singular vectors (only r values can be non-zero).")
         self.evolution_view = FigureView("static")   # animations: FigureWidget has no frames
 
         self._wire()
@@ -725,7 +764,7 @@ class TrainPanel(_Panel):
         self.accuracy_button.on_click(self._on_accuracy)
         self.module_dropdown.observe(self._on_evolution, "value")
         self.which_buttons.observe(self._on_evolution, "value")
-        self.widget = W.VBox([
+        self.widget = panel_box([
             W.HTML(f"<b>Training</b> on <i>{html.escape(self.task.name)}</i>: "
                    f"{html.escape(self.task.description)}"),
             W.HBox([self.steps_text, self.lr_text, self.batch_text]),
@@ -776,8 +815,9 @@ class TrainPanel(_Panel):
 
     # -- actions ---------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask a running training to stop after its current step."""
+        """Ask a running training to stop after its current step (Stop greys out)."""
         self._stop.set()
+        self.stop_button.disabled = True
 
     def train(self, block: bool = True):
         """Run ``lk.train`` with the panel's settings.
@@ -881,12 +921,15 @@ class TrainPanel(_Panel):
             self.module_dropdown.observe(self._on_evolution, "value")
 
     def show_evolution(self) -> None:
-        """Show ``figures.matrix_evolution`` of the recording for the picked module."""
+        """Show the picked module's animation at the last recorded step (Play replays it):
+        ``figures.matrix_evolution``, or ``figures.low_rank_view`` for "rank"."""
         if self.recorder is None or not len(self.recorder) or not self.module_dropdown.value:
             return
-        self.evolution_view.show(figures.matrix_evolution(
-            self.recorder.recording, self.module_dropdown.value,
-            which=self.which_buttons.value))
+        rec, module, which = self.recorder.recording, self.module_dropdown.value, \
+            self.which_buttons.value
+        self.evolution_view.show(
+            figures.low_rank_view(rec, module, start=-1) if which == "rank"
+            else figures.matrix_evolution(rec, module, which=which, start=-1))
 
     def __repr__(self) -> str:
         state = str(self.result) if self.result is not None else "not trained yet"
@@ -935,7 +978,7 @@ class AdapterPanel(_Panel):
             "Generate a reply to every prompt with every selected adapter.")
         self.output = W.HTML()
         self.generate_button.on_click(self._on_generate)
-        self.widget = W.VBox([
+        self.widget = panel_box([
             W.HTML("<b>Compare adapters</b>: the same prompts, replies side by side."),
             W.HBox([self.adapter_select, self.tokens_text]), self.prompt_text,
             self.generate_button, self.output, self.error,
@@ -1016,6 +1059,7 @@ def _table(prompts: list[str], replies: dict[str, list[str]]) -> str:
 
 
 __all__ = ["DISPLAY_MODES", "MAX_RANK", "NO_ADAPTER", "RANKS", "AdapterPanel",
-           "DisplaySettings", "FigureView", "LoRAPanel", "ShowsWidget", "TrainPanel",
+           "DisplaySettings", "FigureView", "LoRAPanel", "PANEL_CSS", "ShowsWidget",
+           "TrainPanel", "panel_box", "panel_style",
            "figure_widget_available", "get_display_mode", "resolve_display_mode",
            "set_display_mode", "shows_errors"]

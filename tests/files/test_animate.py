@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from faults import case
 
 import lorakit as lk
 from lorakit.files import animate, pack
@@ -189,8 +190,9 @@ def test_pack_holds_every_figure_in_every_format(small, tmp_path):
                          settings={"task": EVIL}, progress=False)
     assert got.index == out / "index.md" and str(got) == str(out / "index.md")
     kinds = {f.key: {x.kind for x in f.files} for f in got.figures}
-    anims = {k for k in kinds if k.startswith(("delta_", "abdelta_"))}
-    assert set(kinds) == {"loss", "norms", "spectrum_layers_0_q_proj", *anims} and len(anims) == 2
+    anims = {k for k in kinds if k.startswith(("delta_", "abdelta_", "rank_"))}
+    assert set(kinds) == {"loss", "norms", "spectrum_layers_0_q_proj", *anims} and len(anims) == 3
+    assert "rank_layers_0_q_proj" in anims                     # the low-rank view, animated
     for key, have in kinds.items():
         assert have == ({"png", "svg", "html", "gif", "mp4"} if key in anims
                         else {"png", "svg", "html"})
@@ -272,3 +274,41 @@ def test_grow_turns_a_line_chart_over_steps_into_an_animation(small, anim):
         animate.grow(anim)
     with pytest.raises(ValueError, match="every must be"):
         animate.grow(fig, every=0)
+
+
+@case("export_pack of a recording whose module name holds '/' or '..' ('../a/b')",
+      "none: the module's file names are made of letters, digits, '_' and '-'",
+      "nothing written outside the pack folder; no half-written pack")
+def test_pack_file_names_from_any_module_name(small, tmp_path):
+    import dataclasses
+
+    assert pack.file_stem("layers.0.q_proj") == "layers_0_q_proj"
+    assert pack.file_stem("../a/b") == "___a_b"
+    odd = dataclasses.replace(small, data={"../a/b": dataclasses.replace(
+        next(iter(small.data.values())), name="../a/b")})
+    keys = [f.key for f, _ in pack._figures(None, odd)]
+    assert all("/" not in k and ".." not in k for k in keys) and "delta____a_b" in keys
+
+
+@needs_browser
+def test_low_rank_view_animates_frame_by_frame(small, tmp_path):
+    """The low-rank view (ΔW beside Uᵀ·ΔW·V = Σ) as stills and as a GIF: each frame's Σ holds
+    that step's r singular values on its diagonal and nothing else."""
+    from PIL import Image
+
+    fig = figures.low_rank_view(small, "q_proj", layer=0)
+    specs = render.frame_figures(fig)
+    f = small.frames("layers.0.q_proj")
+    assert len(specs) == len(small) == 5
+    for i, spec in enumerate(specs):
+        sigma = z_of(spec["data"][1]["z"])
+        np.testing.assert_allclose(np.diag(sigma)[:f.r], f.sv[i].numpy(), rtol=1e-6)
+        assert np.count_nonzero(sigma - np.diag(np.diag(sigma))) == 0
+        assert f"step {small.steps[i]}," in spec["layout"]["title"]["text"]
+    path = lk.export_gif(fig, tmp_path / "rank.gif", fps=4, width=W, height=H, progress=False)
+    im = Image.open(path)
+    assert im.n_frames == 5 and im.size == (W, H)
+    first = im.convert("RGB").tobytes()
+    im.seek(4)
+    last = im.convert("RGB").tobytes()
+    assert first != last

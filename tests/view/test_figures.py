@@ -10,8 +10,12 @@ import re
 from types import SimpleNamespace
 
 import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 import torch
+from faults import case
+from figure_rules import problems
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit as lk
@@ -373,18 +377,115 @@ def test_rank_sweep_validates(rows, match):
 # --------------------------------------------------------------------------- style
 
 
+def every_builder(run) -> list:
+    """One figure of every lorakit builder (the low-rank and analysis ones included)."""
+    rec, m = run.recording, "layers.0.q_proj"
+    fake = SimpleNamespace(name="lora", losses=[1.0, 0.5, 0.2], trainable=100, accuracy=0.5)
+    return [figures.param_bars(run.counts), figures.param_bars(run.counts, log=True),
+            figures.param_sunburst(run.counts), figures.budget_bars(lk.estimate("smollm2-135m")),
+            figures.matrix_evolution(rec, m), figures.matrix_evolution(rec, m, which="all"),
+            figures.low_rank_view(rec, m), figures.norms_over_time(rec),
+            figures.loss_curve(run.result), figures.spectrum_over_time(rec, m, log=True),
+            figures.rank_sweep(SWEEP), figures.spectra({"a": [3.0, 1.0, 0.01]}),
+            figures.similarity_heatmap(np.eye(3)), figures.method_comparison([fake]),
+            figures.style(go.Figure(go.Bar(x=["a"], y=[1])), "ad hoc", x="kind", y="memory (GB)")]
+
+
+@pytest.mark.parametrize("theme", figures.THEMES)
+def test_every_figure_uses_the_template_has_axis_titles_and_one_unit_per_axis(run, capsys,
+                                                                              theme):
+    before = figures.get_theme()
+    try:
+        assert figures.set_theme(theme) == theme
+        assert pio.templates.default == figures.TEMPLATE_NAMES[theme]
+        figs = every_builder(run)
+        adhoc = go.Figure(go.Scatter(x=[1, 2], y=[1, 2]))      # plotly's default is now ours
+        adhoc_bg = pio.to_templated(adhoc).layout.template.layout.paper_bgcolor \
+            if hasattr(pio, "to_templated") else None
+    finally:
+        figures.set_theme(before)
+    for fig in figs:
+        assert problems(fig.to_dict()) == [], fig.layout.title.text
+        tpl = fig.layout.template.layout
+        assert tpl.paper_bgcolor == ("#111111" if theme == "dark" else "#FFFFFF")
+        assert fig.layout.width is None and fig.layout.autosize    # fills its container
+        assert fig.layout.title.text
+    assert adhoc_bg in (None, "#111111" if theme == "dark" else "#FFFFFF")
+    assert capsys.readouterr() == ("", "")                             # builders never print
+
+
+def test_the_rules_catch_plotlys_default_a_missing_title_and_mixed_units():
+    plain = go.Figure(go.Bar(x=["a"], y=[1]), layout=dict(template="plotly_white"))
+    assert any("not lorakit's template" in p for p in problems(plain.to_dict()))
+    assert any("xaxis has no title" in p for p in problems(plain.to_dict()))
+    mixed = figures.style(go.Figure([go.Bar(x=["lora"], y=[3.1], name="memory (GB)"),
+                                     go.Bar(x=["lora"], y=[12], name="time (s)")]),
+                          "LoRA vs full", x="setup", y="value")
+    assert problems(mixed.to_dict()) == ["'LoRA vs full': yaxis mixes units ['bytes', "
+                                         "'seconds']"]
+
+
+def test_log_axes_get_readable_major_ticks_only():
+    assert figures.log_ticks(0.004, 0.9)["ticktext"] == ["0.001", "0.01", "0.1", "1"]
+    assert figures.log_ticks(2, 30)["ticktext"] == ["2", "5", "10", "20"]
+    assert figures.log_ticks(0.015, 0.09)["ticktext"] == ["0.02", "0.03", "0.05", "0.07"]
+    assert figures.log_ticks(1.1, 1.3) == {}                 # too short: plotly's own ticks
+    assert figures.log_ticks(1e-9, 10)["tickvals"] == [1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 10.0]
+    fig = figures.spectra({"a": [3.0, 1.0, 0.5]})                    # one decade: 1-2-5
+    assert fig.layout.yaxis.ticktext == ("0.5", "1", "2")
+    bars = figures.param_bars(SimpleNamespace(
+        rows=lambda by: [{"type": "q", "frozen": 100, "trainable": 2, "total": 102}],
+        trainable=2, total=102, trainable_pct=1.96))
+    log_button = next(b for b in bars.layout.updatemenus[0].buttons if b.label == "log")
+    assert log_button.args[0]["yaxis.ticktext"] == ["2", "5", "10", "20", "50", "100"]
+    lin_button = next(b for b in bars.layout.updatemenus[0].buttons if b.label == "linear")
+    assert lin_button.args[0]["yaxis.tickmode"] == "auto"
+
+
+def test_set_theme_auto_reads_jupyterlabs_saved_theme(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path))
+    assert figures.jupyterlab_theme() is None                          # nothing saved
+    path = tmp_path / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    path.parent.mkdir(parents=True)
+    path.write_text('{\n  // JupyterLab writes JSON5\n  "theme": "JupyterLab Dark",\n}')
+    assert figures.jupyterlab_theme() == "dark"
+    before = figures.get_theme()
+    try:
+        assert figures.set_theme() == "dark" and figures.template() is figures.TEMPLATES["dark"]
+        assert figures.loss_curve([1.0, 0.5]).layout.template.layout.paper_bgcolor == "#111111"
+        path.write_text('{"theme": "JupyterLab Light"}')
+        assert figures.set_theme("auto") == "light"
+        with pytest.raises(ValueError, match="'auto', 'light' or 'dark'"):
+            figures.set_theme("solarized")
+        assert figures.get_theme() == "light"                          # unchanged by the error
+    finally:
+        figures.set_theme(before)
+
+
+def test_low_rank_view_shows_only_r_non_zero_values(run):
+    rec = run.recording
+    f = rec.frames("layers.0.q_proj")
+    fig = figures.low_rank_view(rec, "layers.0.q_proj", start=-1)
+    corner = np.asarray(fig.data[1].z, dtype=float)
+    assert corner.shape == (f.r + 4, f.r + 4)
+    np.testing.assert_allclose(np.diag(corner)[:f.r], f.sv[-1].numpy(), rtol=1e-6)
+    assert not corner[f.r:].any() and not corner[:, f.r:].any()
+    assert np.count_nonzero(corner) == f.r
+    assert "576×576" in fig.layout.annotations[0].text
+    assert f"only the r = {f.r} diagonal values" in fig.layout.annotations[1].text
+    assert "step 12" in fig.layout.title.text and fig.layout.sliders[0].active == len(rec) - 1
+    assert len(fig.frames) == len(rec) and not np.asarray(fig.frames[0].data[1].z).any()
+    with pytest.raises(ValueError, match="start must be a frame index"):
+        figures.low_rank_view(rec, "layers.0.q_proj", start=len(rec))
+
+
 def test_one_template_and_diverging_scale(run, capsys):
-    figs = [figures.param_bars(run.counts), figures.param_sunburst(run.counts),
-            figures.budget_bars(lk.estimate("smollm2-135m")),
-            figures.matrix_evolution(run.recording, "layers.0.q_proj"),
-            figures.norms_over_time(run.recording), figures.loss_curve(run.result),
-            figures.spectrum_over_time(run.recording, "layers.0.q_proj"),
-            figures.rank_sweep(SWEEP)]
+    figs = [figures.param_bars(run.counts), figures.matrix_evolution(run.recording,
+                                                                     "layers.0.q_proj")]
     for fig in figs:
         assert list(fig.layout.template.layout.colorway) == list(figures.OKABE_ITO)
-        assert fig.layout.template.layout.plot_bgcolor == "white"       # plotly_white
         assert fig.layout.title.text
-    scale = figs[3].data[0].colorscale
+    scale = figs[1].data[0].colorscale
     assert scale[0][1] == "rgb(5,48,97)" and scale[-1][1] == "rgb(103,0,31)"  # blue → red
     assert capsys.readouterr() == ("", "")                             # builders never print
 
@@ -394,3 +495,23 @@ def test_loss_curve_takes_the_steps_of_a_continued_run():
     assert list(fig.data[0].x) == [41, 42, 43] and "step 43" in fig.layout.title.text
     with pytest.raises(ValueError, match="2 entries for 3 losses"):
         figures.loss_curve([1.0, 0.5, 0.25], steps=[1, 2])
+
+
+@case("lk.set_theme('solarized')", "ValueError: theme must be 'auto', 'light' or 'dark'",
+      "the theme in use and plotly's default template")
+def test_set_theme_refuses_an_unknown_theme_and_keeps_the_current_one():
+    theme, default = figures.get_theme(), pio.templates.default
+    with pytest.raises(ValueError, match="theme must be 'auto', 'light' or 'dark'"):
+        figures.set_theme("solarized")
+    assert (figures.get_theme(), pio.templates.default) == (theme, default)
+
+
+@case("figures.low_rank_view(recording, module, start=99) on 13 frames",
+      "ValueError: start must be a frame index in -13..12", "the recording")
+def test_low_rank_view_refuses_a_start_outside_the_frames(run):
+    before = run.recording.frames("layers.0.q_proj").sv.clone()
+    with pytest.raises(ValueError, match=r"start must be a frame index in -13\.\.12"):
+        figures.low_rank_view(run.recording, "layers.0.q_proj", start=99)
+    with pytest.raises(ValueError, match="start must be a frame index"):
+        figures.matrix_evolution(run.recording, "layers.0.q_proj", start=True)
+    assert torch.equal(run.recording.frames("layers.0.q_proj").sv, before)

@@ -16,6 +16,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -270,7 +271,8 @@ def test_display_mode_switch(monkeypatch):
         assert widgets.get_display_mode() == "static"
     finally:
         widgets.set_display_mode(previous)
-    assert widgets.resolve_display_mode("auto") == "widget"      # anywidget is installed here
+    assert widgets.figure_widget_available()                    # anywidget is installed here
+    assert widgets.resolve_display_mode("auto") == "static"       # but auto fills the width
     # Colab: static, and the plotly output carries Colab's HTML renderer too
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     assert widgets.resolve_display_mode("auto") == "static"
@@ -499,3 +501,63 @@ def test_train_panel_second_run_and_an_earlier_recording_continue_the_steps(trai
     assert list(shown_plotly(panel.loss_view)["data"][0]["x"])[-1] == 8   # status = chart
     assert panel.recorder is rec and rec.recording.steps[0] == 0 and rec.last_step == 8
     assert panel.evolution_figure.frames[-1].name == "8"                 # the animation goes on
+
+
+@pytest.mark.slow
+def test_train_panel_train_stop_train_on_a_tiny_model(tiny, tok, task):
+    """Train → Stop → Train: the buttons, every step on the chart (step 1 first, with the
+    loss the loop logged), the ΔW view at the last step, defaults from the given settings."""
+    pm = lk.attach(tiny, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+    settings = lk.TrainSettings(steps=6, lr=3e-3, batch_size=2, seed=0)
+    logged, states = [], []
+
+    def watch(info):
+        logged.append((info.step, info.loss))
+        if info.step == 2 and len(logged) == 2:        # the first run: press Stop at step 2
+            panel.stop_button.click()
+            states.append((panel.train_button.disabled, panel.stop_button.disabled))
+
+    panel = lk.TrainPanel(pm, tok, task, settings, measure_accuracy=False, background=False,
+                          callbacks=[watch], display_mode="static")
+    assert (panel.steps_text.value, panel.lr_text.value, panel.batch_text.value) == (6, 3e-3, 2)
+    assert panel.settings == settings
+    assert not panel.train_button.disabled and panel.stop_button.disabled
+    panel.train_button.click()
+    assert states == [(True, True)]              # running: Train off; Stop greyed once pressed
+    assert panel.error.value == "" and panel.result.steps_done == 2
+    assert not panel.train_button.disabled and panel.stop_button.disabled
+    chart = shown_plotly(panel.loss_view)["data"][0]
+    assert list(chart["x"]) == [1, 2] and list(chart["y"]) == [v for _, v in logged]
+    panel.train_button.click()                   # Train again: the full 6 steps, continuing
+    assert panel.result.steps_done == 6 and panel.stop_button.disabled
+    chart = shown_plotly(panel.loss_view)["data"][0]
+    assert list(chart["x"]) == list(range(1, 9)) and list(chart["y"]) == [v for _, v in logged]
+    assert chart["x"][0] == 1 and chart["y"][0] == logged[0][1]
+    evo = panel.evolution_figure
+    last = len(evo.frames) - 1
+    assert evo.layout.sliders[0].active == last and evo.frames[last].name == "8"
+    assert "step 8" in evo.layout.title.text
+    np.testing.assert_array_equal(np.asarray(evo.data[0].z, dtype=float),
+                                  np.asarray(evo.frames[last].data[0].z, dtype=float))
+    assert np.abs(np.asarray(evo.data[0].z, dtype=float)).max() > 0    # not the blank step 0
+    panel.which_buttons.value = "rank"
+    assert panel.error.value == "" and "rank of ΔW ≤ r = 4" in panel.evolution_figure.layout.title.text
+
+
+@pytest.mark.slow
+def test_train_panel_history_plots_every_step_of_the_earlier_run(tiny, tok, task):
+    """A thinned recording (every 2nd step) plus the run's TrainResult: the chart holds every
+    step 1..n with the logged losses, and the next run continues at n + 1."""
+    pm = lk.attach(tiny, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+    rec = lk.Recorder(pm, every=2)
+    result = lk.train(pm, tok, task, steps=5, batch_size=2, recorder=rec, progress=False)
+    thinned = lk.TrainPanel(pm, tok, task, measure_accuracy=False, display_mode="static",
+                            recorder=rec)
+    assert thinned.loss_steps[0] != 1 or len(thinned.loss_steps) < 5     # what it used to plot
+    panel = lk.TrainPanel(pm, tok, task, steps=1, batch_size=2, measure_accuracy=False,
+                          display_mode="static", recorder=rec, history=result,
+                          background=False)
+    chart = shown_plotly(panel.loss_view)["data"][0]
+    assert list(chart["x"]) == [1, 2, 3, 4, 5] and list(chart["y"]) == result.losses
+    panel.train()
+    assert panel.loss_steps == [1, 2, 3, 4, 5, 6]
