@@ -117,6 +117,7 @@ def _load(cmd: TrainCommand, device):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..core.guards import regular_file
     from ..core.models import embedded_model_dir, load_model
 
     if cmd.model is None and cmd.tokenizer is None:
@@ -124,17 +125,58 @@ def _load(cmd: TrainCommand, device):
     folder = Path(cmd.model).expanduser() if cmd.model else embedded_model_dir(progress=False)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no model folder at {str(folder)!r} (config.json missing)")
+    for weights in folder.glob("*.safetensors"):   # a FIFO would block the load for good
+        regular_file(weights, "weights file")
     tok_dir = cmd.tokenizer or (folder if (folder / "tokenizer_config.json").is_file()
                                 else embedded_model_dir(progress=False))
     tok = AutoTokenizer.from_pretrained(tok_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+    except Exception as err:  # SafetensorError, OSError, ...: a truncated or incomplete folder
+        raise OSError(f"could not load the model folder {str(folder)!r} "
+                      f"({type(err).__name__}: {err}). Check that it holds a complete model: "
+                      "save it again with model.save_pretrained(folder), or copy it again."
+                      ) from err
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tok) > vocab:
         raise ValueError(f"the tokenizer ({tok_dir}) has {len(tok)} tokens but the model's "
                          f"embedding only {vocab} rows: pass the model's own --tokenizer")
     return model, tok
+
+
+RUN_FILES = ("adapter", "recording.safetensors", "result.json")  # what --out receives
+
+
+def check_out(text: str) -> Path:
+    """The ``--out`` folder, checked before any work: not a file, writable, and not holding an
+    earlier run (its files are never replaced; the folder's other files are left alone)."""
+    from ..core.guards import check_writable
+
+    out = Path(os.path.abspath(Path(text).expanduser()))
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file; give a folder")
+    earlier = [n for n in RUN_FILES if os.path.lexists(out / n)]
+    if earlier:
+        raise FileExistsError(
+            f"--out {str(out)!r} already holds a run ({', '.join(earlier)}); lorakit train "
+            "never replaces one: choose a new --out folder, or move that run away first")
+    check_writable(out / RUN_FILES[-1])
+    return out
+
+
+def write_run(out: Path, pm, recording, summary: dict) -> None:
+    """Write a run into ``out`` through lorakit's guarded, atomic saves: the adapter folder,
+    the recording and result.json (each refused rather than replacing an existing one)."""
+    from ..core.adapters import save_adapter
+    from ..core.guards import write_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    check_out(str(out))   # nothing appeared there while training
+    save_adapter(pm, out / "adapter")
+    recording.save(out / "recording.safetensors")
+    write_atomic(out / "result.json", json.dumps(summary, indent=1))
 
 
 def run_train(cmd: TrainCommand, log: Callable[[str], object] = print) -> dict:
@@ -147,6 +189,7 @@ def run_train(cmd: TrainCommand, log: Callable[[str], object] = print) -> dict:
     from ..core.record import Recorder
     from ..core.train import train
 
+    out = check_out(cmd.out) if cmd.out else None   # before any work
     world = launched_world_size()
     on_cpu = not torch.cuda.is_available()
     if world > 1:  # set up the process group now (lk.train's Accelerator reuses it)
@@ -180,12 +223,8 @@ def run_train(cmd: TrainCommand, log: Callable[[str], object] = print) -> dict:
             acc = task.accuracy(pm, tok, n=cmd.eval_n)
             summary["accuracy"] = acc.score
             say(f"held-out accuracy: {acc}")
-        if is_main and cmd.out:
-            out = Path(cmd.out).expanduser()
-            out.mkdir(parents=True, exist_ok=True)
-            pm.save_pretrained(out / "adapter")
-            rec.recording.save(out / "recording.safetensors")
-            (out / "result.json").write_text(json.dumps(summary, indent=1))
+        if is_main and out is not None:
+            write_run(out, pm, rec.recording, summary)
             say(f"wrote {out}/adapter, recording.safetensors, result.json")
         if world > 1:
             import torch.distributed as dist

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import case
 
 from lorakit.app import cli
 from lorakit.app.cli import main
@@ -286,3 +287,67 @@ def test_default_tour_learns_iso_dates(tmp_path):
     assert after / total >= 0.9, proc.stdout[-3000:]
     assert Path(found[5].strip()) == out.resolve() and out.is_file()
     assert "wall time per phase" in proc.stdout
+
+
+# --------------------------------------------------------------------------- lorakit train --out
+def _tiny_model_folder(folder: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lorakit.core.models import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir(progress=False))
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=len(tok))
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@case("lorakit train --out FOLDER holding an earlier run (adapter/, result.json)", "exit 1: "
+      "--out FOLDER already holds a run (adapter, result.json); lorakit train never replaces "
+      "one", "checked before the model loads; the earlier run byte-identical")
+def test_train_out_with_an_earlier_run_is_refused_first(tmp_path, capsys, monkeypatch):
+    from faults import files
+
+    from lorakit.app import train_cli
+
+    out = tmp_path / "run"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "result.json").write_text('{"accuracy": 0.9}')
+    old = files(out)
+    monkeypatch.setattr(train_cli, "_load", lambda *a: pytest.fail("the model was loaded"))
+    assert main(["train", "--task", "iso_dates", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run (adapter, result.json)" in err and "Traceback" not in err
+    assert files(out) == old
+
+
+@case("lorakit train --out FOLDER holding the user's notes.txt", "none: the run is written "
+      "beside it through lorakit's atomic saves", "notes.txt byte-identical")
+def test_train_out_keeps_other_files(tmp_path, capsys):
+    model = _tiny_model_folder(tmp_path / "model")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--task", "iso_dates", "--model", str(model), "--steps", "1",
+                 "--batch-size", "2", "--eval-n", "0", "--threads", "1", "--out", str(out)]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "notes.txt",
+                                                     "recording.safetensors", "result.json"]
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+
+
+@case("lorakit train --model FOLDER whose weights file is truncated", "exit 1: lorakit train: "
+      "error: could not load the model folder PATH (…) … save it again", "no traceback; "
+      "nothing written to --out")
+def test_train_truncated_model_folder(tmp_path, capsys):
+    model = _tiny_model_folder(tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    assert main(["train", "--task", "iso_dates", "--model", str(model), "--steps", "1",
+                 "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "could not load the model folder" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
