@@ -42,6 +42,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from ..core.params import GB
+from ..core.record import block_average
 
 # Okabe–Ito: blue, orange, bluish green, vermillion, sky blue, reddish purple, yellow, black
 # (yellow late: it is the hardest to see on white).
@@ -518,6 +519,12 @@ def _start_index(recording, start) -> int:
     return int(start) % n
 
 
+# The low-rank view's left panel: ΔW's block means, at most this many per side. It looks like
+# noise at any size (that is its point), and a quarter of the recorded 64 × 64 keeps a stored
+# animation of 40 steps at about a quarter of matrix_evolution's bytes.
+LOW_RANK_BLOCKS = 32
+
+
 def low_rank_view(recording, module: str, layer: int | None = None, *, pad: int = 4,
                   duration: int = 150, start: int = 0) -> go.Figure:
     """Why ΔW = s·B·A has rank ≤ r, animated over the recorded steps.
@@ -530,7 +537,10 @@ def low_rank_view(recording, module: str, layer: int | None = None, *, pad: int 
     """
     f = _module(recording, module, layer)
     first = _start_index(recording, start)
-    delta, sv = _frames_of(f, "delta"), f.sv.float().numpy()           # (F, ·, ·), (F, k)
+    delta = np.stack([block_average(d, min(LOW_RANK_BLOCKS, d.shape[0]),
+                                    min(LOW_RANK_BLOCKS, d.shape[1])).numpy()
+                      for d in f.delta.float()])                           # (F, ≤32, ≤32)
+    sv = f.sv.float().numpy()                                              # (F, k)
     k = sv.shape[1]
     n = min(k + max(int(pad), 0), f.d_out, f.d_in)
     corners = np.zeros((sv.shape[0], n, n), dtype=np.float32)
