@@ -46,16 +46,18 @@ class Plan:
     def dtype(self) -> torch.dtype:
         return DTYPES[self.name]
 
-    def autocast(self):
+    def autocast(self, fp32_attention: bool = True):
         """The context the forward pass runs in (nothing for fp32). On the CPU, attention
         (``scaled_dot_product_attention``) stays fp32 inside it: torch's CPU bf16 attention is
         several times slower than its fp32 one (backward included), while the projections
-        around it are where bf16 pays."""
+        around it are where bf16 pays. ``fp32_attention=False`` leaves attention to autocast:
+        needed under gradient checkpointing, whose recomputation in the backward pass restores
+        autocast but not this function mode (it would then refuse the mismatched tensors)."""
         if self.name == "fp32":
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(self.device_type, dtype=self.dtype))
-        if self.device_type == "cpu":
+        if self.device_type == "cpu" and fp32_attention:
             stack.enter_context(Fp32Attention(self.dtype))
         return stack
 

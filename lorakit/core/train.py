@@ -227,7 +227,9 @@ def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
     optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
     for g in optimizer.param_groups:  # the peak learning rate of each group (as torch's schedulers)
         g.setdefault("initial_lr", g["lr"])
-    mixed = _Mixed(amp or Plan("fp32", params[0].device.type))
+    mixed = _Mixed(amp or Plan("fp32", params[0].device.type),
+                   checkpointing=any(getattr(m, "gradient_checkpointing", False) is True
+                                     for m in model.modules()))
     result = TrainResult(steps_planned=s.steps, precision=mixed.plan.name)
     batches = task.batches(tok, s.batch_size, seed=s.seed, kind=kind)
     # several processes: accelerate, each rank its rows of the global batch (distributed.py)
@@ -281,7 +283,7 @@ def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * factor
     mine = run.batch(batch, params[0].device)  # this rank's rows (all of them in one process)
-    with mixed.plan.autocast():  # 16-bit products; the loss itself is computed in fp32
+    with mixed.autocast():  # 16-bit products; the loss itself is computed in fp32
         loss, loss_value, n_tokens = run.loss(mine, batch)
     if not math.isfinite(loss_value):
         raise _diverged(step, f"loss is {loss_value}", s, result)
@@ -317,8 +319,13 @@ class _Mixed:
     """The step's arithmetic (a ``precision.Plan``): autocast around the forward pass and, in
     fp16, the gradient scaler around the backward pass and the optimizer step."""
 
-    def __init__(self, amp: Plan):
+    def __init__(self, amp: Plan, checkpointing: bool = False):
         self.plan, self.scaler, self.in_a_row = amp, amp.scaler(), 0
+        self.checkpointing = checkpointing
+
+    def autocast(self):
+        """The plan's autocast; attention left to autocast under gradient checkpointing."""
+        return self.plan.autocast(fp32_attention=not self.checkpointing)
 
     def backward(self, run, loss: torch.Tensor, optimizer) -> None:
         if self.scaler is None:

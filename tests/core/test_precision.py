@@ -105,6 +105,20 @@ def test_cpu_attention_stays_fp32_under_bf16_autocast():
     assert torch.equal(got, want) and torch.equal(kw, want) and not torch.equal(plain, want)
 
 
+def test_gradient_checkpointing_under_bf16(fast_cpu, tiny, tok, task):
+    """Checkpointing recomputes the forward pass during backward, where torch restores autocast
+    but not the fp32-attention mode: the recomputed attention must match the saved one."""
+    tiny.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        pm = lk.attach(tiny, r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+        res = lk.train(pm, tok, task, steps=2, lr=1e-3, batch_size=2, precision="bf16",
+                       progress=False)
+        assert res.precision == "bf16" and res.steps_done == 2
+        lk.detach(pm)
+    finally:
+        tiny.gradient_checkpointing_disable()
+
+
 def test_the_loss_is_fp32_under_autocast(pm, tok, task):
     batch = task.encode(tok, task.train[:3])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
