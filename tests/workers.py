@@ -17,6 +17,11 @@ def worker_threads(workers: int, cores: int) -> int:
 # at the end: 20.8 min on a slow machine draw; this order: 20.1 min there, 21 s above half the
 # item time (benchmarks/RESULTS.md, "Whole test suite").
 FILE_SECONDS = {
+    # estimates for files added since that run (one worker, the machine shared): the dark-theme
+    # lab run of five tutorials, the site build and its pages, the family matrix
+    "tests/browser/test_lab_theme.py": 400,
+    "tests/browser/test_site.py": 120,
+    "tests/test_families.py": 75,
     "notebooks/07_variants.ipynb": 201,
     "tests/app/test_cli.py": 114,
     "notebooks/06_what_lora_learns.ipynb": 108,
