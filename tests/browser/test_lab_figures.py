@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,21 +67,53 @@ def copy_without_skipped(source: Path, target: Path, params: dict[str, int] | No
 
 
 def stored_figures(path: Path) -> int:
-    """Figure outputs stored in the notebook (plotly mimetype, or HTML calling Plotly)."""
+    """Figure outputs stored in the notebook (plotly mimetype, or HTML calling Plotly), those
+    inside panels included: a panel's chart is a plotly output of an ``Output`` widget, kept
+    in the notebook's stored widget state."""
+    nb = json.loads(path.read_text())
+    outputs = [out for cell in nb["cells"] if not _skipped(cell)
+               for out in cell.get("outputs", [])]
+    state = nb["metadata"].get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    outputs += [out for model in state.values() if model.get("model_name") == "OutputModel"
+                for out in model["state"].get("outputs", [])]
     n = 0
-    for cell in json.loads(path.read_text())["cells"]:
-        for out in [] if _skipped(cell) else cell.get("outputs", []):
-            data = out.get("data", {})
-            n += PLOTLY_MIME in data or "Plotly.newPlot" in "".join(data.get("text/html", ""))
+    for out in outputs:
+        data = out.get("data", {})
+        n += PLOTLY_MIME in data or "Plotly.newPlot" in "".join(data.get("text/html", ""))
     return n
 
 
-def run_all(page, lab, name: str) -> None:
-    # a workspace of its own (reset): only this notebook open, whatever ran before
-    page.goto(f"{lab.url}/lab/workspaces/figures-{name[:2]}/tree/{name}?reset&token={lab.token}",
+def shutdown_kernels(lab) -> int:
+    """Shut down every kernel of the ``lab`` server (its REST API); returns how many. A tab
+    left behind keeps its kernel, and a tutorial's kernel holds gigabytes (the model, its runs):
+    five of them side by side ran a 24 GB machine into swap."""
+    def call(method: str, path: str):
+        req = urllib.request.Request(f"{lab.url}{path}", method=method,
+                                     headers={"Authorization": f"token {lab.token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
+    kernels = call("GET", "/api/kernels")
+    for k in kernels:
+        call("DELETE", f"/api/kernels/{k['id']}")
+    return len(kernels)
+
+
+def run_all(page, lab, name: str, workspace: str | None = None, *, full_width: bool = False,
+            timeout_ms: int = 600_000) -> None:
+    """Open ``name`` in a workspace of its own (reset: only this notebook open, whatever ran
+    before; the earlier notebooks' kernels shut down), Run All, and wait until every code cell
+    has run. ``full_width`` collapses the left sidebar so the notebook gets the window's
+    width."""
+    shutdown_kernels(lab)
+    workspace = workspace or f"figures-{name[:2]}"
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab.token}",
               timeout=60_000)
     page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=60_000)
     page.locator(f"{PANEL} .jp-Notebook .jp-Cell").first.wait_for(timeout=30_000)
+    if full_width and page.locator("#jp-left-stack").is_visible():
+        page.keyboard.press("Control+b")
     page.locator("li.lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
     # done: every code cell has an execution count, none is queued or running ([*]); an
@@ -89,7 +122,7 @@ def run_all(page, lab, name: str) -> None:
         f"""() => {{ const p = [...document.querySelectorAll('{PANEL} .jp-CodeCell .jp-InputPrompt')]
                      .map(e => e.textContent.trim()).filter(t => t !== '');
                    return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }}""",
-        timeout=600_000, polling=1000)
+        timeout=timeout_ms, polling=1000)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

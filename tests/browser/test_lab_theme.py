@@ -75,21 +75,10 @@ def notebook() -> dict:
 
 
 def run_all(page, lab, name: str, workspace: str) -> None:
-    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}?reset&token={lab.token}",
-              timeout=60_000)
-    page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=60_000)
-    page.locator(f"{PANEL} .jp-Notebook .jp-Cell").first.wait_for(timeout=30_000)
-    if page.locator("#jp-left-stack").is_visible():     # the notebook gets the window's width
-        page.keyboard.press("Control+b")
-    page.locator("li.lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
-    # done: every code cell has an execution count (a solution cell's hidden input shows an
-    # empty prompt), none is queued or running ([*])
-    page.wait_for_function(
-        f"""() => {{ const p = [...document.querySelectorAll('{PANEL} .jp-CodeCell .jp-InputPrompt')]
-                     .map(e => e.textContent.trim()).filter(t => t !== '');
-                   return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }}""",
-        timeout=900_000, polling=1000)
+    """Run All in a workspace of its own, the notebook at the window's full width."""
+    from test_lab_figures import run_all as run_all_cells
+
+    run_all_cells(page, lab, name, workspace, full_width=True, timeout_ms=900_000)
 
 
 # per plotly graph in the notebook: its paper background, its width, its output area's width
