@@ -8,7 +8,7 @@ def worker_threads(workers: int, cores: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-# Seconds each long test file or notebook took in one make test run (2026-12-02, fresh clone,
+# Seconds each long test file or notebook took in one make test run (2026-12-06, fresh clone,
 # two workers, one torch thread each; benchmarks/suite_time.py prints this table for a run).
 # Only the order matters: make test hands the files to its two workers longest first
 # (``longest_first``), so that no long notebook starts last and runs alone while the other
@@ -17,28 +17,24 @@ def worker_threads(workers: int, cores: int) -> int:
 # at the end: 20.8 min on a slow machine draw; this order: 20.1 min there, 21 s above half the
 # item time (benchmarks/RESULTS.md, "Whole test suite").
 FILE_SECONDS = {
-    # estimates for files added since that run (one worker, the machine shared): the dark-theme
-    # lab run of five tutorials, the site build and its pages, the family matrix
-    "tests/browser/test_lab_theme.py": 400,
-    "tests/browser/test_site.py": 120,
-    "tests/test_families.py": 75,
-    "notebooks/07_variants.ipynb": 201,
-    "tests/app/test_cli.py": 114,
-    "notebooks/06_what_lora_learns.ipynb": 108,
-    "notebooks/05_merge_swap_serve.ipynb": 101,
-    "notebooks/08_practical.ipynb": 96,
-    "notebooks/03_train_and_watch.ipynb": 91,
-    "notebooks/04_qlora.ipynb": 84,
-    "tests/browser/test_lab_figures.py": 69,
-    "notebooks/00_start_here.ipynb": 56,
-    "tests/view/test_widgets.py": 37,
-    "tests/files/test_animate.py": 33,
-    "tests/core/test_models.py": 30,
-    "tests/core/test_distributed.py": 22,
-    "tests/core/test_train.py": 21,
-    "tests/core/test_experiments.py": 21,
-    "tests/core/test_analysis.py": 21,
-    "tests/core/test_serve.py": 20,
+    "tests/browser/test_lab_theme.py": 501,
+    "notebooks/08_practical.ipynb": 196,
+    "notebooks/07_variants.ipynb": 182,
+    "notebooks/05_merge_swap_serve.ipynb": 147,
+    "notebooks/03_train_and_watch.ipynb": 95,
+    "notebooks/06_what_lora_learns.ipynb": 94,
+    "tests/app/test_cli.py": 92,
+    "notebooks/04_qlora.ipynb": 88,
+    "tests/core/test_models.py": 71,
+    "tests/browser/test_site.py": 68,
+    "tests/browser/test_lab_figures.py": 60,
+    "notebooks/00_start_here.ipynb": 41,
+    "tests/view/test_widgets.py": 38,
+    "tests/files/test_animate.py": 34,
+    "tests/core/test_experiments.py": 27,
+    "tests/core/test_train.py": 26,
+    "tests/test_families.py": 26,
+    "tests/core/test_precision.py": 25,
 }
 
 

@@ -223,9 +223,10 @@ def test_short_tour_pack_holds_every_figure_in_every_format(short_tour):
     folder = Path(r.pack).parent
     md, page = Path(r.pack).read_text(), (folder / "index.html").read_text()
     figs = {"loss", "norms", "spectrum_layers_0_q_proj", "delta_layers_0_q_proj",
-            "abdelta_layers_0_q_proj"}
+            "abdelta_layers_0_q_proj", "rank_layers_0_q_proj"}
+    animated = {"delta_layers_0_q_proj", "abdelta_layers_0_q_proj", "rank_layers_0_q_proj"}
     want = {f"{k}.{ext}" for k in figs for ext in ("png", "svg", "html")}
-    want |= {f"{k}.{ext}" for k in figs if "delta" in k for ext in ("gif", "mp4")}
+    want |= {f"{k}.{ext}" for k in animated for ext in ("gif", "mp4")}
     assert want <= {p.name for p in folder.iterdir()}
     assert set(re.findall(r"\]\(([^)]+)\)", md)) == want            # index.md links each
     assert set(re.findall(r'href="([^"]+)"', page)) == want
