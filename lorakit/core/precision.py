@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .settings import PRECISIONS, check_choice
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 instructions (x86 /proc/cpuinfo)
 FP16_INIT_SCALE = 2.0 ** 16                   # torch's GradScaler default
+ENV_VAR = "LORAKIT_PRECISION"  # set: what "auto" means (fp32, bf16 or fp16)
 MAX_SKIPPED = 10  # consecutive fp16 steps skipped for overflow before a run is stopped
 
 
@@ -129,7 +131,14 @@ def cpu_bf16_ratio(n: int = 512, reps: int = 5) -> float:
 
 
 def fast_precision(device: str | torch.device) -> str:
-    """What "auto" picks on ``device``: "bf16", "fp16" or "fp32"."""
+    """What "auto" picks on ``device``: "bf16", "fp16" or "fp32". The environment variable
+    ``LORAKIT_PRECISION`` ("fp32", "bf16" or "fp16"), when set, is what "auto" means instead,
+    in this process and the ones it starts (notebook kernels, tests): e.g. ``fp32`` to reproduce
+    a run made before mixed precision, or to time a whole test suite both ways."""
+    forced = os.environ.get(ENV_VAR, "")
+    if forced:
+        check_choice(ENV_VAR, forced, tuple(DTYPES))
+        return forced
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -175,5 +184,5 @@ def plan(precision: str, device: str | torch.device) -> Plan:
         f"bf16/fp16 on the CPU and CUDA only; choose 'fp32' or 'auto' (fp32 here)")
 
 
-__all__ = ["CPU_BF16_FLAGS", "DTYPES", "FP16_INIT_SCALE", "Fp32Attention", "MAX_SKIPPED", "Plan",
+__all__ = ["CPU_BF16_FLAGS", "DTYPES", "ENV_VAR", "FP16_INIT_SCALE", "Fp32Attention", "MAX_SKIPPED", "Plan",
            "cpu_bf16_ratio", "cpu_flags", "cpu_has_fast_bf16", "fast_dtype", "fast_precision", "plan"]

@@ -20,6 +20,12 @@ def _losses(pm, tok, task, **kw):
     return train_quiet(pm, tok, task, steps=4, batch_size=4, **kw)
 
 
+@pytest.fixture(autouse=True)
+def auto_unforced(monkeypatch):
+    """What "auto" picks is tested with LORAKIT_PRECISION unset (a suite run may set it)."""
+    monkeypatch.delenv(precision.ENV_VAR, raising=False)
+
+
 @pytest.fixture
 def fast_cpu(monkeypatch):
     """A CPU with native bf16 (the CI machine has it; pinned so the tests run anywhere)."""
@@ -46,6 +52,18 @@ def test_auto_on_the_cpu(fast_cpu, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert precision.plan("auto", "cpu") == Plan("fp32", "cpu")
     assert precision.plan("fp32", "cpu").autocast().__class__.__name__ == "nullcontext"
+
+
+@case("LORAKIT_PRECISION set to an unknown value", "ValueError: unknown LORAKIT_PRECISION "
+      "'half'; allowed: 'fp32', 'bf16', 'fp16'", "model untouched")
+def test_precision_environment_variable(fast_cpu, pm, tok, task, monkeypatch):
+    monkeypatch.setenv(precision.ENV_VAR, "fp32")       # what "auto" means, process-wide
+    assert precision.plan("auto", "cpu") == Plan("fp32", "cpu")
+    assert precision.fast_dtype("cpu") == torch.float32
+    assert precision.plan("bf16", "cpu") == Plan("bf16", "cpu")   # an explicit choice wins
+    monkeypatch.setenv(precision.ENV_VAR, "half")
+    refused(pm, ValueError, "unknown LORAKIT_PRECISION 'half'; allowed: 'fp32', 'bf16', 'fp16'",
+            train_quiet, pm, tok, task, steps=1)
 
 
 def test_auto_on_cuda_cards(monkeypatch):
