@@ -70,6 +70,59 @@ class Plan:
         return torch.amp.GradScaler(self.device_type, init_scale=self.init_scale)
 
 
+class FrozenBf16:
+    """bf16 copies of a model's frozen float32 ``nn.Linear`` weights, swapped in for a step.
+
+    Autocast casts every weight to bf16 again at each forward pass: it caches the casts of
+    trainable leaves only. Frozen weights are most of a LoRA model, so a CPU step spends a sixth
+    of its time re-casting them. Here each is cast once per run (the same round-to-nearest-even
+    as autocast's, so the arithmetic is bit for bit the same) and ``with frozen:`` points the
+    parameters at their copies for the step's forward and backward passes, then back at the
+    float32 tensors (the same objects: nothing is lost on an error mid-step).
+
+    Left out (autocast casts them as before): trainable weights, tensors shared with a module
+    that is not a Linear (a tied embedding's lookup would change dtype), DoRA's base layers (its
+    magnitude reads the base weight), 4-bit and other non-float32 weights, every weight on a
+    device other than the CPU or under another precision than bf16, and all of them when the
+    copies would exceed ``max_bytes``."""
+
+    def __init__(self, model: torch.nn.Module, plan: Plan, max_bytes: int = 2 ** 30):
+        self.pairs: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+        if plan.name != "bf16" or plan.device_type != "cpu":
+            return
+        weights = frozen_linear_weights(model)
+        if 2 * sum(w.numel() for w in weights) > max_bytes:
+            return
+        self.pairs = [(w, w.data, w.data.to(torch.bfloat16)) for w in weights]
+
+    def __enter__(self):
+        for param, _, low in self.pairs:
+            param.data = low
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for param, full, _ in self.pairs:
+            param.data = full
+
+
+def frozen_linear_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The frozen float32 CPU weights of plain ``nn.Linear`` modules that no other kind of
+    module shares and no DoRA layer reads (``FrozenBf16``'s candidates), each once."""
+    linear = torch.nn.Linear
+    dora_bases = {id(m.base_layer) for m in model.modules()
+                  if any(getattr(m, "use_dora", {}).values()) and hasattr(m, "base_layer")}
+    shared = {p.data_ptr() for m in model.modules() if type(m) is not linear
+              for p in m.parameters(recurse=False)}
+    found: dict[int, torch.nn.Parameter] = {}
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if (type(m) is linear and type(w) is torch.nn.Parameter and not w.requires_grad
+                and w.dtype == torch.float32 and w.device.type == "cpu"
+                and id(m) not in dora_bases and w.data_ptr() not in shared):
+            found.setdefault(id(w), w)
+    return list(found.values())
+
+
 class Fp32Attention(torch.overrides.TorchFunctionMode):
     """Within it, ``F.scaled_dot_product_attention`` runs in fp32 with autocast off, its
     floating inputs upcast and its output cast to ``dtype`` (the autocast dtype around it, as
@@ -184,5 +237,6 @@ def plan(precision: str, device: str | torch.device) -> Plan:
         f"bf16/fp16 on the CPU and CUDA only; choose 'fp32' or 'auto' (fp32 here)")
 
 
-__all__ = ["CPU_BF16_FLAGS", "DTYPES", "ENV_VAR", "FP16_INIT_SCALE", "Fp32Attention", "MAX_SKIPPED", "Plan",
-           "cpu_bf16_ratio", "cpu_flags", "cpu_has_fast_bf16", "fast_dtype", "fast_precision", "plan"]
+__all__ = ["CPU_BF16_FLAGS", "DTYPES", "ENV_VAR", "FP16_INIT_SCALE", "FrozenBf16", "Fp32Attention",
+           "MAX_SKIPPED", "Plan", "cpu_bf16_ratio", "cpu_flags", "cpu_has_fast_bf16", "fast_dtype",
+           "fast_precision", "frozen_linear_weights", "plan"]

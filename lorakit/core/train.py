@@ -40,7 +40,7 @@ from .loss import answer_loss  # noqa: F401  (lk.train.answer_loss, as before)
 from .modelkind import check_trainable_kind
 from .models import check_context, context_length, restore_4bit_layout
 from .naming import is_lora_B_param
-from .precision import MAX_SKIPPED, Plan
+from .precision import MAX_SKIPPED, FrozenBf16, Plan
 from .precision import plan as precision_plan
 from .serve import is_merged
 from .settings import UNSET, TrainSettings, settings_with
@@ -227,7 +227,7 @@ def _run(model, tok, task: Task, s: TrainSettings, params, recorder, callbacks,
     optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
     for g in optimizer.param_groups:  # the peak learning rate of each group (as torch's schedulers)
         g.setdefault("initial_lr", g["lr"])
-    mixed = _Mixed(amp or Plan("fp32", params[0].device.type),
+    mixed = _Mixed(amp or Plan("fp32", params[0].device.type), model,
                    checkpointing=any(getattr(m, "gradient_checkpointing", False) is True
                                      for m in model.modules()))
     result = TrainResult(steps_planned=s.steps, precision=mixed.plan.name)
@@ -283,11 +283,12 @@ def _step(model, optimizer, params, batch, step: int, s: TrainSettings,
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * factor
     mine = run.batch(batch, params[0].device)  # this rank's rows (all of them in one process)
-    with mixed.autocast():  # 16-bit products; the loss itself is computed in fp32
-        loss, loss_value, n_tokens = run.loss(mine, batch)
-    if not math.isfinite(loss_value):
-        raise _diverged(step, f"loss is {loss_value}", s, result)
-    mixed.backward(run, loss, optimizer)
+    with mixed.frozen:  # frozen weights cast once per run, not at every forward pass
+        with mixed.autocast():  # 16-bit products; the loss itself is computed in fp32
+            loss, loss_value, n_tokens = run.loss(mine, batch)
+        if not math.isfinite(loss_value):
+            raise _diverged(step, f"loss is {loss_value}", s, result)
+        mixed.backward(run, loss, optimizer)
     # measured on every step, clipped or not: a non-finite gradient never reaches the weights
     norm = (run.clip(params, s.max_grad_norm) if s.max_grad_norm is not None
             else _grad_norm(params, None))
@@ -319,9 +320,10 @@ class _Mixed:
     """The step's arithmetic (a ``precision.Plan``): autocast around the forward pass and, in
     fp16, the gradient scaler around the backward pass and the optimizer step."""
 
-    def __init__(self, amp: Plan, checkpointing: bool = False):
+    def __init__(self, amp: Plan, model: torch.nn.Module, checkpointing: bool = False):
         self.plan, self.scaler, self.in_a_row = amp, amp.scaler(), 0
         self.checkpointing = checkpointing
+        self.frozen = FrozenBf16(model, amp)
 
     def autocast(self):
         """The plan's autocast; attention left to autocast under gradient checkpointing."""

@@ -105,6 +105,91 @@ def test_bf16_trains_under_autocast_with_fp32_master_weights(fast_cpu, tok, task
     assert runs["bf16"].losses == pytest.approx(runs["fp32"].losses, rel=1e-2)
 
 
+def _frozen_state(model):
+    return {n: (p.dtype, p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()
+            if not p.requires_grad}
+
+
+def test_frozen_weights_cast_once_per_run_change_no_bit(fast_cpu, tok, task, monkeypatch):
+    """A bf16 CPU run points the frozen Linear weights at bf16 copies for each step: the losses
+    and the adapter are bit for bit those of autocast's per-step casts, and afterwards every
+    frozen weight is its float32 self again (same storage, same values)."""
+    from tiny_models import make_tiny
+
+    seen = []
+
+    def runs(cached: bool):
+        if not cached:
+            monkeypatch.setattr(train_mod, "FrozenBf16",
+                                lambda model, plan: precision.FrozenBf16(model, plan, max_bytes=0))
+        pm = lk.attach(make_tiny(tok), r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
+        k_proj = pm.base_model.model.model.layers[0].self_attn.k_proj
+        hook = k_proj.register_forward_hook(lambda m, i, o: seen.append((cached, m.weight.dtype)))
+        before = _frozen_state(pm)
+        res = _losses(pm, tok, task, precision="bf16")
+        hook.remove()
+        after = _frozen_state(pm)
+        assert after.keys() == before.keys()
+        for n, (dtype, ptr, value) in before.items():
+            assert after[n][:2] == (dtype, ptr) == (torch.float32, ptr), n
+            assert torch.equal(after[n][2], value), n
+        adapter = {n: p.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}
+        return res.losses, adapter
+
+    (cached_losses, cached_adapter), (plain_losses, plain_adapter) = runs(True), runs(False)
+    assert {d for c, d in seen if c} == {torch.bfloat16}       # the copies were in use
+    assert {d for c, d in seen if not c} == {torch.float32}    # autocast cast them instead
+    assert cached_losses == plain_losses
+    assert all(torch.equal(cached_adapter[n], plain_adapter[n]) for n in plain_adapter)
+
+
+@case("an error inside a bf16 step (the frozen weights on their bf16 copies)",
+      "the error itself (here RuntimeError from a forward hook)",
+      "every frozen weight back on its float32 tensor; adapter as after the last good step")
+def test_error_mid_step_restores_the_float32_weights(fast_cpu, pm, tok, task):
+    layer = pm.base_model.model.model.layers[1].mlp.down_proj
+    calls = []
+
+    def fail(module, inputs, output):
+        calls.append(module.weight.dtype)
+        if len(calls) == 2:
+            raise RuntimeError("failure inside the forward pass")
+
+    before_frozen = _frozen_state(pm)
+    before = snap(pm)
+    hook = layer.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="failure inside"):
+        _losses(pm, tok, task, precision="bf16")
+    hook.remove()
+    assert calls == [torch.bfloat16, torch.bfloat16]
+    assert {n: v[:2] for n, v in _frozen_state(pm).items()} == {
+        n: v[:2] for n, v in before_frozen.items()}
+    assert all(torch.equal(p.detach(), before["params"][n][0]) for n, p in pm.named_parameters()
+               if not p.requires_grad)
+
+
+def test_frozen_copies_leave_out_tied_trainable_dora_and_other_devices(tok):
+    from tiny_models import tiny_llama
+
+    model = tiny_llama(tok, layers=1)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    pm = lk.attach(model, r=4, alpha=8, targets=["q_proj"], seed=0)
+    names = {id(p): n for n, p in pm.named_parameters()}
+    picked = {names[id(w)] for w in precision.frozen_linear_weights(pm)}
+    layer = "base_model.model.model.layers.0."
+    assert picked == {layer + x + ".weight" for x in (
+        "self_attn.q_proj.base_layer", "self_attn.k_proj", "self_attn.v_proj",
+        "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}   # no lm_head
+    assert len(precision.FrozenBf16(pm, Plan("bf16", "cpu")).pairs) == 7
+    assert precision.FrozenBf16(pm, Plan("fp32", "cpu")).pairs == []
+    assert precision.FrozenBf16(pm, Plan("bf16", "cpu"), max_bytes=10).pairs == []
+    dora = lk.attach(tiny_llama(tok, layers=1), r=4, alpha=8, targets=["q_proj"], seed=0,
+                     variant="dora")
+    names = {id(p): n for n, p in dora.named_parameters()}
+    assert not any("q_proj" in names[id(w)] for w in precision.frozen_linear_weights(dora))
+
+
 def test_cpu_attention_stays_fp32_under_bf16_autocast():
     """torch's CPU bf16 attention is several times slower than fp32's: the plan keeps it fp32
     (output cast back to bf16), and every other product bf16."""
