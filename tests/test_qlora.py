@@ -8,6 +8,7 @@ import torch
 from notebook_source import notebook_code
 
 import lorakit as lk
+from lorakit.core import precision
 
 TASK = lk.tasks.get("iso_dates")
 # Shared with benchmarks/train_accuracy.py (QLORA_TRAIN), used by the CUDA test below.
@@ -66,7 +67,7 @@ def test_notebook_04_asserts_the_iso_dates_acceptance():
 def test_qlora_on_cuda(quantize):
     model, tok = lk.load_model(quantize=quantize, progress=False)
     q = model.model.layers[0].self_attn.q_proj
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    expected = torch.bfloat16 if precision.cuda_has_bf16() else torch.float16
     assert q.weight.device.type == "cuda" and q.compute_dtype == expected
     pm = lk.attach(model, r=8, alpha=16, seed=0)
     res = lk.train(pm, tok, TASK, QLORA_TRAIN, progress=False)

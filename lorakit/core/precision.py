@@ -183,6 +183,16 @@ def cpu_bf16_ratio(n: int = 512, reps: int = 5) -> float:
     return best(torch.bfloat16) / best(torch.float32)
 
 
+def cuda_has_bf16(device: str | torch.device = "cuda") -> bool:
+    """True when the CUDA card computes bf16 natively: compute capability 8.0 or more (A100,
+    L4, RTX 30xx and later). ``torch.cuda.is_bf16_supported()`` is not this test: recent torch
+    also answers True on older cards (T4, V100) where bf16 is only emulated, slowly. On ROCm,
+    torch's own answer."""
+    if torch.version.hip:
+        return bool(torch.cuda.is_bf16_supported())
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def fast_precision(device: str | torch.device) -> str:
     """What "auto" picks on ``device``: "bf16", "fp16" or "fp32". The environment variable
     ``LORAKIT_PRECISION`` ("fp32", "bf16" or "fp16"), when set, is what "auto" means instead,
@@ -194,7 +204,7 @@ def fast_precision(device: str | torch.device) -> str:
         return forced
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_bf16(device) else "fp16"
     if device.type == "cpu" and cpu_has_fast_bf16():
         return "bf16"
     return "fp32"
@@ -226,7 +236,7 @@ def plan(precision: str, device: str | torch.device) -> Plan:
                 f"{cpu_bf16_ratio():.1f}× its fp32 time; 'auto' would pick fp32", stacklevel=3)
         return Plan(name, "cpu")
     if device.type == "cuda":
-        if name == "bf16" and not torch.cuda.is_bf16_supported():
+        if name == "bf16" and not cuda_has_bf16(device):
             raise ValueError(
                 f"precision='bf16' is not supported on {torch.cuda.get_device_name(device)} "
                 f"(cuda): it has no bfloat16 arithmetic; choose 'fp16' (with a gradient scaler), "
@@ -238,5 +248,5 @@ def plan(precision: str, device: str | torch.device) -> Plan:
 
 
 __all__ = ["CPU_BF16_FLAGS", "DTYPES", "ENV_VAR", "FP16_INIT_SCALE", "FrozenBf16", "Fp32Attention",
-           "MAX_SKIPPED", "Plan", "cpu_bf16_ratio", "cpu_flags", "cpu_has_fast_bf16", "fast_dtype",
+           "MAX_SKIPPED", "Plan", "cpu_bf16_ratio", "cpu_flags", "cpu_has_fast_bf16", "cuda_has_bf16", "fast_dtype",
            "fast_precision", "frozen_linear_weights", "plan"]

@@ -68,9 +68,11 @@ def test_precision_environment_variable(fast_cpu, pm, tok, task, monkeypatch):
 
 def test_auto_on_cuda_cards(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))  # A100
     assert precision.plan("auto", "cuda").name == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # T4, V100
+    # a T4 (7.5): recent torch's is_bf16_supported() says True there (emulated bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
     p = precision.plan("auto", "cuda")
     assert p.name == "fp16" and p.scaler() is not None
     assert precision.plan("auto", "mps").name == "fp32"
@@ -288,7 +290,7 @@ def test_fp16_on_the_cpu_is_refused(pm, tok, task):
       "is not supported on <card> (cuda) … choose 'fp16' …, 'fp32' or 'auto'", "nothing runs")
 def test_bf16_on_a_card_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))  # T4
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
     raises(ValueError, r"'bf16' is not supported on Tesla T4 \(cuda\).*'fp16'.*'fp32'.*'auto'",
            precision.plan, "bf16", "cuda")
@@ -359,11 +361,11 @@ def test_cuda_mixed_precision_trains_with_fp32_master_weights(prec, tok, task):
     """bf16 autocast, and fp16 autocast with a gradient scaler, on the CUDA card."""
     from tiny_models import make_tiny
 
-    if prec == "bf16" and not torch.cuda.is_bf16_supported():
+    if prec == "bf16" and not precision.cuda_has_bf16():
         pytest.skip("this card has no bf16 (test_bf16_on_a_card_without_it covers the error)")
     pm = lk.attach(make_tiny(tok).cuda(), r=4, alpha=8, targets=["q_proj", "v_proj"], seed=0)
     res = train_quiet(pm, tok, task, steps=12, batch_size=4, lr=1e-2, precision=prec)
-    expected = prec if prec != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    expected = prec if prec != "auto" else ("bf16" if precision.cuda_has_bf16() else "fp16")
     assert res.precision == expected and res.steps_done == 12
     assert {p.dtype for p in pm.parameters() if p.requires_grad} == {torch.float32}
     assert res.losses[-1] < res.losses[0]
