@@ -368,3 +368,19 @@ def test_albert_shared_layers_have_a_layer_number(tok):
         warnings.simplefilter("ignore")
         assert lk.Recorder(pm).modules == ["layers.0.query", "layers.0.value"]
     assert snap(pm)["adapters"] == ["default"]
+
+
+def test_gpt2_conv1d_attaches_without_peft_warning_and_output_is_unchanged(tok):
+    """GPT-2's Conv1D stores W as (d_in, d_out): lorakit tells PEFT so (fan_in_fan_out), no
+    warning, and the fresh adapter (B = 0) leaves the output as it was."""
+    gpt2 = fam("GPT-2").build(len(tok), tok.pad_token_id)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = gpt2(input_ids=ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pm = lk.attach(gpt2, r=R, targets="all-linear", seed=0)
+    assert pm.peft_config["default"].fan_in_fan_out is True
+    assert lk.count_params(pm).trainable == pm.get_nb_trainable_parameters()[0]
+    with torch.no_grad():
+        assert torch.allclose(pm(input_ids=ids).logits, before)

@@ -350,6 +350,8 @@ def _prepare(base: nn.Module, settings: LoraSettings, default: bool, allow_large
     config = peft_settings.to_peft_config(task_type, list(plan.target_parameters) or None)
     config.rank_pattern = {**(config.rank_pattern or {}), **plan.rank_pattern}
     config.alpha_pattern = {**(config.alpha_pattern or {}), **plan.alpha_pattern}
+    if any(type(base.get_submodule(i.name)).__name__ == "Conv1D" for i in hits):
+        config.fan_in_fan_out = True  # GPT-2's Conv1D stores W as (d_in, d_out); PEFT would warn
     return settings, config, hits
 
 
