@@ -147,9 +147,13 @@ def right_singular_vectors(A) -> torch.Tensor:
     """Right-singular vectors of ``A: (r, d_in)`` as columns, ``(d_in, r)``, float64.
 
     ``A`` is a tensor or a ``lora_A`` Linear (its ``.weight``). These span A's row space: the
-    input directions the adapter reads (Hu et al. 2021, §7.2, U_{A_r}).
+    input directions the adapter reads (Hu et al. 2021, §7.2, U_{A_r}). A zero matrix has no
+    row space, so φ is undefined for it: ``ValueError`` (e.g. ``A_t − A_0`` of a LoRA adapter
+    before A's first update, since ``B_0 = 0`` gives A no gradient at step 1).
     """
     A = _matrix(A, "A")
+    if not torch.any(A):
+        raise ValueError("φ is undefined for a zero matrix (ΔA = 0): it has no row space")
     Vh = torch.linalg.svd(A, full_matrices=False).Vh   # (min(r, d_in), d_in), orthonormal rows
     return Vh.T
 
@@ -183,6 +187,38 @@ def subspace_similarity(A1, A2, i: int, j: int) -> float:
     if not (1 <= i <= U1.shape[1] and 1 <= j <= U2.shape[1]):
         raise ValueError(f"need 1 ≤ i ≤ {U1.shape[1]} and 1 ≤ j ≤ {U2.shape[1]}, got i={i}, j={j}")
     return (U1[:, :i].T @ U2[:, :j]).pow(2).sum().item() / min(i, j)
+
+
+def input_drawn_grid(X, r1: int, r2: int, *, steps: int = 1, optimizer: str = "sgd",
+                     seed: int = 0) -> torch.Tensor:
+    """A baseline for ``similarity_grid``: two updates of A built from the inputs alone.
+
+    The gradient of a LoRA ``A: (r, d_in)`` is a combination of the layer's inputs,
+    ``(α/√r)·Bᵀ Σ_t δ_t x_tᵀ``, so any two adapters trained on the same text overlap more than
+    random subspaces. Here each of ``steps`` gradients is ``R X`` with ``X: (n, d_in)`` the
+    layer's input vectors and ``R: (r, n)`` fresh Gaussian coefficients (no task signal), and
+    ``optimizer`` turns them into an update: ``"sgd"`` sums them (a random combination of the
+    inputs, whatever ``steps``), ``"adamw"`` feeds them to ``torch.optim.AdamW`` (default
+    betas and eps, no weight decay), whose per-coordinate normalization changes the directions.
+    Returns the φ grid ``(r1, r2)`` of the two updates, float64; ``seed`` draws the R's.
+    """
+    X = _matrix(X, "X")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    g = torch.Generator().manual_seed(seed)
+
+    def update(r: int) -> torch.Tensor:
+        A = torch.zeros(r, X.shape[1], dtype=torch.float64, requires_grad=True)
+        opt = (torch.optim.AdamW([A], lr=1e-3, weight_decay=0.0) if optimizer == "adamw"
+               else torch.optim.SGD([A], lr=1e-3))
+        for _ in range(steps):
+            A.grad = torch.randn(r, X.shape[0], generator=g, dtype=torch.float64) @ X
+            opt.step()
+        return A.detach()
+
+    return similarity_grid(update(r1), update(r2))
 
 
 # -- LoRA paper §7.3: amplification ------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..core.attach import find_targets
 from ..core.naming import tuner_layers
 from ..core.params import BUILTIN_CONFIGS, builtin_config, estimate, lora_layer_params
 from ..core.settings import Quantize
-from .widgets import ShowsWidget, panel_box, panel_style
+from .widgets import FigureView, ShowsWidget, panel_box, panel_style
 
 # ============================================================================================
 # Knobs (tutorials 01, 02 and 04): rank vs true rank, estimate, NF4
@@ -300,6 +300,72 @@ class NF4Explorer(_Explorer):
         return text, f"<b>{html.escape(text)}</b>" + _bars(labels, use)
 
 
+# -- 08: where to spend a fixed parameter budget ---------------------------------------------
+class BudgetExplorer(_Explorer):
+    """Targets and rank on controls → the trainable count against a fixed budget, beside the
+    equal-budget runs a notebook made.
+
+    ``model``: a model or its config (what ``lora_param_count`` counts). ``runs``:
+    ``{label: (targets, r, losses)}``, the runs already trained, with one validation loss per
+    seed. The readout gives the count of the ticked targets at rank ``r``, the rank that spends
+    ``budget`` exactly on them (if a whole one does), and every run's count and loss (mean ± sd
+    over its seeds), marking the run the controls select. Nothing is trained here.
+    ``budget`` defaults to the first run's count.
+    """
+
+    def __init__(self, model, runs: dict, *, budget: int | None = None,
+                 targets: tuple[str, ...] = ("q_proj",), r: int = 8, max_rank: int = 64):
+        from ..core.params import lora_param_count
+
+        if not runs:
+            raise ValueError("runs must name at least one (targets, r, losses) run")
+        self.model, self.count = model, lora_param_count
+        self.runs = {label: (tuple(t), int(rank), [float(x) for x in losses])
+                     for label, (t, rank, losses) in runs.items()}
+        first = next(iter(self.runs.values()))
+        self.budget = budget or lora_param_count(model, r=first[1], targets=list(first[0]))
+        names = list(find_targets(model).names)
+        self.targets = widgets.SelectMultiple(options=names, rows=min(len(names), 7),
+                                              value=tuple(t for t in targets if t in names),
+                                              description="targets")
+        self.rank = widgets.IntSlider(value=r, min=1, max=max_rank, description="r")
+        super().__init__([self.targets, self.rank])
+        self.update()
+
+    def _run_lines(self, targets: tuple[str, ...], r: int) -> list[str]:
+        lines, worst = [], max(max(v[2]) for v in self.runs.values())
+        for label, (t, rank, losses) in self.runs.items():
+            n = self.count(self.model, r=rank, targets=list(t))
+            spread = (f" ± {float(np.std(losses, ddof=1)):.3f}" if len(losses) > 1
+                      else " (one seed)")
+            bar = "█" * max(1, round(20 * float(np.mean(losses)) / worst))
+            mark = "  ← selected" if set(t) == set(targets) and rank == r else ""
+            lines.append(f"  {label:<14} {n:>11,} trainable   validation loss "
+                         f"{float(np.mean(losses)):.3f}{spread}  {bar}{mark}")
+        return lines
+
+    def _render(self) -> tuple[str, str]:
+        targets, r = tuple(self.targets.value), self.rank.value
+        if not targets:
+            text = "tick at least one target module"
+            return text, html.escape(text)
+        n = self.count(self.model, r=r, targets=list(targets))
+        per_rank = self.count(self.model, r=1, targets=list(targets))
+        fit = self.budget // per_rank
+        if self.budget % per_rank == 0:
+            buys = f"the budget is exactly r = {fit} on these targets"
+        elif fit == 0:
+            buys = f"even r = 1 ({per_rank:,}) is over the budget on these targets"
+        else:
+            buys = (f"no whole r spends the budget exactly here: r = {fit} gives "
+                    f"{fit * per_rank:,}, r = {fit + 1} gives {(fit + 1) * per_rank:,}")
+        lines = [f"r = {r} on {', '.join(targets)}: {n:,} trainable "
+                 f"({n / self.budget:.0%} of the budget, {self.budget:,})", buys,
+                 "runs made (nothing is trained here):"] + self._run_lines(targets, r)
+        text = "\n".join(lines)
+        return text, f"<pre style='font-size:12px'>{html.escape(text)}</pre>"
+
+
 # -- exercises: "predict, then run" ---------------------------------------------------------
 def check_guess(guess, answer, *, rel: float = 0.1, unit: str = "") -> str:
     """The verdict a hidden solution cell prints for a learner's guess (never raises).
@@ -404,8 +470,10 @@ class PhiGridExplorer(ShowsWidget):
 
     ``history1``, ``history2``: A matrices (r × d_in) of the two adapters at steps 0, 1, …, n
     (same length). With ``learned=True`` (default) φ compares what training added,
-    ``A_t − A_0``; step 0 is then undefined and the slider starts at 1. ``baseline`` (a grid
-    of the same shape, e.g. two random subspaces) is shown beside it.
+    ``A_t − A_0``; step 0 is then undefined and the slider starts at 1. A step where either
+    matrix is zero (a LoRA A before its first update: ``B_0 = 0`` gives it no gradient at
+    step 1) has no φ: its grid is None and the text and figure say "undefined: ΔA = 0".
+    ``baseline`` (a grid of the same shape, e.g. two random subspaces) is shown beside it.
     """
 
     def __init__(self, history1, history2, *, learned: bool = True, baseline=None,
@@ -421,7 +489,8 @@ class PhiGridExplorer(ShowsWidget):
             a1, a2 = history1[t], history2[t]
             if learned:
                 a1, a2 = a1 - history1[0], a2 - history2[0]
-            self.grids[t] = analysis.similarity_grid(a1, a2)
+            defined = bool(torch.any(torch.as_tensor(a1))) and bool(torch.any(torch.as_tensor(a2)))
+            self.grids[t] = analysis.similarity_grid(a1, a2) if defined else None
         self.baseline, self.labels, self.title = baseline, labels, title
         self.slider = widgets.IntSlider(value=max(self.grids), min=first, max=max(self.grids),
                                   description="step", continuous_update=False)
@@ -433,28 +502,134 @@ class PhiGridExplorer(ShowsWidget):
         self._update()
 
     @property
-    def grid(self) -> torch.Tensor:
-        """The φ grid at the slider's step."""
+    def grid(self) -> torch.Tensor | None:
+        """The φ grid at the slider's step (None where φ is undefined: ΔA = 0)."""
         return self.grids[self.slider.value]
+
+    @property
+    def text(self) -> str:
+        """The readout under the slider as plain text."""
+        return self._line(self.slider.value, self.grid)
+
+    @staticmethod
+    def _line(step: int, g) -> str:
+        if g is None:
+            return f"step {step}: φ undefined: ΔA = 0"
+        return f"step {step}: φ(1, 1) = {g[0, 0]:.3f}, φ({g.shape[0]}, {g.shape[1]}) = {g[-1, -1]:.3f}"
 
     def _update(self) -> None:
         from IPython.display import display
 
         from . import figures
 
-        g = self.grid
-        self.label.value = (f"step {self.slider.value}: φ(1, 1) = {g[0, 0]:.3f}, "
-                            f"φ({g.shape[0]}, {g.shape[1]}) = {g[-1, -1]:.3f}")
-        self.figure = figures.similarity_heatmap(g, baseline=self.baseline, labels=self.labels,
-                                                 title=f"{self.title}, step {self.slider.value}")
+        g, title = self.grid, f"{self.title}, step {self.slider.value}"
+        self.label.value = html.escape(self.text)
+        if g is None:
+            empty = figures.style(None, title, height=300, xaxis_visible=False,
+                                  yaxis_visible=False)
+            empty.add_annotation(text="φ undefined: ΔA = A − A₀ = 0 at this step",
+                                 x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+            self.figure = empty
+        else:
+            self.figure = figures.similarity_heatmap(g, baseline=self.baseline,
+                                                     labels=self.labels, title=title)
         self.output.clear_output(wait=True)
         with self.output:
             display(self.figure)
 
     def summary(self) -> str:
         """φ(1, 1) and φ(r1, r2) at every step, one line each (the cell's static output)."""
-        return "\n".join(f"step {t:>3}: φ(1, 1) = {g[0, 0]:.3f}   φ({g.shape[0]}, {g.shape[1]}) "
-                         f"= {g[-1, -1]:.3f}" for t, g in self.grids.items())
+        return "\n".join(f"step {t:>3}: " + ("φ undefined: ΔA = 0" if g is None else
+                         f"φ(1, 1) = {g[0, 0]:.3f}   φ({g.shape[0]}, {g.shape[1]}) = {g[-1, -1]:.3f}")
+                         for t, g in self.grids.items())
 
     def __repr__(self) -> str:
         return f"PhiGridExplorer(step={self.slider.value}, steps={len(self.grids)})"
+
+
+# ============================================================================================
+# Runs (tutorial 07): runs a notebook already made, one loss curve at a time
+# ============================================================================================
+def _setting_label(setting) -> str:
+    return f"{setting:g}" if isinstance(setting, float) else str(setting)
+
+
+class RunExplorer(_Explorer):
+    """Pick one of the runs a notebook already made and see its training loss, step by step.
+
+    ``runs``: ``{(name, setting): losses}``, e.g. ``{("lora", 8e-3): res.losses, ...}``: the
+    per-step training losses of real runs (nothing is trained here). ``scores``: optional
+    ``{(name, setting): value}`` shown with each run (``score_name``, e.g. its held-out loss).
+    Two dropdowns pick the name and then one of that name's settings; the figure (``figure``)
+    draws every run of the chosen name thin and the chosen one thick, on a log loss axis, and
+    ``text`` names the run, its first and last training loss and its score.
+    """
+
+    def __init__(self, runs: dict, *, scores: dict | None = None,
+                 labels: tuple[str, str] = ("variant", "lr"), score_name: str = "held-out loss"):
+        if not runs or not all(isinstance(k, tuple) and len(k) == 2 and len(v) >= 1
+                               for k, v in runs.items()):
+            raise ValueError("runs must map (name, setting) pairs to non-empty loss lists")
+        self.runs = {k: [float(x) for x in v] for k, v in runs.items()}
+        self.scores = dict(scores or {})
+        self.labels, self.score_name = labels, score_name
+        names = list(dict.fromkeys(name for name, _ in self.runs))
+        self.name = widgets.Dropdown(options=names, value=names[0], description=labels[0])
+        self.setting = widgets.Dropdown(options=self._options(names[0]), description=labels[1])
+        self.figure = None                      # the plotly figure of the chosen run
+        self._view = FigureView("static")       # its outputs are set here, so a snapshot has it
+        self.plot = self._view.widget
+        self._busy = False
+        super().__init__([self.name, self.setting])
+        self.children = (*self.children, self.plot)  # type: ignore[has-type]
+        self.update()
+
+    def _options(self, name) -> list:
+        return [(_setting_label(s), s) for n, s in self.runs if n == name]
+
+    def update(self) -> None:
+        """Follow the dropdowns: the name's settings, the readout and the figure."""
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            options, keep = self._options(self.name.value), self.setting.value
+            if [tuple(o) for o in self.setting.options] != options:
+                self.setting.options = options
+                if any(v == keep for _, v in options):
+                    self.setting.value = keep
+        finally:
+            self._busy = False
+        super().update()
+        self._draw()
+
+    def _render(self) -> tuple[str, str]:
+        key = (self.name.value, self.setting.value)
+        losses = self.runs[key]
+        text = (f"{key[0]}, {self.labels[1]} {_setting_label(key[1])}: training loss "
+                f"{losses[0]:.3g} → {losses[-1]:.3g} in {len(losses)} steps")
+        if key in self.scores:
+            text += f"; {self.score_name} {self.scores[key]:.4g}"
+        return text, f"<b>{html.escape(text)}</b>"
+
+    def _draw(self) -> None:
+        import plotly.graph_objects as go
+
+        from . import figures
+
+        name, chosen = self.name.value, self.setting.value
+        fig = go.Figure()
+        for (n, s), losses in self.runs.items():
+            if n == name:
+                fig.add_scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines+markers",
+                                name=f"{self.labels[1]} {_setting_label(s)}",
+                                line=dict(width=3.5 if s == chosen else 1), opacity=1 if
+                                s == chosen else 0.45)
+        self.figure = figures.style(fig, f"{name}: training loss per step",
+                                    x="step", y=figures.LOSS_TITLE, yaxis_type="log",
+                                    height=320)
+        self._view.show(self.figure)
+
+    def __repr__(self) -> str:
+        return f"RunExplorer({self.name.value!r}, {_setting_label(self.setting.value)}, " \
+               f"runs={len(self.runs)})"

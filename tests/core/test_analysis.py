@@ -101,6 +101,35 @@ def test_random_subspaces_have_similarity_max_i_j_over_d():
         an.similarity_grid(randn(8, D_MODEL), randn(8, 192))
 
 
+def test_similarity_of_a_zero_matrix_is_undefined_not_one():
+    # A LoRA A before its first update: A_1 - A_0 = 0 (B_0 = 0 gives A no gradient at step 1)
+    zero = torch.zeros(8, D_MODEL)
+    for a1, a2 in [(zero, randn(64, D_MODEL)), (randn(8, D_MODEL), torch.zeros(64, D_MODEL)),
+                   (zero, torch.zeros(64, D_MODEL))]:
+        with pytest.raises(ValueError, match="undefined for a zero matrix"):
+            an.similarity_grid(a1, a2)
+    with pytest.raises(ValueError, match="undefined"):
+        an.subspace_similarity(zero, zero, 1, 1)
+
+
+def test_input_drawn_baselines_follow_the_optimizer():
+    # inputs with a few large coordinates (as a transformer's activations have): SGD's update,
+    # a combination of inputs, leans on those coordinates, so two SGD updates overlap far more
+    # than random ones; AdamW divides each coordinate by its own gradient size, undoing that
+    X = randn(400, D_MODEL, seed=32)
+    X[:, :3] *= 30
+    sgd = an.input_drawn_grid(X, 4, 16, steps=3, optimizer="sgd", seed=0)
+    adamw = an.input_drawn_grid(X, 4, 16, steps=3, optimizer="adamw", seed=0)
+    assert sgd.shape == adamw.shape == (4, 16)
+    assert sgd[-1, -1] > 0.5 > 4 * adamw[-1, -1]
+    torch.testing.assert_close(an.input_drawn_grid(X, 4, 16, optimizer="adamw", seed=1),
+                               an.input_drawn_grid(X, 4, 16, optimizer="adamw", seed=1))
+    with pytest.raises(ValueError, match="optimizer must be"):
+        an.input_drawn_grid(X, 4, 16, optimizer="adam")
+    with pytest.raises(ValueError, match="steps must be"):
+        an.input_drawn_grid(X, 4, 16, steps=0)
+
+
 # -- §7.3 amplification ------------------------------------------------------------------------------
 def test_amplification_follows_the_paper_definition():
     W = randn(192, D_MODEL, seed=8)

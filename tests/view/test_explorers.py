@@ -165,5 +165,25 @@ def test_phi_slider_shows_the_grid_of_each_step():
         PhiGridExplorer(h1, h2[:2])
 
 
+def test_phi_is_undefined_where_delta_a_is_zero():
+    # a LoRA A does not move at step 1 (B_0 = 0): A_1 - A_0 = 0 has no φ, not φ = 1
+    g = torch.Generator().manual_seed(1)
+    h1 = [torch.randn(4, 32, generator=g)]
+    h2 = [torch.randn(8, 32, generator=g)]
+    h1 += [h1[0].clone(), h1[0] + torch.randn(4, 32, generator=g)]
+    h2 += [h2[0].clone(), h2[0] + torch.randn(8, 32, generator=g)]
+    ex = PhiGridExplorer(h1, h2)
+    assert ex.grids[1] is None and ex.grids[2] is not None
+    ex.slider.value = 1
+    assert ex.grid is None and ex.text == "step 1: φ undefined: ΔA = 0"
+    assert "undefined" in ex.label.value and "1.000" not in ex.label.value
+    assert "step 1" in ex.figure.layout.title.text
+    assert "undefined" in ex.figure.layout.annotations[0].text
+    lines = ex.summary().splitlines()
+    assert "undefined: ΔA = 0" in lines[0] and "1.000" not in lines[0] and "φ(1, 1)" in lines[1]
+    ex.slider.value = 2
+    assert ex.text.startswith("step 2: φ(1, 1) = ")
+
+
 def test_explorers_are_exported_lazily():
     assert lk.DeltaScaleExplorer is DeltaScaleExplorer and lk.PhiGridExplorer is PhiGridExplorer
