@@ -26,6 +26,7 @@ FILE_SECONDS = {
     "tests/app/test_cli.py": 92,
     "notebooks/04_qlora.ipynb": 88,
     "tests/core/test_models.py": 71,
+    "notebooks/09_your_data_your_model.ipynb": 70,
     "tests/browser/test_site.py": 68,
     "tests/browser/test_lab_figures.py": 60,
     "notebooks/00_start_here.ipynb": 41,
