@@ -118,6 +118,7 @@ bench: setup
 	$(PY) benchmarks/train_accuracy.py
 	$(PY) benchmarks/export_speed.py
 	$(PY) benchmarks/system_prompt.py
+	$(PY) benchmarks/step_profile.py
 
 screenshots: setup chromium
 	$(PY) docs/screenshots.py

@@ -70,3 +70,23 @@ def test_step_flops_count_the_answer_head_only(speed, small, tok):
     batch = small.encode(tok, small.train[:4])
     full = dict(batch, labels=torch.where(batch["attention_mask"] == 1, batch["input_ids"], -100))
     assert speed.step_flops(pm, full) > speed.step_flops(pm, batch) > 0
+
+
+def test_step_profile_groups_the_ops_a_step_runs():
+    """benchmarks/step_profile.py puts each profiled op in one group: a product counted as
+    element-wise work (or a cast as a product) would move the shares it reports."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("step_profile", BENCH / "step_profile.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    expect = {"aten::mm": "matrix products", "aten::addmm": "matrix products",
+              "aten::bmm": "matrix products", "aten::_to_copy": "casts and copies",
+              "aten::copy_": "casts and copies",
+              "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+              "aten::_foreach_addcdiv_": "optimizer and gradient norm",
+              "aten::mul": "element-wise and rest", "aten::silu": "element-wise and rest",
+              "aten::rsqrt": "element-wise and rest"}
+    assert {op: module.group_of(op) for op in expect} == expect
