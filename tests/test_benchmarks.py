@@ -90,3 +90,19 @@ def test_step_profile_groups_the_ops_a_step_runs():
               "aten::mul": "element-wise and rest", "aten::silu": "element-wise and rest",
               "aten::rsqrt": "element-wise and rest"}
     assert {op: module.group_of(op) for op in expect} == expect
+
+
+def test_suite_compare_lists_each_file_once_with_its_saving():
+    """benchmarks/suite_compare.py: files from either run at or over the floor, longest (second
+    run) first, with how much shorter the first run was."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("suite_compare", BENCH / "suite_compare.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = module.compare({"a.py": 30, "nb.ipynb": 75, "tiny.py": 1},
+                          {"a.py": 40, "nb.ipynb": 100, "new.py": 25}, ("auto", "fp32"))
+    assert rows[2:] == ["| `nb.ipynb` | 75 | 100 | 25% |", "| `a.py` | 30 | 40 | 25% |",
+                        "| `new.py` | 0 | 25 | 100% |"]
