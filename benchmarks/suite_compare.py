@@ -50,9 +50,9 @@ def main(argv=None):
     total = [sum(f.values()) for f in files]
     lines = [f"## The whole suite, {la} vs {lb}, back to back", "",
              f"- pytest wall time: {la} **{wa / 60:.1f} min**, {lb} **{wb / 60:.1f} min**: "
-             f"{la} shorter by **{1 - wa / wb:.0%}**.",
+             f"{la} shorter by **{1 - wa / wb:.1%}**.",
              f"- items' own times: {la} {total[0]:.0f} s, {lb} {total[1]:.0f} s "
-             f"({1 - total[0] / total[1]:.0%} shorter).",
+             f"({1 - total[0] / total[1]:.1%} shorter).",
              f"- outcome: {la} {outcome[0]}; {lb} {outcome[1]}.",
              *[f"- {n}" for n in args.note], ""]
     lines += compare(files[0], files[1], (la, lb))

@@ -272,6 +272,7 @@ def test_no_bitsandbytes_says_what_to_install(monkeypatch):
 def test_compute_dtype_cpu(monkeypatch):
     from lorakit.core import precision
 
+    monkeypatch.delenv(precision.ENV_VAR, raising=False)   # what "auto" picks, unforced
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert models.default_compute_dtype("cpu") == torch.float32
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)  # avx512_bf16 / AMX
