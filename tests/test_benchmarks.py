@@ -14,16 +14,21 @@ import lorakit as lk
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def speed():
+def bench(name: str):
+    """benchmarks/<name>.py as a module (its folder on sys.path while it imports)."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("train_speed", BENCH / "train_speed.py")
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCH))
     return module
+
+
+@pytest.fixture(scope="module")
+def speed():
+    return bench("train_speed")
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +80,7 @@ def test_step_flops_count_the_answer_head_only(speed, small, tok):
 def test_step_profile_groups_the_ops_a_step_runs():
     """benchmarks/step_profile.py puts each profiled op in one group: a product counted as
     element-wise work (or a cast as a product) would move the shares it reports."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("step_profile", BENCH / "step_profile.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
+    module = bench("step_profile")
     expect = {"aten::mm": "matrix products", "aten::addmm": "matrix products",
               "aten::bmm": "matrix products", "aten::_to_copy": "casts and copies",
               "aten::copy_": "casts and copies",
@@ -95,13 +94,7 @@ def test_step_profile_groups_the_ops_a_step_runs():
 def test_suite_compare_lists_each_file_once_with_its_saving():
     """benchmarks/suite_compare.py: files from either run at or over the floor, longest (second
     run) first, with how much shorter the first run was."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("suite_compare", BENCH / "suite_compare.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
+    module = bench("suite_compare")
     rows = module.compare({"a.py": 30, "nb.ipynb": 75, "tiny.py": 1},
                           {"a.py": 40, "nb.ipynb": 100, "new.py": 25}, ("auto", "fp32"))
     assert rows[2:] == ["| `nb.ipynb` | 75 | 100 | 25% |", "| `a.py` | 30 | 40 | 25% |",
